@@ -1,0 +1,79 @@
+"""Run the six notebooks in order with papermill, headless, and write the executed copies under WORK_DIR.
+
+    python scripts/run_series.py                                   # offline demo (CPU, tiny model, sample data)
+    python scripts/run_series.py --recipe t4_llama8b --work-dir runs/llama8b   # the real run, on a GPU
+
+A recipe (recipes/*.json) is data: the parameters it overrides, whether to build the tiny model, and
+whether to stay offline. Each notebook gets only the parameters its own `parameters` cell declares.
+"""
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import src_helpers as sh  # noqa: E402
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def recipe_parameters(recipe: dict, work_dir: pathlib.Path) -> dict:
+    params = {"WORK_DIR": str(work_dir)}
+    for name, value in recipe["parameters"].items():
+        params[name] = value.format(work_dir=work_dir) if isinstance(value, str) else value
+    return params
+
+
+def run(recipe_name: str, work_dir: pathlib.Path, only: list[str] | None = None) -> dict:
+    import papermill
+
+    recipe = json.loads((ROOT / "recipes" / f"{recipe_name}.json").read_text())
+    work_dir = work_dir.resolve()
+    if recipe.get("offline"):
+        os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                          WANDB_MODE="disabled")
+    params = recipe_parameters(recipe, work_dir)
+    if recipe.get("tiny_model") and not (work_dir / "tiny-model").exists():
+        sh.build_tiny_model(work_dir / "tiny-model", recipe["tiny_model"])
+    executed = work_dir / "executed"
+    executed.mkdir(parents=True, exist_ok=True)
+    declared = {nb: papermill.inspect_notebook(str(nb)) for nb in NOTEBOOKS}
+    unknown = set(params) - set().union(*declared.values())
+    if unknown:
+        raise ValueError(f"recipe {recipe_name!r} sets {sorted(unknown)}, which no notebook's parameters cell declares")
+    timings = {}
+    for nb in NOTEBOOKS:
+        if only and nb.stem[:2] not in only:
+            continue
+        mine = {k: v for k, v in params.items() if k in declared[nb]}
+        start = time.time()
+        print(f"== {nb.name} {mine}", flush=True)
+        papermill.execute_notebook(str(nb), str(executed / nb.name), parameters=mine, cwd=str(ROOT),
+                                   kernel_name="python3", progress_bar=False)
+        timings[nb.stem] = round(time.time() - start, 1)
+        print(f"   done in {timings[nb.stem]} s", flush=True)
+    return timings
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="demo", help="a file name in recipes/, without .json")
+    parser.add_argument("--work-dir", default="runs/demo", type=pathlib.Path)
+    parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 02 03")
+    args = parser.parse_args()
+    timings = run(args.recipe, args.work_dir, args.only)
+    train = args.work_dir / "train_metrics.json"
+    compare = args.work_dir / "compare_metrics.json"
+    if train.exists():
+        print(sh.train_summary(sh.read_json(train)))
+    if compare.exists():
+        c = sh.read_json(compare)
+        print(f"validation loss: base {c['base_val_loss']:.4f} -> tuned {c['tuned_val_loss']:.4f}")
+    print(f"executed notebooks in {args.work_dir / 'executed'}; total {sum(timings.values()):.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1144 @@
+"""Helpers for the medical-R1 notebook series: every non-trivial line the notebooks run lives here.
+
+The notebooks (notebooks/00..05) are the tutorial; this module is the code, with unit tests in tests/.
+Importing it is cheap: torch, transformers, trl and unsloth are imported inside the functions that need
+them, so the first notebook cell works before the install cell has run and on a machine without a GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import random
+import re
+import shutil
+import tempfile
+from typing import Any, Iterable
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent
+
+# --------------------------------------------------------------------------------------------------
+# Names, defined once
+# --------------------------------------------------------------------------------------------------
+DATASET_NAME = "FreedomIntelligence/medical-o1-reasoning-SFT"
+# Hub config -> file name in the dataset repo; a local folder in the same layout works offline.
+DATA_CONFIG_FILES = {
+    "en": "medical_o1_sft.json",
+    "zh": "medical_o1_sft_Chinese.json",
+    "en_mix": "medical_o1_sft_mix.json",
+    "zh_mix": "medical_o1_sft_mix_Chinese.json",
+}
+SFT_COLUMNS = ("Question", "Complex_CoT", "Response")
+SAMPLE_DATA_DIR = REPO_ROOT / "data" / "sample"
+
+# The four distills, by the short name the README uses. Unsloth's copies hold the same weights as
+# deepseek-ai's; Unsloth swaps in its pre-quantised "-bnb-4bit" repo itself when load_in_4bit=True.
+MODELS = {
+    "llama-8b": "unsloth/DeepSeek-R1-Distill-Llama-8B",
+    "qwen-1.5b": "unsloth/DeepSeek-R1-Distill-Qwen-1.5B",
+    "qwen-7b": "unsloth/DeepSeek-R1-Distill-Qwen-7B",
+    "qwen-14b": "unsloth/DeepSeek-R1-Distill-Qwen-14B",
+}
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+UNSLOTH_MIN_CAPABILITY = (7, 0)
+
+# The fixed question set that 01 (base) and 04 (tuned) both answer, so the two can be put side by side.
+QUESTIONS = [
+    {"id": "en-stress-incontinence", "lang": "en", "question": (
+        "A 61-year-old woman with a long history of involuntary urine loss during activities like coughing "
+        "or sneezing but no leakage at night undergoes a gynecological exam and Q-tip test. Based on these "
+        "findings, what would cystometry most likely reveal about her residual volume and detrusor contractions?")},
+    {"id": "en-chest-pain", "lang": "en", "question": (
+        "A 58-year-old man with diabetes has 30 minutes of crushing chest pain and ST elevation in leads "
+        "V1-V4. Which artery is most likely occluded, and what is the immediate treatment?")},
+    {"id": "en-child-fever-rash", "lang": "en", "question": (
+        "A 3-year-old has had fever for 6 days, bilateral non-purulent conjunctivitis, cracked red lips, "
+        "a polymorphous rash and swollen hands. What is the diagnosis and which complication must be screened for?")},
+    {"id": "zh-diabetes", "lang": "zh", "question": "多饮、多尿、多食伴体重下降的患者，空腹血糖显著升高，可能是什么疾病？"},
+    {"id": "zh-hemoptysis", "lang": "zh", "question": "一位60岁长期吸烟的男性，刺激性咳嗽、痰中带血三个月，应首先考虑什么疾病？如何确诊？"},
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters: the defaults live here once; each notebook's `parameters` cell mirrors a subset.
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Params:
+    work_dir: str = "runs/medical-r1"
+    model_name: str = MODELS["llama-8b"]
+    backend: str = "auto"
+    max_seq_length: int = 2048
+    load_in_4bit: bool = True
+    dataset_name: str = DATASET_NAME
+    data_config: str = "en"
+    max_examples: int = 2000
+    val_size: int = 100
+    template: str = "r1_chat"
+    completion_only_loss: bool = True
+    seed: int = 3407
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    learning_rate: float = 2e-4
+    max_steps: int = 60
+    batch_size: int = 2
+    grad_accum: int = 4
+    warmup_steps: int = 5
+    weight_decay: float = 0.01
+    optim: str = "adamw_8bit"
+    eval_steps: int = 20
+    save_steps: int = 20
+    report_to: str = "auto"
+    max_new_tokens: int = 1024
+    temperature: float = 0.6
+    top_p: float = 0.95
+    do_sample: bool = True
+    gen_batch_size: int = 4
+    save_merged: bool = True
+    push_to_hub: bool = False
+    hub_repo_id: str = ""
+    hub_private: bool = True
+    install_requirements: str = "auto"
+
+    def __post_init__(self):
+        positive = ["max_seq_length", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
+                    "eval_steps", "save_steps", "max_new_tokens", "gen_batch_size"]
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("max_examples", "val_size", "warmup_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {self.template!r}")
+        if self.data_config not in DATA_CONFIG_FILES:
+            raise ValueError(f"data_config must be one of {sorted(DATA_CONFIG_FILES)}, got {self.data_config!r}")
+        if self.backend not in ("auto", *BACKENDS):
+            raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {self.backend!r}")
+        if self.report_to not in ("auto", "wandb", "none"):
+            raise ValueError(f"report_to must be 'auto', 'wandb' or 'none', got {self.report_to!r}")
+        if self.push_to_hub and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.hub_repo_id):
+            raise ValueError(f"hub_repo_id must look like 'user/name' when push_to_hub is on, got {self.hub_repo_id!r}")
+
+    @property
+    def work(self) -> pathlib.Path:
+        return pathlib.Path(self.work_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runtime: where we run, which GPU, which backend
+# --------------------------------------------------------------------------------------------------
+BACKENDS = ("unsloth", "transformers", "cpu")
+
+
+@dataclasses.dataclass
+class Runtime:
+    platform: str  # "kaggle", "colab" or "local"
+    cuda: bool
+    gpu_name: str | None
+    capability: tuple[int, int] | None
+    bf16: bool
+    torch_supports_gpu: bool  # torch was built with kernels for this GPU's architecture
+    unsloth_installed: bool
+    bitsandbytes_installed: bool
+
+    def describe(self) -> str:
+        gpu = f"{self.gpu_name} (compute capability {self.capability[0]}.{self.capability[1]}, bf16 " \
+              f"{'yes' if self.bf16 else 'no'})" if self.cuda else "no GPU"
+        return f"platform: {self.platform}; {gpu}"
+
+
+def detect_platform(environ=os.environ) -> str:
+    if "KAGGLE_KERNEL_RUN_TYPE" in environ or "KAGGLE_URL_BASE" in environ:
+        return "kaggle"
+    if "COLAB_RELEASE_TAG" in environ or "COLAB_GPU" in environ:
+        return "colab"
+    return "local"
+
+
+def detect_runtime() -> Runtime:
+    import importlib.util
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    name = capability = None
+    bf16 = supported = False
+    if cuda:
+        name = torch.cuda.get_device_name(0)
+        capability = tuple(torch.cuda.get_device_capability(0))
+        arch = f"sm_{capability[0]}{capability[1]}"
+        # torch lists the architectures it has kernels for; Kaggle's current torch has no sm_60 (P100).
+        supported = arch in torch.cuda.get_arch_list() or any(
+            a.startswith("compute_") and int(a[8:]) <= capability[0] * 10 + capability[1]
+            for a in torch.cuda.get_arch_list())
+        bf16 = bool(supported and torch.cuda.is_bf16_supported())
+    return Runtime(
+        platform=detect_platform(), cuda=cuda, gpu_name=name, capability=capability, bf16=bf16,
+        torch_supports_gpu=supported,
+        unsloth_installed=importlib.util.find_spec("unsloth") is not None,
+        bitsandbytes_installed=importlib.util.find_spec("bitsandbytes") is not None,
+    )
+
+
+def choose_backend(requested: str, runtime: Runtime) -> tuple[str, str]:
+    """Resolve "auto" to a backend and say why. Raises RuntimeError when no backend can run."""
+    if requested not in ("auto", *BACKENDS):
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
+    if runtime.cuda and not runtime.torch_supports_gpu:
+        cap = ".".join(map(str, runtime.capability))
+        raise RuntimeError(
+            f"This PyTorch has no kernels for {runtime.gpu_name} (compute capability {cap}). On Kaggle, open "
+            "Settings > Accelerator and choose 'GPU T4 x2', then run the notebook again.")
+    unsloth_ok = runtime.cuda and runtime.capability >= UNSLOTH_MIN_CAPABILITY and runtime.unsloth_installed
+    if requested == "auto":
+        if not runtime.cuda:
+            return "cpu", "no CUDA GPU: CPU in float32, no quantisation (for tests and the demo; slow)"
+        if unsloth_ok:
+            return "unsloth", f"CUDA GPU with compute capability >= 7.0 ({runtime.gpu_name}) and Unsloth installed"
+        why = "Unsloth is not installed" if runtime.capability >= UNSLOTH_MIN_CAPABILITY else \
+            "Unsloth needs compute capability >= 7.0"
+        return "transformers", f"{why}: plain transformers + PEFT with bitsandbytes 4-bit"
+    if requested == "unsloth" and not unsloth_ok:
+        raise RuntimeError("backend='unsloth' needs a CUDA GPU of compute capability >= 7.0 with unsloth "
+                           "installed; use backend='auto' to fall back to transformers + PEFT")
+    if requested == "transformers" and not runtime.cuda:
+        raise RuntimeError("backend='transformers' needs a CUDA GPU for bitsandbytes; use backend='cpu'")
+    return requested, f"asked for backend={requested!r}"
+
+
+def setup_backend(requested: str = "auto") -> tuple[Runtime, str]:
+    """Detect the runtime, pick the backend, and say which one and why (one line each)."""
+    runtime = detect_runtime()
+    backend, why = choose_backend(requested, runtime)
+    print(runtime.describe())
+    print(f"backend: {backend} ({why})")
+    return runtime, backend
+
+
+def parse_requirements(path=REPO_ROOT / "requirements.txt") -> dict[str, str]:
+    """{package: version} from a requirements file of `name==version` lines."""
+    pins = {}
+    for line in pathlib.Path(path).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def missing_requirements(path=REPO_ROOT / "requirements.txt") -> list[str]:
+    """Pinned packages that are absent or at another version, as `name==version` specs."""
+    from importlib import metadata
+
+    missing = []
+    for name, version in parse_requirements(path).items():
+        try:
+            if metadata.version(name) != version:
+                missing.append(f"{name}=={version}")
+        except metadata.PackageNotFoundError:
+            missing.append(f"{name}=={version}")
+    return missing
+
+
+def install_requirements(mode: str = "auto", path=REPO_ROOT / "requirements.txt") -> str:
+    """Install the pinned GPU stack where it is missing. mode: "auto" installs only on Kaggle or Colab
+    (a local machine keeps its own environment), "always", or "never"."""
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"INSTALL_REQUIREMENTS must be 'auto', 'always' or 'never', got {mode!r}")
+    missing = missing_requirements(path)
+    if not missing:
+        return "all pinned requirements present"
+    if mode == "never" or (mode == "auto" and detect_platform() == "local"):
+        return f"not installing ({mode}, {detect_platform()}); differs from requirements.txt: {', '.join(missing)}"
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+    return f"installed {', '.join(missing)}; restart the kernel if transformers was already imported"
+
+
+# --------------------------------------------------------------------------------------------------
+# Secrets: environment, then Colab userdata, then Kaggle Secrets. Values are never printed.
+# --------------------------------------------------------------------------------------------------
+SECRET_NAMES = {"HF_TOKEN": "pushing to the Hugging Face Hub (and gated downloads)",
+                "WANDB_API_KEY": "logging the training run to Weights & Biases"}
+
+
+def resolve_secret(name: str, environ=os.environ) -> tuple[str | None, str]:
+    """Return (value, where it was found). Looks in the environment, Colab userdata, Kaggle Secrets."""
+    if environ.get(name):
+        return environ[name], "environment"
+    try:
+        from google.colab import userdata  # type: ignore
+
+        value = userdata.get(name)
+        if value:
+            return value, "Colab secrets"
+    except Exception:  # not on Colab, or the secret is absent or not shared with this notebook
+        pass
+    try:
+        from kaggle_secrets import UserSecretsClient  # type: ignore
+
+        value = UserSecretsClient().get_secret(name)
+        if value:
+            return value, "Kaggle secrets"
+    except Exception:  # not on Kaggle, or the secret is not attached to this notebook
+        pass
+    return None, "not found"
+
+
+def load_secrets(environ=os.environ) -> dict[str, str]:
+    """Resolve every secret into os.environ (where the libraries read them) and report, without values."""
+    report = {}
+    for name, purpose in SECRET_NAMES.items():
+        value, where = resolve_secret(name, environ)
+        if value:
+            environ[name] = value
+            report[name] = f"found ({where})"
+        else:
+            report[name] = f"not set: skipping {purpose}"
+    return report
+
+
+def login_services(environ=os.environ) -> list[str]:
+    """Log in to the Hub and W&B where a key exists. Returns what happened, one line each."""
+    lines = []
+    if environ.get("HF_TOKEN"):
+        from huggingface_hub import login
+
+        try:
+            login(token=environ["HF_TOKEN"], add_to_git_credential=False)
+            lines.append("Hugging Face Hub: logged in")
+        except Exception as err:  # offline or a bad token; the message never contains the token
+            lines.append(f"Hugging Face Hub: login failed ({type(err).__name__}); pushing will be skipped")
+    if environ.get("WANDB_API_KEY"):
+        lines.append("Weights & Biases: key present; training will log to W&B")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# Files: every artifact is written to a temporary name and renamed, so nothing is left half-written.
+# --------------------------------------------------------------------------------------------------
+ARTIFACTS = {
+    "runtime": ("runtime.json", "00_setup_secrets"),
+    "baseline_answers": ("answers/base.jsonl", "01_baseline_inference"),
+    "train_data": ("data/train.jsonl", "02_format_dataset"),
+    "val_data": ("data/val.jsonl", "02_format_dataset"),
+    "data_stats": ("data/stats.json", "02_format_dataset"),
+    "length_histogram": ("data/token_lengths.png", "02_format_dataset"),
+    "adapter": ("adapter", "03_train"),
+    "train_metrics": ("train_metrics.json", "03_train"),
+    "loss_curve": ("loss_curve.png", "03_train"),
+    "checkpoints": ("checkpoints", "03_train"),
+    "tuned_answers": ("answers/tuned.jsonl", "04_compare"),
+    "comparison_html": ("comparison.html", "04_compare"),
+    "compare_metrics": ("compare_metrics.json", "04_compare"),
+    "merged": ("merged_16bit", "05_export_push"),
+    "export_report": ("export.json", "05_export_push"),
+}
+
+
+def artifact(work_dir, key: str) -> pathlib.Path:
+    return pathlib.Path(work_dir) / ARTIFACTS[key][0]
+
+
+def require_artifact(work_dir, key: str) -> pathlib.Path:
+    """The path of an earlier notebook's output, or a FileNotFoundError naming the notebook to run."""
+    path = artifact(work_dir, key)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run notebooks/{ARTIFACTS[key][1]}.ipynb first "
+                                f"with the same WORK_DIR ({work_dir}).")
+    return path
+
+
+def _atomic_write(path, write) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path, obj) -> pathlib.Path:
+    return _atomic_write(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n"))
+
+
+def write_jsonl(path, rows: Iterable[dict]) -> pathlib.Path:
+    return _atomic_write(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path):
+    return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def save_dir_atomic(path, save) -> pathlib.Path:
+    """Call save(tmp_dir), then move tmp_dir to path, replacing an older copy only once the new one is whole."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        save(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt templates. Training, baseline and comparison all call render_prompt, so they cannot drift.
+# --------------------------------------------------------------------------------------------------
+ALPACA_R1 = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request. Before answering, think carefully about the "
+    "question and create a step-by-step chain of thoughts to ensure a logical and accurate response.\n\n"
+    "### Instruction:\nYou are a medical expert with advanced knowledge in clinical reasoning, diagnostics, "
+    "and treatment planning. Please answer the following medical question.\n\n"
+    "### Question:\n{question}\n\n### Response:\n<think>\n"
+)
+ZH_R1 = (
+    "以下是描述任务的指令，以及提供进一步上下文的输入。请写出一个适当完成请求的回答。"
+    "在回答之前，请仔细思考问题，并创建一个逐步的思维链，以确保回答合乎逻辑且准确。\n\n"
+    "### 指令：\n你是一位在临床推理、诊断和治疗计划方面具有专业知识的医学专家。"
+    "请一步一步推理下面的问题：\n\n### 问题：\n{question}\n\n### 回答：\n<think>\n"
+)
+# name -> format string, or None for the model's own chat template. Every prompt ends "<think>\n": the
+# model's template opens the thought that way, and the completion starts with the CoT right after it.
+TEMPLATES = {"r1_chat": None, "alpaca_r1": ALPACA_R1, "zh_r1": ZH_R1}
+THINK_END = "\n</think>\n\n"  # between CoT and response, as R1 writes it
+
+
+def render_prompt(tokenizer, question: str, template: str = "r1_chat") -> str:
+    """The prompt text for one question, ending "<think>\\n", holding the BOS text exactly once.
+
+    r1_chat is `apply_chat_template([user], add_generation_prompt=True)`: the template writes the BOS
+    itself, so the text must later be tokenised with add_special_tokens=False (see encode_text), or the
+    tokenizer's own add_bos_token puts a second BOS in front.
+    """
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}: choose one of {sorted(TEMPLATES)}")
+    if TEMPLATES[template] is None:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return tokenizer.bos_token + TEMPLATES[template].format(question=question)
+
+
+def render_completion(cot: str, response: str) -> str:
+    """What the model learns to write after the prompt: CoT, "\\n</think>\\n\\n", response (eos added as an id).
+
+    We append this ourselves instead of rendering an assistant turn through the chat template, because
+    the DeepSeek template keeps only the text after </think> and would silently drop the CoT.
+    """
+    return cot.strip() + THINK_END + response.strip()
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_prompt(tokenizer, question: str, template: str = "r1_chat") -> list[int]:
+    ids = encode_text(tokenizer, render_prompt(tokenizer, question, template))
+    if ids.count(tokenizer.bos_token_id) != 1 or ids[0] != tokenizer.bos_token_id:
+        raise ValueError(f"prompt must start with exactly one BOS, got {ids.count(tokenizer.bos_token_id)}")
+    return ids
+
+
+def encode_example(tokenizer, row: dict, template: str = "r1_chat", completion_only_loss: bool = True) -> dict:
+    """Token ids and labels for one training row: prompt ids + completion ids + eos.
+
+    Prompt and completion are tokenised separately and concatenated, so the inference prompt is exactly
+    the prefix of the training ids. Labels are -100 on the prompt (unless full-text loss is asked for)
+    and equal the ids elsewhere, the final eos included: pad = eos in these tokenizers, and a collator
+    that masks pad ids would otherwise hide the eos and the model would never learn to stop.
+    """
+    prompt_ids = encode_prompt(tokenizer, row["Question"], template)
+    completion_ids = encode_text(tokenizer, render_completion(row["Complex_CoT"], row["Response"]))
+    completion_ids.append(tokenizer.eos_token_id)
+    labels = ([-100] * len(prompt_ids) if completion_only_loss else list(prompt_ids)) + completion_ids
+    return {"input_ids": prompt_ids + completion_ids, "labels": labels, "prompt_len": len(prompt_ids)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Training data: load, validate, format, measure, split
+# --------------------------------------------------------------------------------------------------
+class SchemaError(ValueError):
+    pass
+
+
+def load_sft_rows(dataset_name: str, data_config: str, max_examples: int = 0) -> list[dict]:
+    """Rows of medical-o1-reasoning-SFT: from a local file or folder (same schema) or from the Hub."""
+    if data_config not in DATA_CONFIG_FILES:
+        raise ValueError(f"data_config must be one of {sorted(DATA_CONFIG_FILES)}, got {data_config!r}")
+    path = pathlib.Path(dataset_name)
+    if path.is_dir():
+        path = path / DATA_CONFIG_FILES[data_config]
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: a local dataset folder holds one file per config "
+                                    f"({', '.join(DATA_CONFIG_FILES.values())})")
+    if path.is_file():
+        rows = _read_rows(path)
+    elif dataset_name.count("/") == 1 and not dataset_name.startswith((".", "/")):
+        import datasets
+
+        split = f"train[:{max_examples}]" if max_examples else "train"
+        rows = datasets.load_dataset(dataset_name, data_config, split=split).to_list()
+    else:
+        raise FileNotFoundError(f"dataset {dataset_name!r} is neither a local file or folder nor a Hub name")
+    return rows[:max_examples] if max_examples else rows
+
+
+def _read_rows(path: pathlib.Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    if path.suffix == ".json":
+        data = read_json(path)
+        if not isinstance(data, list):
+            raise SchemaError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+        return data
+    if path.suffix == ".csv":
+        import csv
+
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return list(csv.DictReader(f))
+    raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .json, .jsonl or .csv)")
+
+
+def validate_rows(rows: list[dict]) -> None:
+    """Raise SchemaError naming the first bad row and column; the message says what to fix."""
+    if not rows:
+        raise SchemaError("the dataset has no rows")
+    missing = [c for c in SFT_COLUMNS if c not in rows[0]]
+    if missing:
+        raise SchemaError(f"row 0 has no column {missing[0]!r}; columns found: {sorted(rows[0])}. "
+                          f"Rename your columns to {list(SFT_COLUMNS)}.")
+    for i, row in enumerate(rows):
+        for column in SFT_COLUMNS:
+            value = row.get(column)
+            if not isinstance(value, str):
+                raise SchemaError(f"row {i}, column {column!r}: expected a string, got {type(value).__name__}")
+            if not value.strip():
+                raise SchemaError(f"row {i}, column {column!r} is empty")
+
+
+def format_rows(rows, tokenizer, template: str, max_seq_length: int, completion_only_loss: bool = True):
+    """Encode every row; drop (never cut) those longer than max_seq_length. Returns (records, n_dropped)."""
+    records, dropped = [], 0
+    for i, row in enumerate(rows):
+        enc = encode_example(tokenizer, row, template, completion_only_loss)
+        if len(enc["input_ids"]) > max_seq_length:
+            dropped += 1
+            continue
+        records.append({
+            "row": i, "question": row["Question"],
+            "prompt": render_prompt(tokenizer, row["Question"], template),
+            "completion": render_completion(row["Complex_CoT"], row["Response"]) + tokenizer.eos_token,
+            "input_ids": enc["input_ids"], "labels": enc["labels"], "prompt_len": enc["prompt_len"],
+        })
+    return records, dropped
+
+
+def token_length_stats(lengths: list[int]) -> dict:
+    if not lengths:
+        return {"count": 0}
+    s = sorted(lengths)
+
+    def pct(p):
+        return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+    return {"count": len(s), "mean": round(sum(s) / len(s), 1), "median": pct(50), "p90": pct(90),
+            "p99": pct(99), "max": s[-1], "min": s[0]}
+
+
+def dataset_stats(records: list[dict]) -> dict:
+    return {
+        "whole example": token_length_stats([len(r["input_ids"]) for r in records]),
+        "prompt": token_length_stats([r["prompt_len"] for r in records]),
+        "completion": token_length_stats([len(r["input_ids"]) - r["prompt_len"] for r in records]),
+    }
+
+
+def stats_table(stats: dict):
+    import pandas as pd
+
+    return pd.DataFrame(stats).T[["count", "mean", "median", "p90", "p99", "max"]]
+
+
+def plot_histogram(lengths: list[int], max_seq_length: int, path) -> pathlib.Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(lengths, bins=min(50, max(5, len(lengths) // 4)), color="#4c72b0")
+    ax.axvline(max_seq_length, color="#c44e52", linestyle="--", label=f"max_seq_length = {max_seq_length}")
+    ax.set_xlabel("tokens per example (prompt + CoT + response + eos)")
+    ax.set_ylabel("examples")
+    ax.legend()
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def split_train_val(records: list[dict], val_size: int, seed: int):
+    """Deterministic split: the same rows go to val for the same seed, whatever the order of the calls."""
+    if val_size >= len(records):
+        raise ValueError(f"val_size ({val_size}) must be smaller than the number of usable rows ({len(records)})")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:val_size])
+    train = [r for i, r in enumerate(records) if i not in val_idx]
+    val = [r for i, r in enumerate(records) if i in val_idx]
+    return train, val
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+def compute_dtype(runtime: Runtime):
+    import torch
+
+    if not runtime.cuda:
+        return torch.float32
+    return torch.bfloat16 if runtime.bf16 else torch.float16
+
+
+def load_tokenizer(model_name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_name)
+
+
+def load_model_and_tokenizer(model_name: str, backend: str, runtime: Runtime, max_seq_length: int,
+                             load_in_4bit: bool = True):
+    """Load the base model for the chosen backend. The tokenizer always comes back with left padding off
+    (training pads right) and a pad token set (pad = eos is fine: labels are built before padding)."""
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (patches transformers and trl; must come before them)
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=model_name, max_seq_length=max_seq_length, dtype=compute_dtype(runtime),
+            load_in_4bit=load_in_4bit)
+    else:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs: dict[str, Any] = {"dtype": compute_dtype(runtime)}
+        if backend == "transformers":
+            kwargs["attn_implementation"] = "sdpa"
+            kwargs["device_map"] = {"": 0}
+            if load_in_4bit:
+                from transformers import BitsAndBytesConfig
+
+                kwargs["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                    bnb_4bit_compute_dtype=compute_dtype(runtime))
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
+        if backend == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return model, tokenizer
+
+
+def add_lora(model, backend: str, p: Params):
+    """Wrap the model with LoRA adapters on the 7 projections (the seeds' r=16, alpha=16, dropout 0)."""
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        return FastLanguageModel.get_peft_model(
+            model, r=p.lora_r, target_modules=LORA_TARGET_MODULES, lora_alpha=p.lora_alpha,
+            lora_dropout=p.lora_dropout, bias="none", use_gradient_checkpointing="unsloth",
+            random_state=p.seed, max_seq_length=p.max_seq_length)
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if backend == "transformers" and getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = LoraConfig(r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, bias="none",
+                        target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+TINY_CONFIGS = {
+    # Same architectures as the distills, shrunk so a CPU trains a few steps in seconds.
+    "qwen2": {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+              "rope_theta": 10000.0, "tie_word_embeddings": False},
+    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+              "rope_theta": 500000.0, "tie_word_embeddings": False},
+}
+TOKENIZER_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "tokenizer"
+
+
+def build_tiny_model(out_dir, arch: str = "qwen2", tokenizer_dir=TOKENIZER_FIXTURE, seed: int = 0) -> str:
+    """Save a random-initialised tiny model of the given architecture, with the fixture tokenizer, to out_dir."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    spec = dict(TINY_CONFIGS[arch])
+    config = AutoConfig.for_model(
+        spec.pop("model_type"), vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **spec)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.temperature, model.generation_config.top_p = 0.6, 0.95
+    model.generation_config.do_sample = True
+    save_dir_atomic(out_dir, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    return str(out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+def resolve_report_to(report_to: str, environ=os.environ) -> str:
+    if report_to == "auto":
+        import importlib.util
+
+        return "wandb" if environ.get("WANDB_API_KEY") and importlib.util.find_spec("wandb") else "none"
+    return report_to
+
+
+def resolve_optimizer(optim: str, backend: str) -> str:
+    """8-bit AdamW needs bitsandbytes and a GPU; on CPU the same AdamW runs in 32-bit."""
+    return "adamw_torch" if backend == "cpu" and "8bit" in optim else optim
+
+
+def weight_snapshot(model) -> dict:
+    """LoRA tensors copied whole; base tensors as a float64 (sum, sum of squares) fingerprint, so an 8B
+    model is not copied into RAM. Compared with weight_changes after training."""
+    import torch
+
+    snap = {}
+    with torch.no_grad():
+        for name, t in model.named_parameters():
+            if "lora_" in name:
+                snap[name] = t.detach().float().cpu().clone()
+            else:
+                x = t.detach().to(torch.float64)
+                snap[name] = (x.sum().item(), (x * x).sum().item())
+    return snap
+
+
+def weight_changes(before: dict, model) -> dict:
+    """How many LoRA and base tensors changed since weight_snapshot (training should move only LoRA)."""
+    after = weight_snapshot(model)
+    lora = [n for n in before if "lora_" in n]
+    base = [n for n in before if "lora_" not in n]
+    lora_changed = [n for n in lora if not bool((after[n] == before[n]).all())]
+    base_changed = [n for n in base if after[n] != before[n]]
+    return {"lora_tensors": len(lora), "lora_tensors_changed": len(lora_changed),
+            "base_tensors": len(base), "base_tensors_changed": len(base_changed),
+            "base_changed_examples": base_changed[:5]}
+
+
+def records_to_dataset(records: list[dict]):
+    import datasets
+
+    return datasets.Dataset.from_dict({"input_ids": [r["input_ids"] for r in records],
+                                       "labels": [r["labels"] for r in records]})
+
+
+def make_trainer(model, tokenizer, train_records, val_records, p: Params, backend: str, runtime: Runtime):
+    """TRL SFTTrainer on pre-tokenised ids + labels (so TRL adds no BOS, eos or masking of its own)."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(artifact(p.work_dir, "checkpoints")),
+        per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.grad_accum, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
+        learning_rate=p.learning_rate, weight_decay=p.weight_decay, lr_scheduler_type="linear",
+        optim=resolve_optimizer(p.optim, backend), seed=p.seed, data_seed=p.seed,
+        fp16=runtime.cuda and not runtime.bf16, bf16=runtime.cuda and runtime.bf16,
+        logging_steps=1, eval_strategy="steps" if val_records else "no", eval_steps=p.eval_steps,
+        save_strategy="steps", save_steps=p.save_steps, save_total_limit=2,
+        max_length=p.max_seq_length, report_to=resolve_report_to(p.report_to),
+        gradient_checkpointing=backend == "transformers", dataset_num_proc=None,
+        use_cpu=backend == "cpu", dataloader_pin_memory=runtime.cuda,
+    )
+    return SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                      train_dataset=records_to_dataset(train_records),
+                      eval_dataset=records_to_dataset(val_records) if val_records else None)
+
+
+def loss_history(trainer) -> dict:
+    train = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
+    return {"train": train, "eval": evals}
+
+
+def plot_loss_curve(history: dict, path) -> pathlib.Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if history["train"]:
+        ax.plot(*zip(*history["train"]), label="train loss", color="#4c72b0")
+    if history["eval"]:
+        ax.plot(*zip(*history["eval"]), "o-", label="val loss", color="#c44e52")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (CoT + response tokens)")
+    ax.legend()
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summarize_losses(history: dict, window: int = 3) -> dict:
+    """First and last train losses, averaged over a few steps so one noisy batch does not decide."""
+    losses = [loss for _, loss in history["train"]]
+    if not losses:
+        raise RuntimeError("training logged no loss; check max_steps and logging_steps")
+    w = max(1, min(window, len(losses) // 2))
+    return {"first_loss": sum(losses[:w]) / w, "last_loss": sum(losses[-w:]) / w, "steps_logged": len(losses),
+            "all_finite": all(math.isfinite(x) for x in losses)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation and evaluation
+# --------------------------------------------------------------------------------------------------
+def split_thinking(text: str) -> tuple[str, str, bool]:
+    """(thinking, answer, finished): the text before and after the last </think>; finished is False
+    when the model never closed its thought (it ran out of tokens)."""
+    if "</think>" not in text:
+        return text.strip(), "", False
+    thinking, _, answer = text.rpartition("</think>")
+    return thinking.strip(), answer.strip(), True
+
+
+def generate_answers(model, tokenizer, questions: list[dict], template: str, max_new_tokens: int,
+                     temperature: float, top_p: float, do_sample: bool, batch_size: int, seed: int,
+                     backend: str) -> list[dict]:
+    """Answer each question with the training prompt (left-padded batches, sorted by length)."""
+    import torch
+
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    model.eval()
+    encoded = [encode_prompt(tokenizer, q["question"], template) for q in questions]
+    order = sorted(range(len(questions)), key=lambda i: len(encoded[i]))
+    pad_id = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    outputs: dict[int, dict] = {}
+    torch.manual_seed(seed)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
+        mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 do_sample=do_sample, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                                 **sampling)
+        for row, i in enumerate(idx):
+            new = out[row, width:].tolist()
+            if tokenizer.eos_token_id in new:
+                new = new[:new.index(tokenizer.eos_token_id) + 1]
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            thinking, answer, finished = split_thinking(text)
+            outputs[i] = {**questions[i], "output": text, "thinking": thinking, "answer": answer,
+                          "finished_thinking": finished, "new_tokens": len(new)}
+    return [outputs[i] for i in range(len(questions))]
+
+
+def eval_loss(model, records: list[dict], batch_size: int = 4) -> float:
+    """Mean cross-entropy per label token over records (the same tokens the trainer's eval loss uses)."""
+    import torch
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    for start in range(0, len(records), batch_size):
+        batch = records[start:start + batch_size]
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in batch], device=device)
+        labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=device)
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch],
+                            device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                                 shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total += loss.item()
+        count += (shift_labels != -100).sum().item()
+    return total / count
+
+
+def load_adapter_model(work_dir, backend: str, runtime: Runtime, max_seq_length: int, load_in_4bit: bool):
+    """Base model + the adapter that 03 saved (its base model name is read from the adapter config)."""
+    adapter_dir = require_artifact(work_dir, "adapter")
+    base_name = read_json(adapter_dir / "adapter_config.json")["base_model_name_or_path"]
+    if backend == "unsloth":
+        model, tokenizer = load_model_and_tokenizer(str(adapter_dir), backend, runtime, max_seq_length,
+                                                    load_in_4bit)
+        return model, tokenizer, base_name
+    from peft import PeftModel
+
+    model, tokenizer = load_model_and_tokenizer(base_name, backend, runtime, max_seq_length, load_in_4bit)
+    return PeftModel.from_pretrained(model, str(adapter_dir)), tokenizer, base_name
+
+
+def comparison_rows(base_answers: list[dict], tuned_answers: list[dict]) -> list[dict]:
+    tuned = {a["id"]: a for a in tuned_answers}
+    missing = [a["id"] for a in base_answers if a["id"] not in tuned]
+    if missing:
+        raise ValueError(f"tuned answers are missing questions {missing}: run 04 on the same question set")
+    return [{"id": a["id"], "question": a["question"], "base": a["output"], "tuned": tuned[a["id"]]["output"],
+             "base_finished": a["finished_thinking"], "tuned_finished": tuned[a["id"]]["finished_thinking"]}
+            for a in base_answers]
+
+
+def comparison_html(rows: list[dict], losses: dict) -> str:
+    import html
+
+    def cell(text):
+        return f"<td style='white-space:pre-wrap;vertical-align:top'>{html.escape(text)}</td>"
+
+    body = "".join(f"<tr>{cell(r['question'])}{cell(r['base'])}{cell(r['tuned'])}</tr>" for r in rows)
+    loss = (f"<p>Validation loss (CoT + response tokens): base {losses['base_val_loss']:.4f}, "
+            f"tuned {losses['tuned_val_loss']:.4f}</p>") if losses else ""
+    return ("<html><head><meta charset='utf-8'><title>Base vs tuned</title></head><body>"
+            f"<h2>Base vs fine-tuned answers</h2>{loss}<table border='1' style='border-collapse:collapse'>"
+            f"<tr><th>Question</th><th>Base model</th><th>Fine-tuned</th></tr>{body}</table></body></html>")
+
+
+# --------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------
+PROBE_PROMPTS = ["A 45-year-old man has sudden chest pain.", "患者空腹血糖升高，应考虑什么？"]
+
+
+def probe_logits(model, tokenizer, template: str = "r1_chat"):
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for q in PROBE_PROMPTS:
+            ids = torch.tensor([encode_prompt(tokenizer, q, template)], device=device)
+            out.append(model(input_ids=ids).logits.float().cpu())
+    return out
+
+
+def max_logit_difference(a: list, b: list) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+def save_merged(model, tokenizer, out_dir, backend: str) -> pathlib.Path:
+    """Merge LoRA into the base weights and save a 16-bit model (float32 kept on CPU, where it is the
+    compute dtype). Written to a temporary folder first, so a failed merge leaves nothing behind."""
+    if backend == "unsloth":
+        return save_dir_atomic(out_dir, lambda d: model.save_pretrained_merged(
+            d, tokenizer, save_method="merged_16bit"))
+    merged = model.merge_and_unload()
+    return save_dir_atomic(out_dir, lambda d: (merged.save_pretrained(d), tokenizer.save_pretrained(d)))
+
+
+def hub_upload_plan(p: Params, environ=os.environ) -> list[str]:
+    """What 05 will push, or the reason it pushes nothing. Never holds the token itself."""
+    if not p.push_to_hub:
+        return []
+    if not environ.get("HF_TOKEN"):
+        raise RuntimeError("push_to_hub is on but HF_TOKEN is not set: add it as a Kaggle or Colab secret "
+                           "(or an environment variable) and run 00_setup_secrets again")
+    plan = [f"adapter -> {p.hub_repo_id}-lora"]
+    if p.save_merged:
+        plan.append(f"merged 16-bit model -> {p.hub_repo_id}")
+    return plan
+
+
+def merge_tolerance(quantized: bool, dtype) -> dict:
+    """How close merged and base + adapter must be. float32 merges are exact up to rounding; 16-bit
+    logits carry ~3 significant digits; a 4-bit base is re-quantised after merging, so only the
+    predicted tokens are required to agree."""
+    import torch
+
+    if quantized:
+        return {"min_argmax_agreement": 0.95}
+    if dtype == torch.float32:
+        return {"max_abs_diff": 1e-3}
+    return {"max_abs_diff": 0.5}
+
+
+def compare_logits(reference: list, candidate: list) -> dict:
+    agree = total = 0
+    for x, y in zip(reference, candidate):
+        agree += (x.argmax(-1) == y.argmax(-1)).sum().item()
+        total += x.shape[0] * x.shape[1]
+    return {"max_abs_diff": max_logit_difference(reference, candidate), "argmax_agreement": agree / total}
+
+
+def export_merged(model, tokenizer, work_dir, backend: str, runtime: Runtime, save: bool,
+                  load_in_4bit: bool) -> dict:
+    """Save the merged 16-bit model, reload it, and check its logits against base + adapter.
+    Raises RuntimeError (and keeps nothing pushed) when the merge does not reproduce the adapter model."""
+    if not save:
+        return {"merged": None, "verified": None, "summary": "SAVE_MERGED is False: only the adapter is kept"}
+    reference = probe_logits(model, tokenizer)
+    out_dir = save_merged(model, tokenizer, artifact(work_dir, "merged"), backend)
+    merged, _ = load_model_and_tokenizer(str(out_dir), "cpu" if backend == "cpu" else backend, runtime,
+                                         max_seq_length=4096, load_in_4bit=load_in_4bit)
+    check = compare_logits(reference, probe_logits(merged, tokenizer))
+    quantized = load_in_4bit and backend != "cpu"
+    tolerance = merge_tolerance(quantized, compute_dtype(runtime))
+    ok = (check["argmax_agreement"] >= tolerance["min_argmax_agreement"]) if quantized else \
+        (check["max_abs_diff"] <= tolerance["max_abs_diff"])
+    report = {"merged": str(out_dir), "verified": ok, "check": check, "tolerance": tolerance,
+              "summary": f"merged model written to {out_dir}; max |logit difference| vs base + adapter "
+                         f"{check['max_abs_diff']:.2e}, next-token agreement {check['argmax_agreement']:.1%}"}
+    if not ok:
+        raise RuntimeError(f"the merged model does not match base + adapter ({check} vs {tolerance}); "
+                           f"it will not be pushed. Keep using the adapter in {artifact(work_dir, 'adapter')}.")
+    return report
+
+
+def push_to_hub(p: Params, plan: list[str], report: dict) -> list[str]:
+    """Push what the plan lists. The token is read by huggingface_hub from the environment, never passed
+    around or printed. A failure leaves the local files in place, so the cell can simply be re-run."""
+    if not plan:
+        return []
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    pushed = []
+    adapter_repo = f"{p.hub_repo_id}-lora"
+    api.create_repo(adapter_repo, private=p.hub_private, exist_ok=True)
+    api.upload_folder(folder_path=str(artifact(p.work_dir, "adapter")), repo_id=adapter_repo)
+    pushed.append(adapter_repo)
+    if p.save_merged and report.get("verified"):
+        api.create_repo(p.hub_repo_id, private=p.hub_private, exist_ok=True)
+        api.upload_folder(folder_path=report["merged"], repo_id=p.hub_repo_id)
+        pushed.append(p.hub_repo_id)
+    return pushed
+
+
+# --------------------------------------------------------------------------------------------------
+# Small records and displays the notebooks show or save
+# --------------------------------------------------------------------------------------------------
+def write_text(path, text: str) -> pathlib.Path:
+    return _atomic_write(path, lambda f: f.write(text))
+
+
+def runtime_record(runtime: Runtime, backend: str, secrets: dict) -> dict:
+    """What 00 saves: the runtime and which secrets were found (never their values)."""
+    return {**dataclasses.asdict(runtime), "backend": backend,
+            "secrets_found": {name: status.startswith("found") for name, status in secrets.items()}}
+
+
+def answers_table(answers: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame([{"question": a["question"][:80], "answer": a["answer"][:300] or "(no </think>: "
+                          "ran out of tokens)", "new tokens": a["new_tokens"]} for a in answers])
+
+
+def format_record(model_name, dataset_name, data_config, template, max_seq_length, completion_only_loss,
+                  rows, dropped, n_train, n_val, stats) -> dict:
+    """What 02 saves beside the data, so 03 and 04 use the same tokenizer, template and length."""
+    return {"model_name": model_name, "dataset_name": dataset_name, "data_config": data_config,
+            "template": template, "max_seq_length": max_seq_length, "completion_only_loss": completion_only_loss,
+            "rows": rows, "dropped_over_length": dropped, "train": n_train, "val": n_val, "token_lengths": stats}
+
+
+def load_formatted_data(work_dir, model_name: str, max_seq_length: int):
+    """02's train and val records, after checking they were made for this model and length."""
+    record = read_json(require_artifact(work_dir, "data_stats"))
+    if record["model_name"] != model_name:
+        raise ValueError(f"the data in {work_dir}/data was tokenised for {record['model_name']!r}, not "
+                         f"{model_name!r}: run 02_format_dataset with MODEL_NAME = {model_name!r}")
+    if record["max_seq_length"] > max_seq_length:
+        raise ValueError(f"the data was formatted for max_seq_length {record['max_seq_length']}, longer than "
+                         f"{max_seq_length}: use the same MAX_SEQ_LENGTH in 02 and 03")
+    return (read_jsonl(require_artifact(work_dir, "train_data")),
+            read_jsonl(require_artifact(work_dir, "val_data")))
+
+
+def describe_training(trainer, train: list, val: list) -> str:
+    a = trainer.args
+    effective = a.per_device_train_batch_size * a.gradient_accumulation_steps
+    precision = "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32"
+    optim = getattr(a.optim, "value", a.optim)
+    trainable = sum(t.numel() for t in trainer.model.parameters() if t.requires_grad)
+    return (f"{len(train)} train / {len(val)} val examples; {a.max_steps} steps of {effective} examples "
+            f"({a.per_device_train_batch_size} x {a.gradient_accumulation_steps} accumulation); {precision}; "
+            f"optimizer {optim}; {trainable:,} trainable parameters; logging to {a.report_to or 'nothing'}")
+
+
+def train_record(p: Params, backend: str, history: dict, changes: dict, trainer_metrics: dict) -> dict:
+    return {"backend": backend, "model_name": p.model_name, **summarize_losses(history),
+            "eval_losses": history["eval"], "train_losses": history["train"], "weight_changes": changes,
+            "train_runtime_s": trainer_metrics.get("train_runtime"),
+            "params": {k: v for k, v in dataclasses.asdict(p).items() if k != "hub_repo_id"}}
+
+
+def train_summary(metrics: dict) -> str:
+    c = metrics["weight_changes"]
+    return (f"train loss {metrics['first_loss']:.4f} -> {metrics['last_loss']:.4f}; "
+            f"LoRA tensors changed: {c['lora_tensors_changed']}/{c['lora_tensors']}; "
+            f"base tensors changed: {c['base_tensors_changed']}/{c['base_tensors']}")
+
+
+def save_adapter(model, tokenizer, path) -> pathlib.Path:
+    return save_dir_atomic(path, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+
+
+def base_vs_tuned_loss(model, val: list[dict]) -> dict:
+    """Validation loss with the adapter switched off (the base model) and on (the tuned model)."""
+    with model.disable_adapter():
+        base = eval_loss(model, val)
+    tuned = eval_loss(model, val)
+    return {"base_val_loss": base, "tuned_val_loss": tuned,
+            "base_val_perplexity": math.exp(base), "tuned_val_perplexity": math.exp(tuned)}
+
+
+def show_image(path):
+    from IPython.display import Image, display
+
+    display(Image(filename=str(path)))
+
+
+def show_html(path):
+    from IPython.display import HTML, display
+
+    display(HTML(pathlib.Path(path).read_text(encoding="utf-8")))
