@@ -311,6 +311,10 @@ def load_secrets(environ=os.environ) -> dict[str, str]:
     return report
 
 
+def secrets_summary(report: dict) -> str:
+    return "\n".join(f"{name}: {status}" for name, status in report.items())
+
+
 def login_services(environ=os.environ) -> list[str]:
     """Log in to the Hub and W&B where a key exists. Returns what happened, one line each."""
     lines = []

@@ -57,10 +57,8 @@ runtime, backend = sh.setup_backend(BACKEND)
 
 # %%
 secrets = sh.load_secrets()
-for name, status in secrets.items():
-    print(f"{name}: {status}")
-for line in sh.login_services():
-    print(line)
+print(sh.secrets_summary(secrets))
+print("\n".join(sh.login_services()))
 
 # %%
 sh.write_json(sh.artifact(WORK_DIR, "runtime"), sh.runtime_record(runtime, backend, secrets))

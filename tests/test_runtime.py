@@ -1,0 +1,145 @@
+"""Backend choice, runtime detection, secrets and parameters, on CPU with faked device properties."""
+import dataclasses
+
+import pytest
+
+import src_helpers as sh
+
+
+def runtime(capability=None, supported=True, unsloth=True):
+    return sh.Runtime(platform="kaggle", cuda=capability is not None, gpu_name="GPU" if capability else None,
+                      capability=capability, bf16=bool(capability and capability >= (8, 0)),
+                      torch_supports_gpu=supported if capability else False, unsloth_installed=unsloth,
+                      bitsandbytes_installed=True)
+
+
+@pytest.mark.parametrize("rt, expected", [
+    (runtime(None), "cpu"),
+    (runtime((7, 5)), "unsloth"),  # T4
+    (runtime((8, 0)), "unsloth"),  # A100
+    (runtime((7, 5), unsloth=False), "transformers"),
+    (runtime((6, 0)), "transformers"),  # P100 with a torch that still has sm_60 kernels
+])
+def test_auto_backend(rt, expected):
+    backend, why = sh.choose_backend("auto", rt)
+    assert backend == expected and why
+
+
+def test_p100_without_kernels_stops_before_loading_and_says_switch_to_t4():
+    with pytest.raises(RuntimeError, match="T4"):
+        sh.choose_backend("auto", runtime((6, 0), supported=False))
+
+
+def test_explicit_backends_that_cannot_run_are_refused():
+    with pytest.raises(RuntimeError, match="compute capability >= 7.0"):
+        sh.choose_backend("unsloth", runtime((6, 0)))
+    with pytest.raises(RuntimeError, match="backend='cpu'"):
+        sh.choose_backend("transformers", runtime(None))
+    with pytest.raises(ValueError, match="backend must be"):
+        sh.choose_backend("tpu", runtime(None))
+
+
+def test_detect_runtime_sees_a_faked_p100_without_kernels(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (6, 0))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_70", "sm_75", "sm_80", "sm_90"])
+    rt = sh.detect_runtime()
+    assert rt.capability == (6, 0) and not rt.torch_supports_gpu and not rt.bf16
+    with pytest.raises(RuntimeError, match="Accelerator"):
+        sh.choose_backend("auto", rt)
+
+
+def test_detect_runtime_on_this_machine():
+    rt = sh.detect_runtime()
+    assert rt.platform == "local"
+    assert sh.choose_backend("auto", rt)[0] in sh.BACKENDS
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "kaggle"),
+    ({"COLAB_RELEASE_TAG": "release-colab"}, "colab"),
+    ({}, "local"),
+])
+def test_detect_platform(env, expected):
+    assert sh.detect_platform(env) == expected
+
+
+def test_secrets_are_resolved_but_never_reported():
+    env = {"HF_TOKEN": "hf_FAKEfakeFAKEfake1234567890"}
+    report = sh.load_secrets(env)
+    assert report["HF_TOKEN"] == "found (environment)"
+    assert report["WANDB_API_KEY"].startswith("not set: skipping")
+    assert "hf_FAKE" not in repr(report)
+    record = sh.runtime_record(runtime(None), "cpu", report)
+    assert record["secrets_found"] == {"HF_TOKEN": True, "WANDB_API_KEY": False}
+    assert "hf_FAKE" not in repr(record)
+
+
+def test_report_to_follows_the_wandb_key():
+    assert sh.resolve_report_to("auto", {}) == "none"
+    assert sh.resolve_report_to("none", {"WANDB_API_KEY": "x"}) == "none"
+
+
+def test_params_defaults_are_valid_and_match_the_seed_tutorial():
+    p = sh.Params()
+    assert (p.lora_r, p.lora_alpha, p.lora_dropout, p.seed, p.max_seq_length) == (16, 16, 0.0, 3407, 2048)
+    assert (p.learning_rate, p.max_steps, p.optim) == (2e-4, 60, "adamw_8bit")
+    assert (p.temperature, p.top_p) == (0.6, 0.95)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_steps", 0), ("lora_r", -1), ("learning_rate", 0.0), ("template", "chatml"), ("data_config", "fr"),
+    ("batch_size", 1.5), ("top_p", 0.0), ("backend", "tpu"), ("lora_dropout", 1.0), ("val_size", -1),
+])
+def test_invalid_params_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        sh.Params(**{field: value})
+
+
+def test_push_needs_a_repo_id_and_a_token():
+    with pytest.raises(ValueError, match="hub_repo_id"):
+        sh.Params(push_to_hub=True, hub_repo_id="")
+    p = sh.Params(push_to_hub=True, hub_repo_id="me/r1-medical")
+    with pytest.raises(RuntimeError, match="HF_TOKEN"):
+        sh.hub_upload_plan(p, environ={})
+    assert sh.hub_upload_plan(p, environ={"HF_TOKEN": "x"}) == ["adapter -> me/r1-medical-lora",
+                                                                  "merged 16-bit model -> me/r1-medical"]
+    assert sh.hub_upload_plan(sh.Params(), environ={"HF_TOKEN": "x"}) == []
+
+
+def test_missing_artifact_names_the_notebook_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="03_train"):
+        sh.require_artifact(tmp_path, "adapter")
+
+
+def test_atomic_write_leaves_nothing_half_written(tmp_path):
+    path = sh.write_json(tmp_path / "a.json", {"x": 1})
+
+    class Boom:
+        def __iter__(self):
+            yield {"x": 2}
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        sh.write_jsonl(tmp_path / "b.jsonl", Boom())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    assert sh.read_json(path) == {"x": 1}
+
+
+def test_requirements_pins_are_parsed_and_shared_with_the_test_environment():
+    gpu = sh.parse_requirements(sh.REPO_ROOT / "requirements.txt")
+    cpu = sh.parse_requirements(sh.REPO_ROOT / "requirements-test.txt")
+    for name in ("transformers", "trl", "peft", "datasets", "accelerate"):
+        assert gpu[name] == cpu[name], name
+    assert gpu["unsloth"] == "2026.10.9" and gpu["transformers"] <= "5.17.0" and gpu["datasets"] < "5"
+    assert "not installing" in sh.install_requirements("never") or "all pinned" in sh.install_requirements("never")
+    with pytest.raises(ValueError, match="INSTALL_REQUIREMENTS"):
+        sh.install_requirements("sometimes")
+
+
+def test_split_thinking():
+    assert sh.split_thinking("a </think> b </think>\n\nanswer") == ("a </think> b", "answer", True)
+    assert sh.split_thinking("still thinking") == ("still thinking", "", False)

@@ -1,0 +1,101 @@
+"""The whole series, executed in order by papermill on the tiny model and the sample data, exactly as the
+README's run command does it; then the files each notebook wrote are read back and checked."""
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import src_helpers as sh
+
+pytestmark = pytest.mark.notebooks
+
+FAKE_SECRETS = {"HF_TOKEN": "hf_PlantedFakeTokenForTheLeakTest0123", "WANDB_API_KEY": "f" * 24 + "plantedwandb0123"}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("series") / "demo"
+    env = {**os.environ, **FAKE_SECRETS}
+    result = subprocess.run([sys.executable, "scripts/run_series.py", "--work-dir", str(work)], cwd=sh.REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (work / "run_series.log").write_text(result.stdout + result.stderr)
+    return work
+
+
+def test_every_notebook_ran_without_errors(work):
+    executed = sorted(p.stem for p in (work / "executed").glob("*.ipynb"))
+    assert executed == [nb.stem for nb in sorted((sh.REPO_ROOT / "notebooks").glob("*.ipynb"))]
+    for path in (work / "executed").glob("*.ipynb"):
+        nb = json.loads(path.read_text())
+        assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_runtime_record(work):
+    record = sh.read_json(sh.artifact(work, "runtime"))
+    assert record["backend"] == "cpu" and record["platform"] == "local"
+    assert record["secrets_found"] == {"HF_TOKEN": True, "WANDB_API_KEY": True}
+
+
+def test_formatted_data(work):
+    stats = sh.read_json(sh.artifact(work, "data_stats"))
+    train = sh.read_jsonl(sh.artifact(work, "train_data"))
+    val = sh.read_jsonl(sh.artifact(work, "val_data"))
+    assert stats["rows"] == 61 and stats["dropped_over_length"] == 0  # the en_mix sample: 41 en + 20 zh
+    assert (len(train), len(val)) == (stats["train"], stats["val"]) == (53, 8)
+    assert stats["template"] == "r1_chat"
+    tok = sh.load_tokenizer(stats["model_name"])
+    for rec in train + val:
+        assert rec["prompt"].startswith(tok.bos_token + "<｜User｜>") and rec["prompt"].endswith("<｜Assistant｜><think>\n")
+        assert rec["completion"].endswith(tok.eos_token) and "\n</think>\n\n" in rec["completion"]
+        assert rec["input_ids"].count(tok.bos_token_id) == 1 and rec["input_ids"][-1] == tok.eos_token_id
+        assert rec["labels"][-1] == tok.eos_token_id and rec["labels"][:rec["prompt_len"]] == [-100] * rec["prompt_len"]
+    assert sh.artifact(work, "length_histogram").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_learned_only_lora(work):
+    m = sh.read_json(sh.artifact(work, "train_metrics"))
+    assert m["backend"] == "cpu" and m["all_finite"] and m["steps_logged"] == 30
+    assert m["last_loss"] < m["first_loss"] - 0.05
+    c = m["weight_changes"]
+    assert c["lora_tensors_changed"] == c["lora_tensors"] > 0 and c["base_tensors_changed"] == 0
+    assert len(m["eval_losses"]) == 3 and m["eval_losses"][-1][1] < m["eval_losses"][0][1]
+    assert (sh.artifact(work, "adapter") / "adapter_model.safetensors").exists()
+    assert sh.artifact(work, "loss_curve").read_bytes()[:4] == b"\x89PNG"
+    assert any(sh.artifact(work, "checkpoints").glob("checkpoint-*"))
+
+
+def test_comparison_has_both_columns_for_every_question(work):
+    base = sh.read_jsonl(sh.artifact(work, "baseline_answers"))
+    tuned = sh.read_jsonl(sh.artifact(work, "tuned_answers"))
+    ids = [q["id"] for q in sh.QUESTIONS]
+    assert [a["id"] for a in base] == ids and [a["id"] for a in tuned] == ids
+    assert all(0 < a["new_tokens"] <= 24 for a in base + tuned)
+    page = sh.artifact(work, "comparison_html").read_text()
+    assert page.count("<tr>") == len(ids) + 1 and "<th>Base model</th><th>Fine-tuned</th>" in page
+    for q in sh.QUESTIONS:
+        assert q["question"] in page
+    metrics = sh.read_json(sh.artifact(work, "compare_metrics"))
+    assert math.isfinite(metrics["base_val_loss"]) and math.isfinite(metrics["tuned_val_loss"])
+    assert metrics["tuned_val_loss"] < metrics["base_val_loss"]
+
+
+def test_merged_model_reloads_and_matches_the_adapter_model(work):
+    report = sh.read_json(sh.artifact(work, "export_report"))
+    assert report["verified"] and report["pushed"] == []
+    rt = sh.detect_runtime()
+    adapter_model, tok, _ = sh.load_adapter_model(work, "cpu", rt, 2048, True)
+    merged, _ = sh.load_model_and_tokenizer(str(sh.artifact(work, "merged")), "cpu", rt, 2048)
+    assert sh.max_logit_difference(sh.probe_logits(adapter_model, tok), sh.probe_logits(merged, tok)) < 1e-3
+
+
+def test_planted_secrets_appear_nowhere(work):
+    for path in pathlib.Path(work).rglob("*"):
+        if path.is_file() and path.suffix not in (".safetensors", ".bin", ".pt", ".pth", ".png"):
+            text = path.read_bytes().decode("utf-8", "ignore")
+            for value in FAKE_SECRETS.values():
+                assert value not in text, f"a secret leaked into {path}"
