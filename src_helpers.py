@@ -101,6 +101,8 @@ class Params:
     hub_repo_id: str = ""
     hub_private: bool = True
     install_requirements: str = "auto"
+    precision: str = "auto"
+    gpu_memory_cap_gib: float = 0
 
     def __post_init__(self):
         positive = ["max_seq_length", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
@@ -125,6 +127,10 @@ class Params:
             raise ValueError(f"data_config must be one of {sorted(DATA_CONFIG_FILES)}, got {self.data_config!r}")
         if self.backend not in ("auto", *BACKENDS):
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in ("auto", "fp16", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp16' or 'bf16', got {self.precision!r}")
+        if self.gpu_memory_cap_gib < 0:
+            raise ValueError(f"gpu_memory_cap_gib must be >= 0 (0 means no cap), got {self.gpu_memory_cap_gib!r}")
         if self.report_to not in ("auto", "wandb", "none"):
             raise ValueError(f"report_to must be 'auto', 'wandb' or 'none', got {self.report_to!r}")
         if self.push_to_hub and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.hub_repo_id):
@@ -217,13 +223,44 @@ def choose_backend(requested: str, runtime: Runtime) -> tuple[str, str]:
     return requested, f"asked for backend={requested!r}"
 
 
-def setup_backend(requested: str = "auto") -> tuple[Runtime, str]:
+def apply_precision(runtime: Runtime, precision: str) -> Runtime:
+    """"auto" keeps what the GPU supports (bf16 from Ampere on, fp16 on a T4); "fp16" forces T4 behaviour."""
+    if precision not in ("auto", "fp16", "bf16"):
+        raise ValueError(f"PRECISION must be 'auto', 'fp16' or 'bf16', got {precision!r}")
+    if precision == "bf16" and runtime.cuda and not runtime.bf16:
+        raise ValueError(f"{runtime.gpu_name} has no bf16 support: use PRECISION = 'fp16' or 'auto'")
+    if precision == "fp16" and runtime.cuda:
+        return dataclasses.replace(runtime, bf16=False)
+    return runtime
+
+
+def cap_gpu_memory(gib: float) -> None:
+    """Let this process use at most `gib` GiB of GPU memory, so a big GPU shows what fits on a T4."""
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), 0)
+
+
+def setup_backend(requested: str = "auto", precision: str = "auto", memory_cap_gib: float = 0) -> tuple[Runtime, str]:
     """Detect the runtime, pick the backend, and say which one and why (one line each)."""
-    runtime = detect_runtime()
+    runtime = apply_precision(detect_runtime(), precision)
     backend, why = choose_backend(requested, runtime)
     print(runtime.describe())
     print(f"backend: {backend} ({why})")
+    if memory_cap_gib and runtime.cuda:
+        cap_gpu_memory(memory_cap_gib)
+        print(f"GPU memory capped at {memory_cap_gib} GiB for this process")
     return runtime, backend
+
+
+def peak_gpu_memory_gib() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"peak_allocated_gib": None, "peak_reserved_gib": None}
+    return {"peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
 
 
 def parse_requirements(path=REPO_ROOT / "requirements.txt") -> dict[str, str]:
@@ -1112,7 +1149,7 @@ def describe_training(trainer, train: list, val: list) -> str:
 def train_record(p: Params, backend: str, history: dict, changes: dict, trainer_metrics: dict) -> dict:
     return {"backend": backend, "model_name": p.model_name, **summarize_losses(history),
             "eval_losses": history["eval"], "train_losses": history["train"], "weight_changes": changes,
-            "train_runtime_s": trainer_metrics.get("train_runtime"),
+            "train_runtime_s": trainer_metrics.get("train_runtime"), **peak_gpu_memory_gib(),
             "params": {k: v for k, v in dataclasses.asdict(p).items() if k != "hub_repo_id"}}
 
 

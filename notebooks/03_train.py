@@ -34,6 +34,8 @@ WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under 
 MODEL_NAME = "unsloth/DeepSeek-R1-Distill-Llama-8B"  # must be the model whose tokenizer 02 used
 BACKEND = "auto"  # "auto", "unsloth", "transformers" or "cpu"
 MAX_SEQ_LENGTH = 2048  # must match 02's; longer examples were dropped there
+PRECISION = "auto"  # "auto" trains in bf16 where the GPU has it and fp16 on a T4; "fp16" or "bf16" forces one
+GPU_MEMORY_CAP_GIB = 0  # 0 uses the whole GPU; 15 makes a bigger GPU show what fits on a T4
 LOAD_IN_4BIT = True  # QLoRA: 4-bit base weights, 16-bit adapters (ignored on CPU)
 LORA_R = 16  # adapter rank; 8-64 are common, higher learns more and forgets more
 LORA_ALPHA = 16  # adapter scale; alpha equal to r keeps the update scale at 1
@@ -62,10 +64,11 @@ params = sh.Params(work_dir=WORK_DIR, model_name=MODEL_NAME, backend=BACKEND, ma
                    load_in_4bit=LOAD_IN_4BIT, lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                    learning_rate=LEARNING_RATE, max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM,
                    warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, optim=OPTIM, eval_steps=EVAL_STEPS,
-                   save_steps=SAVE_STEPS, report_to=REPORT_TO, seed=SEED)
+                   save_steps=SAVE_STEPS, report_to=REPORT_TO, seed=SEED, precision=PRECISION,
+                   gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB)
 train, val = sh.load_formatted_data(WORK_DIR, MODEL_NAME, MAX_SEQ_LENGTH)
 sh.load_secrets()
-runtime, backend = sh.setup_backend(BACKEND)
+runtime, backend = sh.setup_backend(BACKEND, PRECISION, GPU_MEMORY_CAP_GIB)
 
 # %%
 model, tokenizer = sh.load_model_and_tokenizer(MODEL_NAME, backend, runtime, MAX_SEQ_LENGTH, LOAD_IN_4BIT)

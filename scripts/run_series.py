@@ -27,11 +27,18 @@ def recipe_parameters(recipe: dict, work_dir: pathlib.Path) -> dict:
     return params
 
 
-def run(recipe_name: str, work_dir: pathlib.Path, only: list[str] | None = None) -> dict:
+def load_recipe(name: str) -> dict:
+    path = ROOT / "recipes" / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no recipe {name!r}: choose one of {sorted(p.stem for p in path.parent.glob('*.json'))}")
+    return json.loads(path.read_text())
+
+
+def run(recipe: dict, work_dir: pathlib.Path, only: list[str] | None = None) -> dict:
+    """Execute the notebooks (all, or those numbered in `only`) with the recipe's parameters."""
     import papermill
 
-    recipe = json.loads((ROOT / "recipes" / f"{recipe_name}.json").read_text())
-    work_dir = work_dir.resolve()
+    work_dir = pathlib.Path(work_dir).resolve()
     if recipe.get("offline"):
         os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                           WANDB_MODE="disabled")
@@ -43,7 +50,7 @@ def run(recipe_name: str, work_dir: pathlib.Path, only: list[str] | None = None)
     declared = {nb: papermill.inspect_notebook(str(nb)) for nb in NOTEBOOKS}
     unknown = set(params) - set().union(*declared.values())
     if unknown:
-        raise ValueError(f"recipe {recipe_name!r} sets {sorted(unknown)}, which no notebook's parameters cell declares")
+        raise ValueError(f"the recipe sets {sorted(unknown)}, which no notebook's parameters cell declares")
     timings = {}
     for nb in NOTEBOOKS:
         if only and nb.stem[:2] not in only:
@@ -64,7 +71,7 @@ def main():
     parser.add_argument("--work-dir", default="runs/demo", type=pathlib.Path)
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 02 03")
     args = parser.parse_args()
-    timings = run(args.recipe, args.work_dir, args.only)
+    timings = run(load_recipe(args.recipe), args.work_dir, args.only)
     train = args.work_dir / "train_metrics.json"
     compare = args.work_dir / "compare_metrics.json"
     if train.exists():
