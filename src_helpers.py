@@ -993,7 +993,7 @@ PROBE_PROMPTS = ["A 45-year-old man has sudden chest pain.", "患者空腹血糖
 def probe_logits(model, tokenizer, template: str = "r1_chat"):
     import torch
 
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device
     out = []
     with torch.no_grad():
         for q in PROBE_PROMPTS:
@@ -1006,40 +1006,54 @@ def max_logit_difference(a: list, b: list) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
-def save_merged(model, tokenizer, out_dir, backend: str) -> pathlib.Path:
-    """Merge LoRA into the base weights and save a 16-bit model (float32 kept on CPU, where it is the
-    compute dtype). Written to a temporary folder first, so a failed merge leaves nothing behind."""
-    if backend == "unsloth":
-        return save_dir_atomic(out_dir, lambda d: model.save_pretrained_merged(
-            d, tokenizer, save_method="merged_16bit"))
-    merged = model.merge_and_unload()
-    return save_dir_atomic(out_dir, lambda d: (merged.save_pretrained(d), tokenizer.save_pretrained(d)))
+def load_16bit_with_adapter(base_name: str, adapter_dir, runtime: Runtime, merge: bool = False):
+    """Base model in its 16-bit compute dtype (float32 on CPU) with the adapter, through plain
+    transformers + PEFT, placed by accelerate (GPU first, then CPU RAM, so an 8B model fits beside a T4)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_name, dtype=compute_dtype(runtime),
+                                                 device_map="auto" if runtime.cuda else None)
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return model.merge_and_unload() if merge else model
 
 
-def hub_upload_plan(p: Params, environ=os.environ) -> list[str]:
-    """What 05 will push, or the reason it pushes nothing. Never holds the token itself."""
-    if not p.push_to_hub:
-        return []
-    if not environ.get("HF_TOKEN"):
-        raise RuntimeError("push_to_hub is on but HF_TOKEN is not set: add it as a Kaggle or Colab secret "
-                           "(or an environment variable) and run 00_setup_secrets again")
-    plan = [f"adapter -> {p.hub_repo_id}-lora"]
-    if p.save_merged:
-        plan.append(f"merged 16-bit model -> {p.hub_repo_id}")
-    return plan
+def _free(model) -> None:
+    import gc
 
-
-def merge_tolerance(quantized: bool, dtype) -> dict:
-    """How close merged and base + adapter must be. float32 merges are exact up to rounding; 16-bit
-    logits carry ~3 significant digits; a 4-bit base is re-quantised after merging, so only the
-    predicted tokens are required to agree."""
     import torch
 
-    if quantized:
-        return {"min_argmax_agreement": 0.95}
-    if dtype == torch.float32:
-        return {"max_abs_diff": 1e-3}
-    return {"max_abs_diff": 0.5}
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def save_merged(work_dir, backend: str, runtime: Runtime, load_in_4bit: bool, max_seq_length: int) -> pathlib.Path:
+    """Merge LoRA into the base weights and save a 16-bit model (float32 on CPU, its compute dtype), to a
+    temporary folder first so a failed merge leaves nothing behind. Unsloth merges from its own 4-bit
+    model by reloading the 16-bit base shards; the other backends merge a 16-bit copy with PEFT."""
+    out_dir = artifact(work_dir, "merged")
+    adapter_dir = require_artifact(work_dir, "adapter")
+    if backend == "unsloth":
+        model, tokenizer, _ = load_adapter_model(work_dir, backend, runtime, max_seq_length, load_in_4bit)
+        path = save_dir_atomic(out_dir, lambda d: model.save_pretrained_merged(d, tokenizer,
+                                                                              save_method="merged_16bit"))
+    else:
+        base_name = read_json(adapter_dir / "adapter_config.json")["base_model_name_or_path"]
+        model = load_16bit_with_adapter(base_name, adapter_dir, runtime, merge=True)
+        tokenizer = load_tokenizer(str(adapter_dir))
+        path = save_dir_atomic(out_dir, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    _free(model)
+    return path
+
+
+def merge_tolerance(dtype) -> float:
+    """Largest |logit difference| allowed, relative to the largest |logit|. A float32 merge is exact up to
+    rounding; in 16 bits (about 3 significant digits) rounding adds up over the layers to ~1%."""
+    import torch
+
+    return 1e-4 if dtype == torch.float32 else 2e-2
 
 
 def compare_logits(reference: list, candidate: list) -> dict:
@@ -1047,30 +1061,45 @@ def compare_logits(reference: list, candidate: list) -> dict:
     for x, y in zip(reference, candidate):
         agree += (x.argmax(-1) == y.argmax(-1)).sum().item()
         total += x.shape[0] * x.shape[1]
-    return {"max_abs_diff": max_logit_difference(reference, candidate), "argmax_agreement": agree / total}
+    scale = max(x.abs().max().item() for x in reference)
+    diff = max_logit_difference(reference, candidate)
+    return {"max_abs_diff": diff, "relative_diff": diff / scale, "argmax_agreement": agree / total}
 
 
-def export_merged(model, tokenizer, work_dir, backend: str, runtime: Runtime, save: bool,
-                  load_in_4bit: bool) -> dict:
-    """Save the merged 16-bit model, reload it, and check its logits against base + adapter.
-    Raises RuntimeError (and keeps nothing pushed) when the merge does not reproduce the adapter model."""
+def verify_merge(work_dir, runtime: Runtime) -> dict:
+    """Logits of the saved merged model against base + adapter, both in the same 16-bit dtype, on probe prompts."""
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir = require_artifact(work_dir, "adapter")
+    base_name = read_json(adapter_dir / "adapter_config.json")["base_model_name_or_path"]
+    tokenizer = load_tokenizer(str(adapter_dir))
+    reference_model = load_16bit_with_adapter(base_name, adapter_dir, runtime)
+    reference = probe_logits(reference_model, tokenizer)
+    _free(reference_model)
+    merged = AutoModelForCausalLM.from_pretrained(str(artifact(work_dir, "merged")), dtype=compute_dtype(runtime),
+                                                  device_map="auto" if runtime.cuda else None)
+    check = compare_logits(reference, probe_logits(merged, tokenizer))
+    _free(merged)
+    check["tolerance"] = merge_tolerance(compute_dtype(runtime))
+    check["ok"] = check["relative_diff"] <= check["tolerance"]
+    return check
+
+
+def export_merged(work_dir, backend: str, runtime: Runtime, save: bool, load_in_4bit: bool,
+                  max_seq_length: int) -> dict:
+    """Save the merged 16-bit model and verify it. Raises RuntimeError, and nothing is pushed, when the
+    merge does not reproduce base + adapter."""
     if not save:
         return {"merged": None, "verified": None, "summary": "SAVE_MERGED is False: only the adapter is kept"}
-    reference = probe_logits(model, tokenizer)
-    out_dir = save_merged(model, tokenizer, artifact(work_dir, "merged"), backend)
-    merged, _ = load_model_and_tokenizer(str(out_dir), "cpu" if backend == "cpu" else backend, runtime,
-                                         max_seq_length=4096, load_in_4bit=load_in_4bit)
-    check = compare_logits(reference, probe_logits(merged, tokenizer))
-    quantized = load_in_4bit and backend != "cpu"
-    tolerance = merge_tolerance(quantized, compute_dtype(runtime))
-    ok = (check["argmax_agreement"] >= tolerance["min_argmax_agreement"]) if quantized else \
-        (check["max_abs_diff"] <= tolerance["max_abs_diff"])
-    report = {"merged": str(out_dir), "verified": ok, "check": check, "tolerance": tolerance,
+    out_dir = save_merged(work_dir, backend, runtime, load_in_4bit, max_seq_length)
+    check = verify_merge(work_dir, runtime)
+    report = {"merged": str(out_dir), "verified": check["ok"], "check": check,
               "summary": f"merged model written to {out_dir}; max |logit difference| vs base + adapter "
-                         f"{check['max_abs_diff']:.2e}, next-token agreement {check['argmax_agreement']:.1%}"}
-    if not ok:
-        raise RuntimeError(f"the merged model does not match base + adapter ({check} vs {tolerance}); "
-                           f"it will not be pushed. Keep using the adapter in {artifact(work_dir, 'adapter')}.")
+                         f"{check['max_abs_diff']:.2e} ({check['relative_diff']:.1e} of the largest logit, "
+                         f"tolerance {check['tolerance']:.0e}); next-token agreement {check['argmax_agreement']:.1%}"}
+    if not check["ok"]:
+        raise RuntimeError(f"the merged model does not match base + adapter ({report['summary']}); it will "
+                           f"not be pushed. Keep using the adapter in {artifact(work_dir, 'adapter')}.")
     return report
 
 
