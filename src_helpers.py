@@ -788,8 +788,12 @@ def weight_snapshot(model) -> dict:
             if "lora_" in name:
                 snap[name] = t.detach().float().cpu().clone()
             else:
-                x = t.detach().to(torch.float64)
-                snap[name] = (x.sum().item(), (x * x).sum().item())
+                total = squares = 0.0
+                for chunk in t.detach().reshape(-1).split(2**24):  # 128 MB of float64 at a time
+                    x = chunk.to(torch.float64)
+                    total += x.sum().item()
+                    squares += (x * x).sum().item()
+                snap[name] = (total, squares)
     return snap
 
 
@@ -832,6 +836,15 @@ def make_trainer(model, tokenizer, train_records, val_records, p: Params, backen
     return SFTTrainer(model=model, args=args, processing_class=tokenizer,
                       train_dataset=records_to_dataset(train_records),
                       eval_dataset=records_to_dataset(val_records) if val_records else None)
+
+
+def train(trainer):
+    """trainer.train(), with the GPU's peak-memory counter reset first so train_metrics reports training's peak."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    return trainer.train()
 
 
 def loss_history(trainer) -> dict:

@@ -21,7 +21,7 @@ import src_helpers as sh  # noqa: E402
 CHECKS = [
     ("qwen-1.5b-bf16-series", "qwen-1.5b", "bf16", 0, ["01", "02", "03", "04", "05"]),
     ("qwen-1.5b-fp16", "qwen-1.5b", "fp16", 0, ["02", "03"]),
-    ("llama-8b-bf16", "llama-8b", "bf16", 0, ["02", "03", "04"]),
+    ("llama-8b-bf16", "llama-8b", "bf16", 0, ["01", "02", "03", "04"]),
     ("llama-8b-fp16-t4-15gib", "llama-8b", "fp16", 15, ["02", "03"]),
 ]
 

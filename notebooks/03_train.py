@@ -78,7 +78,7 @@ trainer = sh.make_trainer(model, tokenizer, train, val, params, backend, runtime
 print(sh.describe_training(trainer, train, val))
 
 # %%
-result = trainer.train()
+result = sh.train(trainer)
 
 # %% [markdown]
 # ## Did it learn?
