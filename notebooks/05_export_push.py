@@ -22,7 +22,7 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/05_export_push.ipynb)
 #
 # **Reads:** `WORK_DIR/adapter/` (03). **Writes:** `WORK_DIR/merged_16bit/`, `export.json`.
-# **Time on a T4:** about 10 minutes for the 8B model (the merged model is about 16 GB on disk).
+# **Time on a T4:** about 10-15 minutes for the 8B model, mostly loading 16 GB twice (the merged model is about 16 GB on disk).
 #
 # Pushing needs `HF_TOKEN` (a write token) as a secret, `PUSH_TO_HUB = True` and `HUB_REPO_ID`.
 # Repositories are created private unless `HUB_PRIVATE = False`.
@@ -30,8 +30,6 @@
 # %% tags=["parameters"]
 WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder
 BACKEND = "auto"  # "auto", "unsloth", "transformers" or "cpu"
-MAX_SEQ_LENGTH = 2048  # as in 03
-LOAD_IN_4BIT = True  # as in 03; Unsloth merges a 4-bit model by reloading the 16-bit shards (ignored on CPU)
 SAVE_MERGED = True  # write the merged 16-bit model (about 2 bytes per parameter on disk)
 PUSH_TO_HUB = False  # True pushes the adapter (and the merged model if SAVE_MERGED) to the Hub
 HUB_REPO_ID = ""  # "your-name/DeepSeek-R1-Medical"; the adapter goes to "<HUB_REPO_ID>-lora"
@@ -45,7 +43,7 @@ sys.path[:0] = [".", ".."]  # src_helpers.py sits at the repo root; run from the
 import src_helpers as sh
 
 print(sh.install_requirements(INSTALL_REQUIREMENTS))
-params = sh.Params(work_dir=WORK_DIR, backend=BACKEND, max_seq_length=MAX_SEQ_LENGTH, save_merged=SAVE_MERGED,
+params = sh.Params(work_dir=WORK_DIR, backend=BACKEND, save_merged=SAVE_MERGED,
                    push_to_hub=PUSH_TO_HUB, hub_repo_id=HUB_REPO_ID, hub_private=HUB_PRIVATE)
 sh.load_secrets()
 upload_plan = sh.hub_upload_plan(params)
@@ -53,12 +51,13 @@ runtime, backend = sh.setup_backend(BACKEND)
 
 # %% [markdown]
 # ## Merge and verify
-# The merged model must predict what base + adapter predicts. Both are loaded in the same 16-bit format
-# (GPU first, then CPU RAM) and compared on probe prompts; a merge that differs by more than 16-bit
-# rounding explains (2% of the largest logit) is refused and nothing is pushed.
+# The adapter is merged into the 16-bit base weights in CPU RAM (16 GB for the 8B model; Kaggle has 30),
+# so the GPU is not needed. The merged model must predict what base + adapter predicts: both are compared
+# on probe prompts in the same format, and a merge that differs by more than rounding explains
+# (5% of the largest logit in bfloat16) is refused and nothing is pushed.
 
 # %%
-report = sh.export_merged(WORK_DIR, backend, runtime, SAVE_MERGED, LOAD_IN_4BIT, MAX_SEQ_LENGTH)
+report = sh.export_merged(WORK_DIR, runtime, SAVE_MERGED)
 print(report["summary"])
 
 # %%

@@ -20,6 +20,7 @@ def trained(tiny_model_dir, tmp_path_factory, en_rows, zh_rows):
     trainer = sh.make_trainer(model, tok, train, val, p, "cpu", rt)
     trainer.train()
     sh.save_adapter(model, tok, sh.artifact(p.work_dir, "adapter"))
+    sh.write_json(sh.artifact(p.work_dir, "train_metrics"), {"model_name": p.model_name})
     return {"p": p, "model": model, "tok": tok, "trainer": trainer, "before": before, "val": val,
             "base_val_loss": base_val_loss, "rt": rt}
 
@@ -65,7 +66,7 @@ def test_adapter_saves_reloads_and_merge_matches(trained):
     assert base_name == p.model_name
     ref = sh.probe_logits(model, tok)
     assert sh.max_logit_difference(ref, sh.probe_logits(reloaded, tok2)) < 1e-5
-    report = sh.export_merged(p.work_dir, "cpu", rt, True, True, p.max_seq_length)
+    report = sh.export_merged(p.work_dir, rt, True)
     assert report["verified"] and report["check"]["relative_diff"] < 1e-4
     merged, _ = sh.load_model_and_tokenizer(report["merged"], "cpu", rt, 2048)
     assert not any("lora_" in n for n, _ in merged.named_parameters())
@@ -88,7 +89,13 @@ def test_a_bad_merge_is_refused(trained, monkeypatch):
 
     monkeypatch.setattr(sh, "save_merged", corrupting_save)
     with pytest.raises(RuntimeError, match="will not be pushed"):
-        sh.export_merged(p.work_dir, "cpu", rt, True, True, p.max_seq_length)
+        sh.export_merged(p.work_dir, rt, True)
+
+
+def test_merge_refuses_a_4bit_only_base(tmp_path):
+    sh.write_json(sh.artifact(tmp_path, "train_metrics"), {"model_name": "unsloth/x-unsloth-bnb-4bit"})
+    with pytest.raises(ValueError, match="16-bit"):
+        sh.merge_base_name(tmp_path)
 
 
 def test_tiny_llama_architecture_trains_one_step(tmp_path, en_rows):
