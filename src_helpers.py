@@ -103,6 +103,7 @@ class Params:
     install_requirements: str = "auto"
     precision: str = "auto"
     gpu_memory_cap_gib: float = 0
+    resume: bool = True
 
     def __post_init__(self):
         positive = ["max_seq_length", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
@@ -671,10 +672,22 @@ def compute_dtype(runtime: Runtime):
     return torch.bfloat16 if runtime.bf16 else torch.float16
 
 
+def _explain_missing_model(model_name: str, err: Exception) -> Exception:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        where = "it is not a local folder and not in the Hub cache, and HF_HUB_OFFLINE=1 forbids downloading"
+    else:
+        where = "it is not a local folder and the Hub could not provide it (name misspelt, gated, or no internet)"
+    return OSError(f"could not load model {model_name!r}: {where}. Check MODEL_NAME (for example "
+                   f"{MODELS['llama-8b']!r}) or the path. ({type(err).__name__})")
+
+
 def load_tokenizer(model_name: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_name)
+    try:
+        return AutoTokenizer.from_pretrained(model_name)
+    except OSError as err:
+        raise _explain_missing_model(model_name, err) from err
 
 
 def load_model_and_tokenizer(model_name: str, backend: str, runtime: Runtime, max_seq_length: int,
@@ -702,8 +715,11 @@ def load_model_and_tokenizer(model_name: str, backend: str, runtime: Runtime, ma
                 kwargs["quantization_config"] = BitsAndBytesConfig(
                     load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                     bnb_4bit_compute_dtype=compute_dtype(runtime))
-        tokenizer = AutoTokenizer.from_pretrained(model_name)
-        model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
+        tokenizer = load_tokenizer(model_name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
+        except torch.OutOfMemoryError as err:
+            raise RuntimeError(oom_advice(Params(model_name=model_name, max_seq_length=max_seq_length))) from err
         if backend == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
     if tokenizer.pad_token is None:
@@ -722,6 +738,9 @@ def add_lora(model, backend: str, p: Params):
             lora_dropout=p.lora_dropout, bias="none", use_gradient_checkpointing="unsloth",
             random_state=p.seed, max_seq_length=p.max_seq_length)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    set_seed(p.seed)  # LoRA's A matrices are drawn at random: the same SEED must give the same adapter
 
     if backend == "transformers" and getattr(model, "is_loaded_in_4bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
@@ -827,7 +846,8 @@ def make_trainer(model, tokenizer, train_records, val_records, p: Params, backen
         learning_rate=p.learning_rate, weight_decay=p.weight_decay, lr_scheduler_type="linear",
         optim=resolve_optimizer(p.optim, backend), seed=p.seed, data_seed=p.seed,
         fp16=runtime.cuda and not runtime.bf16, bf16=runtime.cuda and runtime.bf16,
-        logging_steps=1, eval_strategy="steps" if val_records else "no", eval_steps=p.eval_steps,
+        logging_steps=1, logging_nan_inf_filter=False,  # the default hides a NaN loss behind earlier values
+        eval_strategy="steps" if val_records else "no", eval_steps=p.eval_steps,
         save_strategy="steps", save_steps=p.save_steps, save_total_limit=2,
         max_length=p.max_seq_length, report_to=resolve_report_to(p.report_to),
         gradient_checkpointing=backend == "transformers", dataset_num_proc=None,
@@ -838,13 +858,65 @@ def make_trainer(model, tokenizer, train_records, val_records, p: Params, backen
                       eval_dataset=records_to_dataset(val_records) if val_records else None)
 
 
-def train(trainer):
-    """trainer.train(), with the GPU's peak-memory counter reset first so train_metrics reports training's peak."""
+def last_checkpoint(work_dir) -> str | None:
+    """The newest complete checkpoint under WORK_DIR/checkpoints, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = artifact(work_dir, "checkpoints")
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def stop_on_non_finite_loss():
+    """A TrainerCallback that stops at the first NaN or infinite loss, before that step is checkpointed,
+    so the last checkpoint on disk is the last good one."""
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        bad_step = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                self.bad_step = state.global_step
+                control.should_training_stop = True
+                control.should_save = False
+            return control
+
+    return StopOnNonFiniteLoss()
+
+
+def oom_advice(p: Params) -> str:
+    return (f"CUDA ran out of memory. Lower, in this order: BATCH_SIZE (now {p.batch_size}; 1 with GRAD_ACCUM "
+            f"{p.batch_size * p.grad_accum} keeps the effective batch), MAX_SEQ_LENGTH (now {p.max_seq_length}; "
+            f"1024 drops about 1.4% of the English rows), or the model size (unsloth/DeepSeek-R1-Distill-Qwen-7B "
+            f"or -1.5B). Restart the kernel after an out-of-memory error.")
+
+
+def train(trainer, p: Params, resume: bool = True):
+    """trainer.train(), resuming from the last checkpoint in WORK_DIR when there is one, stopping at a
+    non-finite loss, and turning an out-of-memory error into the settings to lower. The GPU's peak-memory
+    counter is reset first, so train_metrics reports training's own peak."""
     import torch
 
+    checkpoint = last_checkpoint(p.work_dir) if resume else None
+    if checkpoint:
+        print(f"resuming from {checkpoint}")
+    guard = stop_on_non_finite_loss()
+    trainer.add_callback(guard)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    return trainer.train()
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    except torch.OutOfMemoryError as err:
+        raise RuntimeError(oom_advice(p)) from err
+    if guard.bad_step is not None:
+        good = last_checkpoint(p.work_dir)
+        raise RuntimeError(
+            f"the training loss became NaN or infinite at step {guard.bad_step}; training stopped and no adapter "
+            f"was saved. Lower LEARNING_RATE (now {p.learning_rate:g}); in fp16 (T4) an overflow can also cause "
+            f"this. The last good checkpoint is {good or 'none (no checkpoint was written before that step)'}; "
+            f"delete {artifact(p.work_dir, 'checkpoints')} to start afresh.")
+    return result
 
 
 def loss_history(trainer) -> dict:
@@ -1054,12 +1126,40 @@ def _free(model) -> None:
     gc.collect()
 
 
+def count_parameters(model_name: str) -> int:
+    """Parameters of a model, from its config alone (built on the meta device: no weights are loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_name))
+    return sum(t.numel() for t in model.parameters())
+
+
+def check_disk_space(folder, needed_bytes: int, disk_usage=shutil.disk_usage) -> None:
+    """Refuse, before writing anything, when the folder's disk cannot hold needed_bytes (plus 10%)."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = disk_usage(folder).free
+    if free < needed_bytes * 1.1:
+        raise RuntimeError(
+            f"the merged model needs about {needed_bytes / 1e9:.1f} GB but {folder} has {free / 1e9:.1f} GB free "
+            f"(Kaggle's /kaggle/working holds 20 GB). Set SAVE_MERGED = False to keep only the adapter "
+            f"(it loads on top of the base model), point WORK_DIR at a larger disk (on Kaggle, /tmp is not "
+            f"saved but is larger), or free space.")
+
+
 def save_merged(work_dir, runtime: Runtime) -> pathlib.Path:
     """Merge LoRA into the 16-bit base weights with PEFT on the CPU and save, to a temporary folder first so
     a failed merge leaves nothing behind. The same code serves every backend, needs no GPU memory, and
     merges into the 16-bit weights MODEL_NAME names rather than into the 4-bit copy that trained."""
+    import torch
+
     adapter_dir = require_artifact(work_dir, "adapter")
-    model = load_16bit_with_adapter(merge_base_name(work_dir), adapter_dir, merge_dtype(runtime), merge=True)
+    base_name = merge_base_name(work_dir)
+    bytes_per_parameter = 4 if merge_dtype(runtime) == torch.float32 else 2
+    check_disk_space(work_dir, count_parameters(base_name) * bytes_per_parameter)
+    model = load_16bit_with_adapter(base_name, adapter_dir, merge_dtype(runtime), merge=True)
     tokenizer = load_tokenizer(str(adapter_dir))
     path = save_dir_atomic(artifact(work_dir, "merged"),
                            lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
@@ -1144,15 +1244,19 @@ def push_to_hub(p: Params, plan: list[str], report: dict) -> list[str]:
     from huggingface_hub import HfApi
 
     api = HfApi()
-    pushed = []
-    adapter_repo = f"{p.hub_repo_id}-lora"
-    api.create_repo(adapter_repo, private=p.hub_private, exist_ok=True)
-    api.upload_folder(folder_path=str(artifact(p.work_dir, "adapter")), repo_id=adapter_repo)
-    pushed.append(adapter_repo)
+    uploads = [(f"{p.hub_repo_id}-lora", artifact(p.work_dir, "adapter"))]
     if p.save_merged and report.get("verified"):
-        api.create_repo(p.hub_repo_id, private=p.hub_private, exist_ok=True)
-        api.upload_folder(folder_path=report["merged"], repo_id=p.hub_repo_id)
-        pushed.append(p.hub_repo_id)
+        uploads.append((p.hub_repo_id, pathlib.Path(report["merged"])))
+    pushed = []
+    for repo_id, folder in uploads:
+        try:
+            api.create_repo(repo_id, private=p.hub_private, exist_ok=True)
+            api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+        except Exception as err:  # network, permissions, quota: the message never holds the token
+            raise RuntimeError(f"pushing {folder} to {repo_id} failed ({type(err).__name__}: {err}). The local files "
+                               f"are kept; {pushed or 'nothing'} was pushed. Fix the cause (a write token? "
+                               f"internet on?) and run this cell again.") from err
+        pushed.append(repo_id)
     return pushed
 
 

@@ -51,6 +51,7 @@ EVAL_STEPS = 20  # validation loss every this many steps
 SAVE_STEPS = 20  # checkpoint every this many steps
 REPORT_TO = "auto"  # "auto" logs to W&B when WANDB_API_KEY is set; "wandb" or "none"
 SEED = 3407  # LoRA initialisation and data order
+RESUME = True  # continue from the last checkpoint in WORK_DIR/checkpoints (after Kaggle's 12-hour stop)
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
@@ -77,8 +78,14 @@ before = sh.weight_snapshot(model)
 trainer = sh.make_trainer(model, tokenizer, train, val, params, backend, runtime)
 print(sh.describe_training(trainer, train, val))
 
+# %% [markdown]
+# ## Train
+# Checkpoints go to `WORK_DIR/checkpoints` every `SAVE_STEPS` steps. Kaggle stops a session after 12 hours:
+# run this notebook again with the same `WORK_DIR` and it resumes from the last checkpoint by itself.
+# A NaN or infinite loss stops training with advice, and an out-of-memory error says what to lower.
+
 # %%
-result = sh.train(trainer)
+result = sh.train(trainer, params, RESUME)
 
 # %% [markdown]
 # ## Did it learn?

@@ -81,3 +81,13 @@ def test_kernel_metadata_is_valid():
     assert meta["kernel_type"] == "notebook" and meta["enable_gpu"] and meta["enable_internet"]
     assert (sh.REPO_ROOT / meta["code_file"]).exists()
     assert re.fullmatch(r"[^/]+/[a-z0-9-]+", meta["id"])
+
+
+def test_readme_bad_input_table_names_real_tests():
+    readme = (sh.REPO_ROOT / "README.md").read_text()
+    table = readme.split("## When something is wrong")[1].split("\n## ")[0]
+    named = re.findall(r"`(test_\w+)`", table)
+    assert len(named) >= 15
+    sources = "".join(p.read_text() for p in (sh.REPO_ROOT / "tests").glob("test_*.py"))
+    for name in named:
+        assert f"def {name}(" in sources, f"README names {name}, which no test defines"
