@@ -51,6 +51,7 @@ EVAL_STEPS = 20  # validation loss every this many steps
 SAVE_STEPS = 20  # checkpoint every this many steps
 REPORT_TO = "auto"  # "auto" logs to W&B when WANDB_API_KEY is set; "wandb" or "none"
 SEED = 3407  # LoRA initialisation and data order
+EARLY_STOPPING_PATIENCE = 0  # 0 trains MAX_STEPS; 3 stops after 3 evaluations without a better val loss
 RESUME = True  # continue from the last checkpoint in WORK_DIR/checkpoints (after Kaggle's 12-hour stop)
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
@@ -66,7 +67,7 @@ params = sh.Params(work_dir=WORK_DIR, model_name=MODEL_NAME, backend=BACKEND, ma
                    learning_rate=LEARNING_RATE, max_steps=MAX_STEPS, batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM,
                    warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, optim=OPTIM, eval_steps=EVAL_STEPS,
                    save_steps=SAVE_STEPS, report_to=REPORT_TO, seed=SEED, precision=PRECISION,
-                   gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB)
+                   gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB, early_stopping_patience=EARLY_STOPPING_PATIENCE)
 train, val = sh.load_formatted_data(WORK_DIR, MODEL_NAME, MAX_SEQ_LENGTH)
 sh.load_secrets()
 runtime, backend = sh.setup_backend(BACKEND, PRECISION, GPU_MEMORY_CAP_GIB)

@@ -38,7 +38,12 @@ TEMPERATURE = 0.6  # keep equal to 01's
 TOP_P = 0.95  # keep equal to 01's
 DO_SAMPLE = True  # keep equal to 01's
 GEN_BATCH_SIZE = 4  # questions generated together; lower it if the GPU runs out of memory
-SEED = 3407  # sampling seed
+SEED = 3407  # sampling seed, and which benchmark items are drawn
+EVAL_DATA = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"  # or a local file in its schema
+EVAL_ITEMS = 30  # items per benchmark (5 benchmarks); 0 uses all 8,381; more items, narrower intervals
+EVAL_GREEDY = True  # greedy decoding for the benchmarks, so a rerun scores the same; False samples
+EVAL_MAX_NEW_TOKENS = 1024  # answers still thinking at this length count as "no answer", never guessed
+ROUGE_ITEMS = 20  # validation questions whose answers are scored by ROUGE-L against the reference
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
@@ -67,8 +72,35 @@ sh.write_jsonl(sh.artifact(WORK_DIR, "tuned_answers"), tuned_answers)
 losses = sh.base_vs_tuned_loss(model, val)
 rows = sh.comparison_rows(base_answers, tuned_answers)
 sh.write_text(sh.artifact(WORK_DIR, "comparison_html"), sh.comparison_html(rows, losses))
-sh.write_json(sh.artifact(WORK_DIR, "compare_metrics"), {**losses, "base_model": base_name, "questions": len(rows)})
 print(f"validation loss: base {losses['base_val_loss']:.4f} -> tuned {losses['tuned_val_loss']:.4f}")
 
 # %%
 sh.show_html(sh.artifact(WORK_DIR, "comparison_html"))
+
+# %% [markdown]
+# ## Did fine-tuning help? Benchmark accuracy, base vs tuned
+# Each item is answered twice by the same loaded model, once with the adapter switched off. The letter is
+# read only after the last \`</think>\` ("answer is X", 答案是X, a bold or bracketed letter, a standalone
+# letter, the option's text, then the closest option), and the rule that fired is recorded. An answer
+# that never closed its thought counts as "no answer" and is reported separately.
+
+# %%
+eval_data = sh.load_eval_data(EVAL_DATA, EVAL_ITEMS, SEED)
+base_scored, tuned_scored = sh.run_benchmarks(model, tokenizer, eval_data, template, EVAL_MAX_NEW_TOKENS,
+                                              EVAL_GREEDY, TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend)
+verdict = sh.verdict_rows(base_scored, tuned_scored, SEED)
+sh.write_json(sh.artifact(WORK_DIR, "verdict"), {"rows": verdict, "base": base_scored, "tuned": tuned_scored})
+sh.write_text(sh.artifact(WORK_DIR, "verdict_html"), sh.verdict_html(verdict))
+sh.show_html(sh.artifact(WORK_DIR, "verdict_html"))
+
+# %% [markdown]
+# ## ROUGE-L against the reference answers
+# How much of the reference response's wording the answers reproduce, on held-out questions. It rewards
+# imitation, not correctness: read it beside the benchmark verdict, not instead of it.
+
+# %%
+rouge = sh.rouge_comparison(model, tokenizer, val, ROUGE_ITEMS, template, EVAL_MAX_NEW_TOKENS, EVAL_GREEDY,
+                            TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend)
+sh.write_json(sh.artifact(WORK_DIR, "compare_metrics"), {**losses, "rouge": rouge, "verdict": verdict,
+                                                         "base_model": base_name, "questions": len(rows)})
+print(rouge)

@@ -82,6 +82,21 @@ def test_comparison_has_both_columns_for_every_question(work):
     metrics = sh.read_json(sh.artifact(work, "compare_metrics"))
     assert math.isfinite(metrics["base_val_loss"]) and math.isfinite(metrics["tuned_val_loss"])
     assert metrics["tuned_val_loss"] < metrics["base_val_loss"]
+    assert metrics["rouge"]["items"] == 4 and 0 <= metrics["rouge"]["base_rouge_l"] <= 1
+
+
+def test_verdict_table_covers_every_benchmark(work):
+    verdict = sh.read_json(sh.artifact(work, "verdict"))
+    rows = {r["benchmark"]: r for r in verdict["rows"]}
+    assert set(rows) == set(sh.EVAL_BENCHMARKS) | {"all"}
+    assert rows["all"]["items"] == 2 * len(sh.EVAL_BENCHMARKS) == len(verdict["base"]) == len(verdict["tuned"])
+    for row in rows.values():
+        assert 0 <= row["base_interval"][0] <= row["base_accuracy"] <= row["base_interval"][1] <= 1
+        assert row["verdict"].split(" (")[0] in ("fine-tuning helped", "fine-tuning hurt", "no detectable change")
+    # 16 new tokens from a random model never close </think>: every answer is "no answer", none guessed.
+    assert all(s["rule"] == "unfinished" and s["pred"] is None for s in verdict["base"] + verdict["tuned"])
+    assert rows["all"]["base_no_answer"] == rows["all"]["items"]
+    assert "Did fine-tuning help?" in sh.artifact(work, "verdict_html").read_text()
 
 
 def test_merged_model_reloads_and_matches_the_adapter_model(work):

@@ -110,3 +110,16 @@ def test_tiny_llama_architecture_trains_one_step(tmp_path, en_rows):
     trainer = sh.make_trainer(model, tok, records[:4], records[4:], p, "cpu", rt)
     trainer.train()
     assert torch.isfinite(torch.tensor(sh.loss_history(trainer)["train"][-1][1]))
+
+
+def test_early_stopping_keeps_the_best_adapter_settings(tiny_model_dir, tmp_path, en_rows):
+    with pytest.raises(ValueError, match="multiple of eval_steps"):
+        sh.Params(early_stopping_patience=3, eval_steps=20, save_steps=30)
+    p = sh.Params(work_dir=str(tmp_path), model_name=tiny_model_dir, max_steps=2, batch_size=2, grad_accum=1,
+                  report_to="none", eval_steps=1, save_steps=1, early_stopping_patience=2)
+    rt = sh.detect_runtime()
+    model, tok = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+    records, _ = sh.format_rows(en_rows[:6], tok, "r1_chat", 2048)
+    trainer = sh.make_trainer(sh.add_lora(model, "cpu", p), tok, records[:4], records[4:], p, "cpu", rt)
+    assert trainer.args.load_best_model_at_end and trainer.args.metric_for_best_model == "eval_loss"
+    assert any(type(c).__name__ == "EarlyStoppingCallback" for c in trainer.callback_handler.callbacks)
