@@ -641,24 +641,37 @@ def stats_table(stats: dict):
     return pd.DataFrame(stats).T[["count", "mean", "median", "p90", "p99", "max"]]
 
 
-def plot_histogram(lengths: list[int], max_seq_length: int, path) -> pathlib.Path:
+def _new_figure():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # headless: papermill, Kaggle's "Save & Run All", CI
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    return plt.subplots(figsize=(7, 3.5))
+
+
+def _save_figure(fig, path) -> pathlib.Path:
+    """Write the PNG under a temporary name and rename it, like every other artifact."""
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_histogram(lengths: list[int], max_seq_length: int, path) -> pathlib.Path:
+    fig, ax = _new_figure()
     ax.hist(lengths, bins=min(50, max(5, len(lengths) // 4)), color="#4c72b0")
     ax.axvline(max_seq_length, color="#c44e52", linestyle="--", label=f"max_seq_length = {max_seq_length}")
     ax.set_xlabel("tokens per example (prompt + CoT + response + eos)")
     ax.set_ylabel("examples")
     ax.legend()
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def split_train_val(records: list[dict], val_size: int, seed: int):
@@ -945,12 +958,7 @@ def loss_history(trainer) -> dict:
 
 
 def plot_loss_curve(history: dict, path) -> pathlib.Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _new_figure()
     if history["train"]:
         ax.plot(*zip(*history["train"]), label="train loss", color="#4c72b0")
     if history["eval"]:
@@ -958,12 +966,7 @@ def plot_loss_curve(history: dict, path) -> pathlib.Path:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (CoT + response tokens)")
     ax.legend()
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def summarize_losses(history: dict, window: int = 3) -> dict:
@@ -1240,6 +1243,43 @@ def export_merged(work_dir, runtime: Runtime, save: bool) -> dict:
         raise RuntimeError(f"the merged model does not match base + adapter ({report['summary']}); it will "
                            f"not be pushed. Keep using the adapter in {artifact(work_dir, 'adapter')}.")
     return report
+
+
+def model_card(work_dir, hub_repo_id: str = "") -> str:
+    """A Hub model card (README.md) from the run's own files: base model, data, training settings, losses,
+    and the benchmark verdict when 04 has written one. Holds no secret: it is built from saved metrics."""
+    train = read_json(require_artifact(work_dir, "train_metrics"))
+    data = read_json(require_artifact(work_dir, "data_stats"))
+    settings = {k: train["params"][k] for k in ("lora_r", "lora_alpha", "lora_dropout", "learning_rate",
+                                               "max_steps", "batch_size", "grad_accum", "optim", "seed",
+                                               "max_seq_length", "completion_only_loss") if k in train["params"]}
+    dataset = data["dataset_name"] if data["dataset_name"] == DATASET_NAME else "local data in its schema"
+    lines = [
+        "---", f"base_model: {train['model_name']}", "library_name: peft", "license: mit",
+        f"datasets:\n- {DATASET_NAME}", "tags:\n- medical\n- reasoning\n- deepseek-r1\n- lora\n- unsloth\n- trl", "---",
+        f"# {hub_repo_id or 'DeepSeek-R1 medical reasoning LoRA'}", "",
+        f"LoRA fine-tune of `{train['model_name']}` on {dataset} (config `{data['data_config']}`, "
+        f"{data['train']} training examples, template `{data['template']}`), trained with the medical-r1 notebooks "
+        f"(backend: {train['backend']}).", "",
+        "## Training", "", "| setting | value |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in settings.items()], "",
+        f"Training loss {train['first_loss']:.4f} -> {train['last_loss']:.4f}.",
+    ]
+    if artifact(work_dir, "verdict").exists():
+        rows = read_json(artifact(work_dir, "verdict"))["rows"]
+        lines += ["", "## Did fine-tuning help?", "", "| benchmark | items | base | tuned | verdict |", "|---|---|---|---|---|",
+                  *[f"| {r['benchmark']} | {r['items']} | {100 * r['base_accuracy']:.1f}% | "
+                    f"{100 * r['tuned_accuracy']:.1f}% | {r['verdict']} |" for r in rows]]
+    else:
+        lines += ["", "No benchmark evaluation was run (notebook 04)."]
+    lines += ["", "Not medical advice: a research artefact. Check every answer with a clinician."]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(work_dir, card: str, report: dict) -> list[str]:
+    """Put the model card beside the adapter and, when there is one, the merged model."""
+    folders = [artifact(work_dir, "adapter")] + ([pathlib.Path(report["merged"])] if report.get("merged") else [])
+    return [str(write_text(folder / "README.md", card)) for folder in folders]
 
 
 def hub_upload_plan(p: Params, environ=os.environ) -> list[str]:
@@ -1574,16 +1614,23 @@ def rouge_l(candidate: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature, top_p,
+                          batch_size, seed, backend):
+    """The same questions answered with the adapter switched off (the base model), then on."""
+    settings = dict(template=template, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                    do_sample=not greedy, batch_size=batch_size, seed=seed, backend=backend)
+    with model.disable_adapter():
+        base = generate_answers(model, tokenizer, questions, **settings)
+    return base, generate_answers(model, tokenizer, questions, **settings)
+
+
 def run_benchmarks(model, tokenizer, eval_data: dict, template: str, max_new_tokens: int, greedy: bool,
                    temperature: float, top_p: float, batch_size: int, seed: int, backend: str):
     """Answer every benchmark item with the adapter off (base) and on (tuned); score both the same way."""
     items = [item for name in sorted(eval_data) for item in eval_data[name]]
     questions = [{"id": item["id"], "question": mc_question(item)} for item in items]
-    settings = dict(template=template, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                    do_sample=not greedy, batch_size=batch_size, seed=seed, backend=backend)
-    with model.disable_adapter():
-        base = generate_answers(model, tokenizer, questions, **settings)
-    tuned = generate_answers(model, tokenizer, questions, **settings)
+    base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature,
+                                        top_p, batch_size, seed, backend)
     return score_answers(items, base), score_answers(items, tuned)
 
 
@@ -1598,11 +1645,8 @@ def rouge_comparison(model, tokenizer, val: list[dict], n: int, template: str, m
     validation examples. An answer that never closed its thought scores 0 and is counted."""
     records = val[:n]
     questions = [{"id": str(r["row"]), "question": r["question"]} for r in records]
-    settings = dict(template=template, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                    do_sample=not greedy, batch_size=batch_size, seed=seed, backend=backend)
-    with model.disable_adapter():
-        base = generate_answers(model, tokenizer, questions, **settings)
-    tuned = generate_answers(model, tokenizer, questions, **settings)
+    base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature,
+                                        top_p, batch_size, seed, backend)
     result = {"items": len(records)}
     for name, answers in (("base", base), ("tuned", tuned)):
         scores = [rouge_l(a["answer"], reference_response(r)) for a, r in zip(answers, records)]

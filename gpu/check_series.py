@@ -17,17 +17,19 @@ import real_shapes  # noqa: E402
 import run_series  # noqa: E402
 import src_helpers as sh  # noqa: E402
 
-# (name, shape, precision, memory cap GiB, notebooks). fp16 is T4 mode; the capped run is a T4's 15 GiB.
+# (name, shape, backend, precision, memory cap GiB, notebooks). fp16 is T4 mode; 15 GiB is a T4's memory.
 CHECKS = [
-    ("qwen-1.5b-bf16-series", "qwen-1.5b", "bf16", 0, ["01", "02", "03", "04", "05"]),
-    ("qwen-1.5b-fp16", "qwen-1.5b", "fp16", 0, ["02", "03"]),
-    ("llama-8b-bf16", "llama-8b", "bf16", 0, ["01", "02", "03", "04"]),
-    ("llama-8b-fp16-t4-15gib", "llama-8b", "fp16", 15, ["02", "03"]),
+    ("qwen-1.5b-bf16-series", "qwen-1.5b", "auto", "bf16", 0, ["01", "02", "03", "04", "05"]),
+    ("qwen-1.5b-fp16", "qwen-1.5b", "auto", "fp16", 0, ["02", "03"]),
+    ("llama-8b-bf16", "llama-8b", "auto", "bf16", 0, ["01", "02", "03", "04"]),
+    ("llama-8b-fp16-t4-15gib", "llama-8b", "auto", "fp16", 15, ["02", "03"]),
+    ("qwen-1.5b-transformers-bnb", "qwen-1.5b", "transformers", "bf16", 0, ["02", "03"]),
 ]
 
 
-def check_parameters(model_dir, precision, cap, steps):
+def check_parameters(model_dir, backend, precision, cap, steps):
     return {
+        "BACKEND": backend,
         "MODEL_NAME": str(model_dir), "DATASET_NAME": str(real_shapes.REF / "data" / "medical_o1_sft.json"),
         "DATA_CONFIG": "en", "MAX_EXAMPLES": 0, "VAL_SIZE": 16, "MAX_STEPS": steps, "EVAL_STEPS": steps // 2,
         "SAVE_STEPS": steps // 2, "REPORT_TO": "none", "PRECISION": precision, "GPU_MEMORY_CAP_GIB": cap,
@@ -43,7 +45,7 @@ def main():
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results, models = {}, {}
-    for name, shape, precision, cap, notebooks in CHECKS:
+    for name, shape, backend, precision, cap, notebooks in CHECKS:
         if args.only and name not in args.only:
             continue
         if shape not in models:
@@ -52,8 +54,8 @@ def main():
             n = real_shapes.build_model(shape, models[shape])
             print(f"built {shape}: {n / 1e9:.2f}B parameters in {time.time() - start:.0f} s", flush=True)
         work = pathlib.Path("/tmp/gpu_check") / name
-        recipe = {"offline": True, "parameters": check_parameters(models[shape], precision, cap, args.steps)}
-        record = {"shape": shape, "precision": precision, "memory_cap_gib": cap, "notebooks": notebooks}
+        recipe = {"offline": True, "parameters": check_parameters(models[shape], backend, precision, cap, args.steps)}
+        record = {"shape": shape, "backend": backend, "precision": precision, "memory_cap_gib": cap, "notebooks": notebooks}
         try:
             record["timings_s"] = run_series.run(recipe, work, only=notebooks)
             record["ok"] = True

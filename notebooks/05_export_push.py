@@ -61,7 +61,14 @@ runtime, backend = sh.setup_backend(BACKEND)
 report = sh.export_merged(WORK_DIR, runtime, SAVE_MERGED)
 print(report["summary"])
 
+# %% [markdown]
+# ## Model card and push
+# The card (README.md beside the adapter and the merged model) is built from this run's saved files:
+# base model, data, training settings, losses, and 04's verdict table when it exists.
+
 # %%
+card = sh.model_card(WORK_DIR, HUB_REPO_ID)
+sh.write_card(WORK_DIR, card, report)
 report["pushed"] = sh.push_to_hub(params, upload_plan, report)
 sh.write_json(sh.artifact(WORK_DIR, "export_report"), report)
 print("pushed:", report["pushed"] or "nothing (PUSH_TO_HUB is False)")

@@ -108,6 +108,14 @@ def test_merged_model_reloads_and_matches_the_adapter_model(work):
     assert sh.max_logit_difference(sh.probe_logits(adapter_model, tok), sh.probe_logits(merged, tok)) < 1e-3
 
 
+def test_model_card(work):
+    card = (sh.artifact(work, "adapter") / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "library_name: peft" in card
+    assert f"datasets:\n- {sh.DATASET_NAME}" in card and "| learning_rate | 0.005 |" in card
+    assert "## Did fine-tuning help?" in card and card.count("no detectable change") == 6
+    assert (sh.artifact(work, "merged") / "README.md").read_text() == card
+
+
 def test_planted_secrets_appear_nowhere(work):
     for path in pathlib.Path(work).rglob("*"):
         if path.is_file() and path.suffix not in (".safetensors", ".bin", ".pt", ".pth", ".png"):
