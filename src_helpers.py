@@ -147,10 +147,6 @@ class Params:
         if self.push_to_hub and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.hub_repo_id):
             raise ValueError(f"hub_repo_id must look like 'user/name' when push_to_hub is on, got {self.hub_repo_id!r}")
 
-    @property
-    def work(self) -> pathlib.Path:
-        return pathlib.Path(self.work_dir)
-
 
 # --------------------------------------------------------------------------------------------------
 # Runtime: where we run, which GPU, which backend
@@ -1413,7 +1409,6 @@ def show_html(path):
 # --------------------------------------------------------------------------------------------------
 # Benchmarks: did fine-tuning help? Multiple-choice accuracy, base vs tuned, with intervals.
 # --------------------------------------------------------------------------------------------------
-EVAL_DATA_URL = Params.eval_data
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
                    "GPQA_Medical_test")
 
