@@ -804,12 +804,36 @@ def build_tiny_model(out_dir, arch: str = "qwen2", tokenizer_dir=TOKENIZER_FIXTU
 # --------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------
-def resolve_report_to(report_to: str, environ=os.environ) -> str:
-    if report_to == "auto":
-        import importlib.util
+def resolve_report_to(report_to: str, work_dir=".", environ=os.environ) -> tuple[str, str]:
+    """("wandb" or "none", a sentence saying why). "auto" logs to W&B when WANDB_API_KEY is set;
+    "wandb" without a key logs offline under WORK_DIR/wandb, for `wandb sync` later."""
+    import importlib.util
 
-        return "wandb" if environ.get("WANDB_API_KEY") and importlib.util.find_spec("wandb") else "none"
-    return report_to
+    wants = report_to == "wandb" or (report_to == "auto" and environ.get("WANDB_API_KEY"))
+    if not wants:
+        return "none", "not logging to W&B (REPORT_TO is 'none', or 'auto' without WANDB_API_KEY)"
+    if environ.get("WANDB_MODE") == "disabled":
+        return "none", "not logging to W&B: WANDB_MODE=disabled"
+    if importlib.util.find_spec("wandb") is None:
+        return "none", "not logging to W&B: the wandb package is not installed"
+    environ.setdefault("WANDB_PROJECT", "medical-r1")
+    environ["WANDB_DIR"] = str(pathlib.Path(work_dir).resolve())
+    pathlib.Path(work_dir).mkdir(parents=True, exist_ok=True)
+    if not environ.get("WANDB_API_KEY"):
+        environ["WANDB_MODE"] = "offline"
+        return "wandb", f"logging to W&B offline under {work_dir}/wandb (no WANDB_API_KEY); upload it later with `wandb sync`"
+    return "wandb", f"logging to W&B project {environ['WANDB_PROJECT']!r}"
+
+
+def wandb_run_link() -> str | None:
+    """The W&B run's URL, or for an offline run the command that uploads it; None when W&B is off."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb else None
+    if run is None:
+        return None
+    return run.url or f"wandb sync {pathlib.Path(run.dir).parent}"
 
 
 def resolve_optimizer(optim: str, backend: str) -> str:
@@ -860,6 +884,8 @@ def make_trainer(model, tokenizer, train_records, val_records, p: Params, backen
     """TRL SFTTrainer on pre-tokenised ids + labels (so TRL adds no BOS, eos or masking of its own)."""
     from trl import SFTConfig, SFTTrainer
 
+    report_to, why = resolve_report_to(p.report_to, p.work_dir)
+    print(why)
     args = SFTConfig(
         output_dir=str(artifact(p.work_dir, "checkpoints")),
         per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
@@ -870,7 +896,7 @@ def make_trainer(model, tokenizer, train_records, val_records, p: Params, backen
         logging_steps=1, logging_nan_inf_filter=False,  # the default hides a NaN loss behind earlier values
         eval_strategy="steps" if val_records else "no", eval_steps=p.eval_steps,
         save_strategy="steps", save_steps=p.save_steps, save_total_limit=2,
-        max_length=p.max_seq_length, report_to=resolve_report_to(p.report_to),
+        max_length=p.max_seq_length, report_to=report_to,
         gradient_checkpointing=backend == "transformers", dataset_num_proc=None,
         use_cpu=backend == "cpu", dataloader_pin_memory=runtime.cuda,
     )
@@ -1259,7 +1285,8 @@ def model_card(work_dir, hub_repo_id: str = "") -> str:
         f"(backend: {train['backend']}).", "",
         "## Training", "", "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in settings.items()], "",
-        f"Training loss {train['first_loss']:.4f} -> {train['last_loss']:.4f}.",
+        f"Training loss {train['first_loss']:.4f} -> {train['last_loss']:.4f}."
+        + (f" Training run: {train['wandb']}" if str(train.get("wandb")).startswith("https://") else ""),
     ]
     if artifact(work_dir, "verdict").exists():
         rows = read_json(artifact(work_dir, "verdict"))["rows"]
@@ -1371,12 +1398,14 @@ def train_record(p: Params, backend: str, history: dict, changes: dict, trainer_
     return {"backend": backend, "model_name": p.model_name, **summarize_losses(history),
             "eval_losses": history["eval"], "train_losses": history["train"], "weight_changes": changes,
             "train_runtime_s": trainer_metrics.get("train_runtime"), **peak_gpu_memory_gib(),
+            "wandb": wandb_run_link(),
             "params": {k: v for k, v in dataclasses.asdict(p).items() if k != "hub_repo_id"}}
 
 
 def train_summary(metrics: dict) -> str:
     c = metrics["weight_changes"]
-    return (f"train loss {metrics['first_loss']:.4f} -> {metrics['last_loss']:.4f}; "
+    wandb = f"; W&B: {metrics['wandb']}" if metrics.get("wandb") else ""
+    return (f"train loss {metrics['first_loss']:.4f} -> {metrics['last_loss']:.4f}{wandb}; "
             f"LoRA tensors changed: {c['lora_tensors_changed']}/{c['lora_tensors']}; "
             f"base tensors changed: {c['base_tensors_changed']}/{c['base_tensors']}")
 

@@ -120,5 +120,5 @@ def test_push_failure_keeps_local_files_and_says_retry(tmp_path, monkeypatch):
 
 
 def test_no_wandb_key_means_no_wandb_and_the_notebook_says_so():
-    assert sh.resolve_report_to("auto", {}) == "none"
+    assert sh.resolve_report_to("auto", ".", {})[0] == "none"
     assert "not set: skipping logging the training run" in sh.load_secrets({})["WANDB_API_KEY"]

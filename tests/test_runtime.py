@@ -78,9 +78,14 @@ def test_secrets_are_resolved_but_never_reported():
     assert "hf_FAKE" not in repr(record)
 
 
-def test_report_to_follows_the_wandb_key():
-    assert sh.resolve_report_to("auto", {}) == "none"
-    assert sh.resolve_report_to("none", {"WANDB_API_KEY": "x"}) == "none"
+def test_report_to_follows_the_wandb_key(tmp_path):
+    assert sh.resolve_report_to("auto", tmp_path, {})[0] == "none"
+    assert sh.resolve_report_to("none", tmp_path, {"WANDB_API_KEY": "x"})[0] == "none"
+    env = {"WANDB_API_KEY": "x"}
+    assert sh.resolve_report_to("auto", tmp_path, env)[0] == "wandb" and env["WANDB_DIR"] == str(tmp_path.resolve())
+    env = {}
+    assert sh.resolve_report_to("wandb", tmp_path, env)[0] == "wandb" and env["WANDB_MODE"] == "offline"
+    assert sh.resolve_report_to("wandb", tmp_path, {"WANDB_MODE": "disabled"})[0] == "none"
 
 
 def test_params_defaults_are_valid_and_match_the_seed_tutorial():
@@ -132,7 +137,7 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
 def test_requirements_pins_are_parsed_and_shared_with_the_test_environment():
     gpu = sh.parse_requirements(sh.REPO_ROOT / "requirements.txt")
     cpu = sh.parse_requirements(sh.REPO_ROOT / "requirements-test.txt")
-    for name in ("transformers", "trl", "peft", "datasets", "accelerate"):
+    for name in ("transformers", "trl", "peft", "datasets", "accelerate", "wandb"):
         assert gpu[name] == cpu[name], name
     assert gpu["unsloth"] == "2026.10.9" and gpu["transformers"] <= "5.17.0" and gpu["datasets"] < "5"
     assert "not installing" in sh.install_requirements("never") or "all pinned" in sh.install_requirements("never")

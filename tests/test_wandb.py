@@ -1,0 +1,25 @@
+"""W&B without a key: an offline run under WORK_DIR that holds the training metrics, for `wandb sync` later."""
+import pytest
+
+import src_helpers as sh
+
+
+def test_offline_wandb_run_holds_the_metrics(tiny_model_dir, tmp_path, en_rows, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    p = sh.Params(work_dir=str(tmp_path), model_name=tiny_model_dir, max_steps=3, batch_size=2, grad_accum=1,
+                  save_steps=10, eval_steps=2, report_to="wandb")
+    rt = sh.detect_runtime()
+    model, tok = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+    records, _ = sh.format_rows(en_rows[:8], tok, "r1_chat", 2048)
+    trainer = sh.make_trainer(sh.add_lora(model, "cpu", p), tok, records[:6], records[6:], p, "cpu", rt)
+    assert trainer.args.report_to == ["wandb"]
+    sh.train(trainer, p)
+    link = sh.wandb_run_link()
+    wandb.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and link == f"wandb sync {runs[0]}"
+    data = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"train/loss" in data and b"eval/loss" in data
