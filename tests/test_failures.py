@@ -122,3 +122,26 @@ def test_push_failure_keeps_local_files_and_says_retry(tmp_path, monkeypatch):
 def test_no_wandb_key_means_no_wandb_and_the_notebook_says_so():
     assert sh.resolve_report_to("auto", ".", {})[0] == "none"
     assert "not set: skipping logging the training run" in sh.load_secrets({})["WANDB_API_KEY"]
+
+
+def test_push_uploads_adapter_and_verified_merge_privately(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class RecordingApi:
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create", repo_id, private))
+
+        def upload_folder(self, folder_path, repo_id):
+            calls.append(("upload", repo_id, folder_path))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    p = sh.Params(work_dir=str(tmp_path), push_to_hub=True, hub_repo_id="me/r1-med")
+    merged = str(tmp_path / "merged_16bit")
+    assert sh.push_to_hub(p, ["..."], {"verified": True, "merged": merged}) == ["me/r1-med-lora", "me/r1-med"]
+    assert calls == [("create", "me/r1-med-lora", True), ("upload", "me/r1-med-lora", str(sh.artifact(tmp_path, "adapter"))),
+                     ("create", "me/r1-med", True), ("upload", "me/r1-med", merged)]
+    calls.clear()
+    assert sh.push_to_hub(p, ["..."], {"verified": False, "merged": merged}) == ["me/r1-med-lora"]  # no unverified merge
+    assert sh.push_to_hub(sh.Params(work_dir=str(tmp_path)), [], {}) == []
