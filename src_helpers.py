@@ -724,7 +724,7 @@ def load_model_and_tokenizer(model_name: str, backend: str, runtime: Runtime, ma
             load_in_4bit=load_in_4bit)
     else:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         kwargs: dict[str, Any] = {"dtype": compute_dtype(runtime)}
         if backend == "transformers":
@@ -741,8 +741,6 @@ def load_model_and_tokenizer(model_name: str, backend: str, runtime: Runtime, ma
             model = AutoModelForCausalLM.from_pretrained(model_name, **kwargs)
         except torch.OutOfMemoryError as err:
             raise RuntimeError(oom_advice(Params(model_name=model_name, max_seq_length=max_seq_length))) from err
-        if backend == "cpu":
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

@@ -75,7 +75,7 @@ def main():
             "transformers": transformers.__version__, "trl": trl.__version__, "unsloth": unsloth.__version__}
     sh.write_json(args.out / "gpu_check.json", {"meta": meta, "checks": results})
     print(json.dumps(meta))
-    print(f"| check | ok | loss first -> last | val loss | peak reserved GiB | train s | notes |")
+    print("| check | ok | loss first -> last | val loss | peak reserved GiB | train s | notes |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         m = r.get("train_metrics", {})

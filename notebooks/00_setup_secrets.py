@@ -22,7 +22,7 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/00_setup_secrets.ipynb)
 #
 # **Reads:** nothing. **Writes:** `WORK_DIR/runtime.json` (platform, GPU, backend, which secrets were found).
-# **Time on a T4:** under a minute (a few minutes more the first time, if the install cell installs packages).
+# **Time on a T4 (an estimate; not yet measured on one):** under a minute (a few minutes more the first time, if the install cell installs packages).
 #
 # Secrets are looked up in the environment, then in Colab's *Secrets* panel (key icon, left bar; turn on
 # "Notebook access"), then in Kaggle's *Add-ons > Secrets*. Set `HF_TOKEN` (a write token from

@@ -22,7 +22,7 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/01_baseline_inference.ipynb)
 #
 # **Reads:** nothing (the model comes from the Hub). **Writes:** `WORK_DIR/answers/base.jsonl`.
-# **Time on a T4:** about 5-10 minutes for the 8B model (5 questions, up to 1,024 new tokens each).
+# **Time on a T4 (an estimate; not yet measured on one):** about 5-10 minutes for the 8B model (5 questions, up to 1,024 new tokens each).
 #
 # Sampling follows DeepSeek's recommendation for the R1 distills: temperature 0.6, top_p 0.95, no system prompt.
 

@@ -24,7 +24,7 @@
 #
 # **Reads:** nothing (the data comes from the Hub or `DATASET_NAME` as a local path).
 # **Writes:** `WORK_DIR/data/train.jsonl`, `val.jsonl`, `stats.json`, `token_lengths.png`.
-# **Time on a T4:** 1-2 minutes for 2,000 rows.
+# **Time on a T4 (an estimate; not yet measured on one):** 1-2 minutes for 2,000 rows.
 #
 # Each example is `prompt + Complex_CoT + "\n</think>\n\n" + Response + eos`, where the prompt is the
 # model's chat template with the generation prompt (it ends `<｜Assistant｜><think>\n`). Three traps the

@@ -23,7 +23,7 @@
 #
 # **Reads:** `WORK_DIR/data/train.jsonl`, `val.jsonl`, `stats.json` (from 02).
 # **Writes:** `WORK_DIR/adapter/`, `checkpoints/`, `loss_curve.png`, `train_metrics.json`.
-# **Time on a T4:** about 15-20 minutes for 60 steps of the 8B model (batch 2 x accumulation 4).
+# **Time on a T4 (an estimate; not yet measured on one):** about 15-20 minutes for 60 steps of the 8B model (batch 2 x accumulation 4).
 #
 # The defaults are the tutorial's: r=16, alpha=16, dropout 0 on q/k/v/o/gate/up/down, 8-bit AdamW,
 # learning rate 2e-4 for 60 steps, seed 3407. A T4 has no bf16, so training runs in fp16 there.

@@ -23,7 +23,7 @@
 #
 # **Reads:** `WORK_DIR/adapter/` (03), `answers/base.jsonl` (01), `data/val.jsonl` (02).
 # **Writes:** `WORK_DIR/answers/tuned.jsonl`, `comparison.html`, `compare_metrics.json`.
-# **Time on a T4:** about 5-10 minutes for the 8B model.
+# **Time on a T4 (an estimate; not yet measured on one):** about 5-10 minutes for the 8B model.
 #
 # Lower validation loss means the tuned model finds the reference reasoning more likely; it does not
 # by itself mean the answers are more correct. Read the answers, and do not trust one question.

@@ -22,7 +22,7 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/05_export_push.ipynb)
 #
 # **Reads:** `WORK_DIR/adapter/` (03). **Writes:** `WORK_DIR/merged_16bit/`, `export.json`.
-# **Time on a T4:** about 10-15 minutes for the 8B model, mostly loading 16 GB twice (the merged model is about 16 GB on disk).
+# **Time on a T4 (an estimate; not yet measured on one):** about 10-15 minutes for the 8B model, mostly loading 16 GB twice (the merged model is about 16 GB on disk).
 #
 # Pushing needs `HF_TOKEN` (a write token) as a secret, `PUSH_TO_HUB = True` and `HUB_REPO_ID`.
 # Repositories are created private unless `HUB_PRIVATE = False`.

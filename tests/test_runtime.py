@@ -1,5 +1,4 @@
 """Backend choice, runtime detection, secrets and parameters, on CPU with faked device properties."""
-import dataclasses
 
 import pytest
 
