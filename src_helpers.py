@@ -138,7 +138,7 @@ class Params:
             raise ValueError(f"data_config must be one of {sorted(DATA_CONFIG_FILES)}, got {self.data_config!r}")
         if self.backend not in ("auto", *BACKENDS):
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {self.backend!r}")
-        if self.precision not in ("auto", "fp16", "bf16"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be 'auto', 'fp16' or 'bf16', got {self.precision!r}")
         if self.gpu_memory_cap_gib < 0:
             raise ValueError(f"gpu_memory_cap_gib must be >= 0 (0 means no cap), got {self.gpu_memory_cap_gib!r}")
@@ -152,6 +152,7 @@ class Params:
 # Runtime: where we run, which GPU, which backend
 # --------------------------------------------------------------------------------------------------
 BACKENDS = ("unsloth", "transformers", "cpu")
+PRECISIONS = ("auto", "fp16", "bf16")
 
 
 @dataclasses.dataclass
@@ -232,7 +233,7 @@ def choose_backend(requested: str, runtime: Runtime) -> tuple[str, str]:
 
 def apply_precision(runtime: Runtime, precision: str) -> Runtime:
     """"auto" keeps what the GPU supports (bf16 from Ampere on, fp16 on a T4); "fp16" forces T4 behaviour."""
-    if precision not in ("auto", "fp16", "bf16"):
+    if precision not in PRECISIONS:
         raise ValueError(f"PRECISION must be 'auto', 'fp16' or 'bf16', got {precision!r}")
     if precision == "bf16" and runtime.cuda and not runtime.bf16:
         raise ValueError(f"{runtime.gpu_name} has no bf16 support: use PRECISION = 'fp16' or 'auto'")
@@ -1161,10 +1162,11 @@ def load_16bit_with_adapter(base_name: str, adapter_dir, dtype, merge: bool = Fa
     return model.merge_and_unload() if merge else model
 
 
-def _free(model) -> None:
+def _collect_garbage() -> None:
+    """Return freed model memory now; callers `del` their own reference first (a `del` inside a helper
+    would only drop the helper's copy of the name, and the caller's model would stay in RAM)."""
     import gc
 
-    del model
     gc.collect()
 
 
@@ -1205,8 +1207,7 @@ def save_merged(work_dir, runtime: Runtime) -> pathlib.Path:
     tokenizer = load_tokenizer(str(adapter_dir))
     path = save_dir_atomic(artifact(work_dir, "merged"),
                            lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
-    _free(model)
-    return path
+    return path  # the merged model is freed on return, before verify_merge loads two more copies in turn
 
 
 def merge_tolerance(dtype) -> float:
@@ -1239,10 +1240,12 @@ def verify_merge(work_dir, runtime: Runtime) -> dict:
     tokenizer = load_tokenizer(str(adapter_dir))
     reference_model = load_16bit_with_adapter(merge_base_name(work_dir), adapter_dir, dtype)
     reference = probe_logits(reference_model, tokenizer)
-    _free(reference_model)
+    del reference_model  # before the merged copy loads: two 8B models do not fit Kaggle's 30 GB
+    _collect_garbage()
     merged = AutoModelForCausalLM.from_pretrained(str(artifact(work_dir, "merged")), dtype=dtype)
     check = compare_logits(reference, probe_logits(merged, tokenizer))
-    _free(merged)
+    del merged
+    _collect_garbage()
     check["tolerance"] = merge_tolerance(dtype)
     check["ok"] = check["relative_diff"] <= check["tolerance"]
     return check
