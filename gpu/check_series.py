@@ -34,6 +34,8 @@ def check_parameters(model_dir, backend, precision, cap, steps):
         "DATA_CONFIG": "en", "MAX_EXAMPLES": 0, "VAL_SIZE": 16, "MAX_STEPS": steps, "EVAL_STEPS": steps // 2,
         "SAVE_STEPS": steps // 2, "REPORT_TO": "none", "PRECISION": precision, "GPU_MEMORY_CAP_GIB": cap,
         "MAX_NEW_TOKENS": 64, "INSTALL_REQUIREMENTS": "never",
+        "EVAL_DATA": str(sh.SAMPLE_DATA_DIR / "eval_data.json"), "EVAL_ITEMS": 6, "EVAL_MAX_NEW_TOKENS": 128,
+        "ROUGE_ITEMS": 8,
     }
 
 

@@ -8,7 +8,7 @@ import src_helpers as sh
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory, en_rows, zh_rows):
     work = tmp_path_factory.mktemp("work")
-    p = sh.Params(work_dir=str(work), model_name=tiny_model_dir, max_steps=12, batch_size=4, grad_accum=1,
+    p = sh.Params(work_dir=str(work), model_name=tiny_model_dir, max_steps=12, batch_size=1, grad_accum=1,
                   warmup_steps=0, learning_rate=5e-3, eval_steps=6, save_steps=6, report_to="none", val_size=6)
     rt = sh.detect_runtime()
     model, tok = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, p.max_seq_length)

@@ -1,0 +1,278 @@
+"""Training throughput on one GPU: (a) the project's path (src_helpers' defaults: Unsloth, packing), (b) the
+seed tutorial's configuration (Unsloth, batch 2 x accumulation 4, no packing, loss on the full text), (c) plain
+transformers + PEFT + bitsandbytes QLoRA (prepare_model_for_kbit_training, gradient checkpointing, sdpa, batch
+2 x 4, full text), the way the seed scripts train. Same data, same model, same GPU, one run.
+
+Each configuration runs in its own process: importing Unsloth patches transformers, so (c) must never share a
+process with it. Every process also measures the GPU's bf16 matmul rate, the denominator of MFU.
+
+On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.md):
+    python bench/bench_train.py --shape llama-8b --out $OUT
+Prints a table and writes train_bench.json.
+"""
+import argparse
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "gpu")]
+import src_helpers as sh  # noqa: E402
+
+DATA = ROOT / ".gpu_ref" / "data" / "medical_o1_sft.json"  # real-schema rows, real length distribution
+CONFIGS = {
+    "a_project": {"backend": "unsloth", "params": {}, "completion_only_loss": True},
+    "b_seed": {"backend": "unsloth", "params": {"packing": False, "batch_size": 2, "grad_accum": 4},
+               "completion_only_loss": False},
+    "c_peft_bnb": {"backend": "transformers", "params": {"packing": False, "batch_size": 2, "grad_accum": 4},
+                   "completion_only_loss": False},
+}
+TARGETS = {"a_over_c": 4.0, "a_over_b": 1.15, "peak_gib": 8.0, "mfu": 0.50}
+
+
+def matmul_tflops(n: int = 8192, reps: int = 30) -> float:
+    """Measured bf16 dense matmul rate of this GPU (TFLOP/s), the MFU denominator."""
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def matmul_parameters(config: dict) -> int:
+    """N in the 4·N FLOPs per token of a frozen-base LoRA step (forward 2N, backward to the inputs 2N):
+    the weights of every matmul (attention and MLP projections, LM head); attention scores not counted."""
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim") or h // config["num_attention_heads"]
+    kv = config["num_key_value_heads"] * head_dim
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter
+    return layers * per_layer + h * config["vocab_size"]
+
+
+def completion_positions(input_ids, real, bos_id: int, assistant_id: int):
+    """Positions of answer tokens (after <｜Assistant｜>, before the next BOS): the tokens the project learns
+    from, counted the same way whatever a configuration puts in its labels."""
+    import torch
+
+    starts = torch.cumsum((input_ids == bos_id).long(), -1)
+    ends = (input_ids == assistant_id).long()
+    return ((torch.cumsum(ends, -1) - ends - starts) == 0) & real
+
+
+class CountingCollator:
+    """Wraps the trainer's collator and records, per micro-batch, the positions computed, the real
+    (non-padding) tokens, the label tokens and the answer tokens."""
+
+    def __init__(self, collator, bos_id, assistant_id):
+        self.collator, self.bos_id, self.assistant_id, self.batches = collator, bos_id, assistant_id, []
+
+    def __call__(self, examples):
+        import torch
+
+        batch = self.collator(examples)
+        ids = batch["input_ids"]
+        real = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
+        self.batches.append({
+            "positions": ids.numel(), "real": int(real.sum()), "labels": int((batch["labels"] != -100).sum()),
+            "answer": int(completion_positions(ids, real, self.bos_id, self.assistant_id).sum())})
+        return batch
+
+    def __getattr__(self, name):  # trainers read the wrapped collator's flags (padding_free, ...)
+        if name == "collator":
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+
+def step_timer():
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            import torch
+
+            torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def packed_loss_check(trainer, model, records) -> dict:
+    """On the GPU, with Unsloth's kernels: the loss of 3 examples packed into one row equals the label-weighted
+    loss of the 3 run one by one, and rewriting example 0 leaves the others' loss unchanged."""
+    import torch
+
+    batch = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in records[:3]]
+    device = next(model.parameters()).device
+
+    def loss_of(examples, rewrite_first=False, drop_first_labels=False):
+        b = trainer.data_collator.collator([dict(e) for e in examples])
+        b = {k: v.to(device) if hasattr(v, "to") else v for k, v in b.items()}
+        if rewrite_first:
+            n = len(examples[0]["input_ids"])
+            b["input_ids"][0, 1:n] = (b["input_ids"][0, 1:n] + 7) % 151000
+        if drop_first_labels:
+            b["labels"][0, :len(examples[0]["input_ids"])] = -100
+        with torch.no_grad():
+            return model(**b).loss.float().item()
+
+    model.eval()
+    packed = loss_of(batch)
+    singles = [(loss_of([e]), sum(t != -100 for t in e["labels"][1:])) for e in batch]
+    unpacked = sum(loss * n for loss, n in singles) / sum(n for _, n in singles)
+    others = loss_of(batch, drop_first_labels=True)
+    others_rewritten = loss_of(batch, rewrite_first=True, drop_first_labels=True)
+    model.train()
+    return {"packed_loss": packed, "unpacked_loss": unpacked, "relative_difference": abs(packed - unpacked) / unpacked,
+            "others_loss": others, "others_loss_after_rewriting_example_0": others_rewritten}
+
+
+def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.Path) -> dict:
+    import torch
+
+    spec = CONFIGS[name]
+    tflops = matmul_tflops()
+    runtime, backend = sh.setup_backend(spec["backend"], "bf16")
+    p = sh.Params(work_dir=f"/tmp/bench/{name}", model_name=model_dir, max_steps=warmup + measure,
+                  save_steps=10_000, eval_steps=10_000, report_to="none", warmup_steps=0, **spec["params"])
+    load_start = time.perf_counter()
+    model, tok = sh.load_model_and_tokenizer(model_dir, backend, runtime, p.max_seq_length, p.load_in_4bit)
+    model = sh.add_lora(model, backend, p)
+    load_s = time.perf_counter() - load_start
+    rows = sh.load_sft_rows(str(DATA), "en")
+    records, dropped = sh.format_rows(rows, tok, p.template, p.max_seq_length, spec["completion_only_loss"])
+    trainer = sh.make_trainer(model, tok, records, [], p, backend, runtime)
+    counter = CountingCollator(trainer.data_collator, tok.bos_token_id, tok.convert_tokens_to_ids("<｜Assistant｜>"))
+    trainer.data_collator = counter
+    timer = step_timer()
+    trainer.add_callback(timer)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peak = sh.peak_gpu_memory_gib()
+    window = counter.batches[warmup * p.grad_accum:(warmup + measure) * p.grad_accum]
+    seconds = timer.times[warmup + measure - 1] - timer.times[warmup - 1]
+    totals = {k: sum(b[k] for b in window) for k in ("positions", "real", "labels", "answer")}
+    n_matmul = matmul_parameters(json.loads((pathlib.Path(model_dir) / "config.json").read_text()))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = {
+        "config": name, "backend": backend, "packing": bool(trainer.args.packing),
+        "padding_free": bool(getattr(trainer.args, "padding_free", False)), "batch_size": p.batch_size,
+        "grad_accum": p.grad_accum, "completion_only_loss": spec["completion_only_loss"], "examples": len(records),
+        "dropped": dropped, "measured_steps": measure, "warmup_steps": warmup, "seconds": seconds,
+        **{f"{k}_tokens": v for k, v in totals.items()},
+        **{f"{k}_tokens_per_s": v / seconds for k, v in totals.items()},
+        "padding_fraction": 1 - totals["real"] / totals["positions"],
+        "peak_allocated_gib": peak["peak_allocated_gib"], "peak_reserved_gib": peak["peak_reserved_gib"],
+        "matmul_tflops": tflops, "matmul_parameters": n_matmul,
+        "mfu": 4 * n_matmul * totals["real"] / seconds / (tflops * 1e12),
+        "losses": losses, "load_s": load_s,
+    }
+    if name == "a_project":
+        result["packed_loss_check"] = packed_loss_check(trainer, model, records)
+    sh.write_json(out / f"train_bench_{name}.json", result)
+    return result
+
+
+def table(results: dict, meta: dict) -> str:
+    lines = [(f"device: {meta['device']}; torch {meta['torch']}; measured bf16 matmul "
+              f"{meta['matmul_tflops']:.0f} TFLOP/s"),
+             ("| config | packing / padding-free | batch x accum | answer tok/s | real tok/s | label tok/s | padding | "
+              "peak alloc / reserved GiB | MFU | loss first -> last |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:200]} |||||||||")
+            continue
+        lines.append(
+            f"| {name} | {r['packing']} / {r['padding_free']} | {r['batch_size']} x {r['grad_accum']} | "
+            f"{r['answer_tokens_per_s']:,.0f} | {r['real_tokens_per_s']:,.0f} | {r['labels_tokens_per_s']:,.0f} | "
+            f"{r['padding_fraction']:.1%} | {r['peak_allocated_gib']:.2f} / {r['peak_reserved_gib']:.2f} | "
+            f"{r['mfu']:.1%} | {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} |")
+    return "\n".join(lines)
+
+
+def verdicts(results: dict) -> dict:
+    """Each target, the figure reached and whether it is met (None where a configuration failed)."""
+    a, b, c = (results.get(k, {}) for k in ("a_project", "b_seed", "c_peft_bnb"))
+
+    def ratio(x, y):
+        return x["answer_tokens_per_s"] / y["answer_tokens_per_s"] if "mfu" in x and "mfu" in y else None
+
+    figures = {"a_over_c": ratio(a, c), "a_over_b": ratio(a, b), "peak_gib": a.get("peak_reserved_gib"),
+               "mfu": a.get("mfu")}
+    return {k: {"value": v, "target": TARGETS[k],
+                "met": None if v is None else (v <= TARGETS[k] if k == "peak_gib" else v >= TARGETS[k])}
+            for k, v in figures.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="llama-8b", help="a shape from gpu/real_shapes.py")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps run before timing starts")
+    parser.add_argument("--measure", type=int, default=4, help="optimizer steps timed")
+    parser.add_argument("--only", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--model-dir", help="an existing model folder (else one is built)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        run_one(args.worker, args.model_dir, args.warmup, args.measure, args.out)
+        return
+    import torch
+
+    model_dir = args.model_dir
+    if not model_dir:
+        import real_shapes
+
+        model_dir = f"/tmp/models/{args.shape}"
+        real_shapes.build_model(args.shape, model_dir)
+        torch.cuda.empty_cache()
+    results = {}
+    for name in args.only:
+        cmd = [sys.executable, __file__, "--worker", name, "--model-dir", model_dir, "--out", str(args.out),
+               "--warmup", str(args.warmup), "--measure", str(args.measure)]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
+        path = args.out / f"train_bench_{name}.json"
+        results[name] = (sh.read_json(path) if done.returncode == 0 and path.exists()
+                         else {"error": f"worker exited with {done.returncode}"})
+        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    tflops = [r["matmul_tflops"] for r in results.values() if "matmul_tflops" in r]
+    meta = {"device": torch.cuda.get_device_name(0), **package_versions(), "shape": args.shape,
+            "matmul_tflops": sum(tflops) / len(tflops) if tflops else math.nan}
+    report = {"meta": meta, "results": results, "targets": verdicts(results)}
+    sh.write_json(args.out / "train_bench.json", report)
+    print(table(results, meta))
+    print(json.dumps(report["targets"], indent=1))
+
+
+def package_versions() -> dict:
+    """Read from the installed metadata: importing unsloth here would patch transformers for nothing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo", "accelerate"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+if __name__ == "__main__":
+    main()

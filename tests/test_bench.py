@@ -1,0 +1,53 @@
+"""The benchmark scripts' counting on CPU: the GPU runs are only as right as these."""
+import json
+import pathlib
+import sys
+
+import pytest
+import torch
+
+import src_helpers as sh
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+import bench_train  # noqa: E402
+
+
+def test_matmul_parameters_counts_every_linear_weight(tiny_model_dir):
+    model = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", sh.detect_runtime(), 512)[0]
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    config = json.loads((pathlib.Path(tiny_model_dir) / "config.json").read_text())
+    assert bench_train.matmul_parameters(config) == linear
+
+
+def test_answer_positions_are_those_after_the_assistant_token(tokenizer, en_rows):
+    records, _ = sh.format_rows(en_rows[:2], tokenizer, "r1_chat", 2048)
+    ids = torch.tensor(records[0]["input_ids"] + records[1]["input_ids"] + [tokenizer.pad_token_id] * 3)
+    real = torch.tensor([True] * (len(ids) - 3) + [False] * 3)
+    assistant = tokenizer.convert_tokens_to_ids("<｜Assistant｜>")
+    answer = bench_train.completion_positions(ids, real, tokenizer.bos_token_id, assistant)
+    # completion-only labels mark exactly the tokens after the prompt, which ends "<｜Assistant｜><think>\n"
+    expected = sum(sum(t != -100 for t in r["labels"]) for r in records)
+    prompt_tail = len(sh.encode_text(tokenizer, "<think>\n"))
+    assert int(answer.sum()) == expected + 2 * prompt_tail
+
+
+def test_counting_collator_counts_padding(tokenizer, en_rows):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    records, _ = sh.format_rows(en_rows[:2], tokenizer, "r1_chat", 2048)
+    counter = bench_train.CountingCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id),
+                                           tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<｜Assistant｜>"))
+    counter([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in records])
+    lengths = [len(r["input_ids"]) for r in records]
+    assert counter.batches[0]["positions"] == 2 * max(lengths)
+    assert counter.batches[0]["real"] == sum(lengths)
+
+
+@pytest.mark.parametrize(("value", "met"), [(4.5, True), (3.9, False)])
+def test_verdicts_compare_with_the_targets(value, met):
+    fake = {"mfu": 0.3, "peak_reserved_gib": 7.0}
+    results = {"a_project": {**fake, "answer_tokens_per_s": value}, "b_seed": {**fake, "answer_tokens_per_s": 1.0},
+               "c_peft_bnb": {**fake, "answer_tokens_per_s": 1.0}}
+    v = bench_train.verdicts(results)
+    assert v["a_over_c"]["met"] is met and v["peak_gib"]["met"] is True and v["mfu"]["met"] is False
+    assert bench_train.verdicts({"a_project": {"error": "x"}})["a_over_b"]["met"] is None

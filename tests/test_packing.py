@@ -1,0 +1,61 @@
+"""Packing: whole examples laid end to end without padding must train on exactly the same loss as padded
+batches, and no example may see another's tokens."""
+import pytest
+import torch
+
+import src_helpers as sh
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory, en_rows):
+    rt = sh.detect_runtime()
+    model, tok = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+    records, _ = sh.format_rows(en_rows[:9], tok, "r1_chat", 2048)
+    trainers = {}
+    for packing in (True, False):
+        p = sh.Params(work_dir=str(tmp_path_factory.mktemp("w")), model_name=tiny_model_dir, max_steps=1,
+                      batch_size=3, grad_accum=1, report_to="none", packing=packing, max_seq_length=2048)
+        trainers[packing] = sh.make_trainer(model, tok, records, [], p, "cpu", rt)
+    return {"model": model, "records": records, "trainers": trainers}
+
+
+def examples(records):
+    return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in records]
+
+
+def test_packing_keeps_every_example_whole(setup):
+    packed = setup["trainers"][True].train_dataset
+    lengths = sorted(n for row in packed["seq_lengths"] for n in row)
+    assert lengths == sorted(len(r["input_ids"]) for r in setup["records"])  # none cut, none dropped
+    assert all(len(ids) <= 2048 for ids in packed["input_ids"])
+    assert len(packed) < len(setup["records"])  # several examples share a row
+    label_tokens = sum(sum(t != -100 for t in row) for row in packed["labels"])
+    assert label_tokens == sum(sum(t != -100 for t in r["labels"]) for r in setup["records"])
+
+
+def test_packed_batch_has_no_padding_and_the_same_loss(setup):
+    model, batch = setup["model"], examples(setup["records"][:3])
+    packed = setup["trainers"][True].data_collator(batch)
+    padded = setup["trainers"][False].data_collator(batch)
+    assert packed["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in batch))
+    assert "attention_mask" not in packed and padded["attention_mask"].float().mean() < 1
+    assert packed["position_ids"][0].tolist().count(0) == 3  # positions restart at each example
+    model.eval()
+    with torch.no_grad():
+        loss_packed = setup["trainers"][True].compute_loss(model, dict(packed))
+        loss_padded = setup["trainers"][False].compute_loss(model, dict(padded))
+    assert loss_packed.item() == pytest.approx(loss_padded.item(), rel=1e-5)
+
+
+def test_packed_examples_do_not_attend_across_boundaries(setup):
+    model, batch = setup["model"], examples(setup["records"][:3])
+    packed = setup["trainers"][True].data_collator(batch)
+    first = len(batch[0]["input_ids"])
+    changed = packed["input_ids"].clone()
+    changed[0, 1:first] = (changed[0, 1:first] + 7) % model.config.vocab_size  # rewrite example 0 (not its BOS)
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        after = model(input_ids=changed, position_ids=packed["position_ids"], use_cache=False).logits
+    assert (before[0, :first] - after[0, :first]).abs().max() > 1e-3  # the change is visible where it was made
+    assert torch.equal(before[0, first:], after[0, first:])  # and nowhere after the boundary
