@@ -111,6 +111,9 @@ class Params:
     eval_greedy: bool = True
     eval_max_new_tokens: int = 1024
     rouge_items: int = 20
+    gguf_quantizations: list = dataclasses.field(default_factory=list)
+    judge_model: str = ""
+    judge_base_url: str = "https://api.openai.com/v1"
 
     def __post_init__(self):
         positive = ["max_seq_length", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
@@ -145,6 +148,11 @@ class Params:
             raise ValueError(f"gpu_memory_cap_gib must be >= 0 (0 means no cap), got {self.gpu_memory_cap_gib!r}")
         if self.report_to not in ("auto", "wandb", "none"):
             raise ValueError(f"report_to must be 'auto', 'wandb' or 'none', got {self.report_to!r}")
+        unknown = sorted(set(self.gguf_quantizations) - set(GGUF_QUANTIZATIONS))
+        if unknown:
+            raise ValueError(f"gguf_quantizations: unknown {unknown}; choose from {list(GGUF_QUANTIZATIONS)}")
+        if self.judge_model and not self.judge_base_url.startswith(("http://", "https://")):
+            raise ValueError(f"judge_base_url must be an http(s) URL, got {self.judge_base_url!r}")
         if self.push_to_hub and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.hub_repo_id):
             raise ValueError(f"hub_repo_id must look like 'user/name' when push_to_hub is on, got {self.hub_repo_id!r}")
 
@@ -397,6 +405,7 @@ ARTIFACTS = {
     "verdict": ("verdict.json", "04_compare"),
     "verdict_html": ("verdict.html", "04_compare"),
     "merged": ("merged_16bit", "05_export_push"),
+    "gguf": ("gguf", "05_export_push"),
     "export_report": ("export.json", "05_export_push"),
 }
 
@@ -405,10 +414,49 @@ def artifact(work_dir, key: str) -> pathlib.Path:
     return pathlib.Path(work_dir) / ARTIFACTS[key][0]
 
 
+# The earlier notebooks whose files each notebook reads. On Kaggle every notebook runs in its own session,
+# so its push folder lists these as kernel_sources and Kaggle mounts their outputs under /kaggle/input.
+NOTEBOOK_INPUTS = {
+    "00_setup_secrets": [],
+    "01_baseline_inference": [],
+    "02_format_dataset": [],
+    "03_train": ["02_format_dataset"],
+    "04_compare": ["01_baseline_inference", "02_format_dataset", "03_train"],
+    "05_export_push": ["02_format_dataset", "03_train", "04_compare"],
+}
+KAGGLE_INPUT = pathlib.Path("/kaggle/input")
+KAGGLE_WORKING = pathlib.Path("/kaggle/working")
+
+
+def copy_from_kaggle_input(work_dir, key: str, input_root=None) -> pathlib.Path | None:
+    """Find an earlier notebook's output among the Kaggle notebook outputs attached as inputs (read-only,
+    under input_root/<its slug>/...), and copy it into WORK_DIR. None when there is no such copy."""
+    work = pathlib.Path(work_dir).as_posix()
+    work = work.removeprefix(KAGGLE_WORKING.as_posix()).lstrip("/")  # outputs are mounted without this prefix
+    relative = pathlib.PurePosixPath(work) / ARTIFACTS[key][0]
+    input_root = pathlib.Path(KAGGLE_INPUT if input_root is None else input_root)
+    if not input_root.is_dir():
+        return None
+    found = sorted(input_root.glob(f"**/{relative}"))
+    if not found:
+        return None
+    target = artifact(work_dir, key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if found[0].is_dir():
+        save_dir_atomic(target, lambda d: shutil.copytree(found[0], d, dirs_exist_ok=True))
+    else:
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(found[0], partial)
+        os.replace(partial, target)
+    print(f"copied {key} from {found[0]} (a Kaggle notebook output attached as input)")
+    return target
+
+
 def require_artifact(work_dir, key: str) -> pathlib.Path:
-    """The path of an earlier notebook's output, or a FileNotFoundError naming the notebook to run."""
+    """The path of an earlier notebook's output, or a FileNotFoundError naming the notebook to run. On Kaggle
+    the file is first looked for among the attached outputs of the earlier notebooks."""
     path = artifact(work_dir, key)
-    if not path.exists():
+    if not path.exists() and copy_from_kaggle_input(work_dir, key) is None:
         raise FileNotFoundError(f"{path} is missing: run notebooks/{ARTIFACTS[key][1]}.ipynb first "
                                 f"with the same WORK_DIR ({work_dir}).")
     return path
@@ -1272,6 +1320,54 @@ def export_merged(work_dir, runtime: Runtime, save: bool) -> dict:
         raise RuntimeError(f"the merged model does not match base + adapter ({report['summary']}); it will "
                            f"not be pushed. Keep using the adapter in {artifact(work_dir, 'adapter')}.")
     return report
+
+
+GGUF_QUANTIZATIONS = ("q4_k_m", "q8_0", "q5_k_m", "f16")  # those 05 accepts; llama.cpp names
+
+
+def ollama_modelfile(tokenizer, gguf_name: str, template: str = "r1_chat", temperature: float = 0.6,
+                     top_p: float = 0.95) -> str:
+    """An Ollama Modelfile for a GGUF of the tuned model. Its chat template is cut from render_prompt, so a
+    question reaches the model exactly as in training (the GGUF's tokenizer adds the BOS itself)."""
+    marker = "\x00QUESTION\x00"
+    prompt = render_prompt(tokenizer, marker, template).removeprefix(tokenizer.bos_token)
+    before, after = prompt.split(marker)
+    turns = ('{{ if .System }}{{ .System }}{{ end }}{{ range .Messages }}{{ if eq .Role "user" }}'
+             f'{before}{{{{ .Content }}}}{after}{{{{ else if eq .Role "assistant" }}}}{{{{ .Content }}}}'
+             f'{tokenizer.eos_token}{{{{ end }}}}{{{{ end }}}}')
+    stops = [tokenizer.eos_token, *[t for t in ("<｜User｜>",) if t in tokenizer.get_vocab()]]
+    return "\n".join([f"FROM ./{gguf_name}", f'TEMPLATE """{turns}"""', f"PARAMETER temperature {temperature}",
+                      f"PARAMETER top_p {top_p}", *[f'PARAMETER stop "{t}"' for t in stops]]) + "\n"
+
+
+def export_gguf(work_dir, backend: str, runtime: Runtime, quantizations: list[str], max_seq_length: int = 2048) -> dict:
+    """GGUF files (through Unsloth and llama.cpp) and an Ollama Modelfile beside each, in WORK_DIR/gguf.
+    Where this cannot run (another backend, or llama.cpp cannot be fetched and built) the report says why
+    and nothing is left half-written; the adapter and the merged model are unaffected."""
+    if not quantizations:
+        return {"files": [], "skipped": "GGUF_QUANTIZATIONS is empty"}
+    unknown = sorted(set(quantizations) - set(GGUF_QUANTIZATIONS))
+    if unknown:
+        raise ValueError(f"GGUF_QUANTIZATIONS: unknown {unknown}; choose from {list(GGUF_QUANTIZATIONS)}")
+    if backend != "unsloth":
+        return {"files": [], "skipped": f"GGUF export runs through Unsloth on a GPU; this run's backend is {backend!r}"}
+    template = read_json(require_artifact(work_dir, "data_stats"))["template"]
+    model, tokenizer, _ = load_adapter_model(work_dir, backend, runtime, max_seq_length, True)
+    out_dir = artifact(work_dir, "gguf")
+
+    def save(tmp):
+        model.save_pretrained_gguf(tmp, tokenizer, quantization_method=list(quantizations))
+        for gguf in pathlib.Path(tmp).glob("*.gguf"):
+            (pathlib.Path(tmp) / f"Modelfile.{gguf.stem}").write_text(ollama_modelfile(tokenizer, gguf.name, template))
+
+    try:
+        save_dir_atomic(out_dir, save)
+    except Exception as err:  # llama.cpp is cloned and compiled on first use: no internet or no compiler
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        return {"files": [], "skipped": f"GGUF export failed, so it was skipped ({type(err).__name__}: {first_line}). "
+                                        "It needs internet to fetch llama.cpp and a C++ compiler to build it; "
+                                        "the adapter and the merged model are unaffected"}
+    return {"files": sorted(str(f) for f in out_dir.iterdir()), "skipped": None}
 
 
 def model_card(work_dir, hub_repo_id: str = "") -> str:

@@ -42,9 +42,11 @@ SEED = 3407  # sampling seed
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
+# Colab and Kaggle open a notebook without the rest of the repository: fetch it once (needs internet).
+# !test -f src_helpers.py || test -f ../src_helpers.py || test -d medical-r1-notebooks || git clone -q --depth 1 https://github.com/medical-r1/medical-r1-notebooks
 import sys
 
-sys.path[:0] = [".", ".."]  # src_helpers.py sits at the repo root; run from the root or from notebooks/
+sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one folder up, or the clone above
 import src_helpers as sh
 
 print(sh.install_requirements(INSTALL_REQUIREMENTS))

@@ -21,7 +21,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/05_export_push.ipynb)
 #
-# **Reads:** `WORK_DIR/adapter/` (03). **Writes:** `WORK_DIR/merged_16bit/`, `export.json`.
+# **Reads:** `WORK_DIR/adapter/`, `train_metrics.json` (03), `data/stats.json` (02), `verdict.json` (04, for the card). **Writes:** `WORK_DIR/merged_16bit/`, `gguf/` (when asked), `export.json`.
 # **Time on a T4 (an estimate; not yet measured on one):** about 10-15 minutes for the 8B model, mostly loading 16 GB twice (the merged model is about 16 GB on disk).
 #
 # Pushing needs `HF_TOKEN` (a write token) as a secret, `PUSH_TO_HUB = True` and `HUB_REPO_ID`.
@@ -34,12 +34,15 @@ SAVE_MERGED = True  # write the merged 16-bit model (about 2 bytes per parameter
 PUSH_TO_HUB = False  # True pushes the adapter (and the merged model if SAVE_MERGED) to the Hub
 HUB_REPO_ID = ""  # "your-name/DeepSeek-R1-Medical"; the adapter goes to "<HUB_REPO_ID>-lora"
 HUB_PRIVATE = True  # create the Hub repositories as private
+GGUF_QUANTIZATIONS = []  # ["q4_k_m", "q8_0"] also writes GGUF files and Ollama Modelfiles (Unsloth and llama.cpp)
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
+# Colab and Kaggle open a notebook without the rest of the repository: fetch it once (needs internet).
+# !test -f src_helpers.py || test -f ../src_helpers.py || test -d medical-r1-notebooks || git clone -q --depth 1 https://github.com/medical-r1/medical-r1-notebooks
 import sys
 
-sys.path[:0] = [".", ".."]  # src_helpers.py sits at the repo root; run from the root or from notebooks/
+sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one folder up, or the clone above
 import src_helpers as sh
 
 print(sh.install_requirements(INSTALL_REQUIREMENTS))
@@ -60,6 +63,17 @@ runtime, backend = sh.setup_backend(BACKEND)
 # %%
 report = sh.export_merged(WORK_DIR, runtime, SAVE_MERGED)
 print(report["summary"])
+
+# %% [markdown]
+# ## GGUF for llama.cpp and Ollama (optional)
+# With `GGUF_QUANTIZATIONS`, Unsloth writes quantised GGUF files (q4_k_m is about 4.9 GB for the 8B model,
+# q8_0 about 8.5 GB) and each gets an Ollama Modelfile whose chat template is the training prompt:
+# `ollama create medical-r1 -f Modelfile.<name>` in `WORK_DIR/gguf`. Unsloth fetches and builds llama.cpp on
+# first use; where it cannot (no internet, no compiler) the cell says so and skips, and the rest is unaffected.
+
+# %%
+report["gguf"] = sh.export_gguf(WORK_DIR, backend, runtime, GGUF_QUANTIZATIONS)
+print(report["gguf"]["skipped"] or "\n".join(report["gguf"]["files"]))
 
 # %% [markdown]
 # ## Model card and push

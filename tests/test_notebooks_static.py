@@ -13,6 +13,13 @@ import src_helpers as sh
 NOTEBOOKS = sorted((sh.REPO_ROOT / "notebooks").glob("*.ipynb"))
 NAMES = ["00_setup_secrets", "01_baseline_inference", "02_format_dataset", "03_train", "04_compare",
          "05_export_push"]
+def as_python(source: str) -> str:
+    """A cell as IPython runs it: `!cmd` lines become get_ipython().system(...) calls."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return TransformerManager().transform_cell(source)
+
+
 TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{20,}|(?<![A-Za-z0-9])[0-9a-f]{40}(?![0-9a-f])|sk-[A-Za-z0-9]{20,}")
 
 
@@ -31,7 +38,7 @@ def test_notebook_is_valid_and_stripped(nb_path):
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, "commit notebooks without outputs"
-            ast.parse(cell.source)
+            ast.parse(as_python(cell.source))
     assert not TOKEN_LIKE.search(raw.decode("utf-8")), "a token-like string is committed"
 
 
@@ -50,7 +57,8 @@ def test_one_parameters_cell_of_commented_literals_matching_params(nb_path):
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(cells) == 1
     lines = [line for line in cells[0].source.splitlines() if line.strip()]
-    defaults = {f.name: f.default for f in sh.dataclasses.fields(sh.Params)}
+    defaults = {f.name: f.default if f.default is not sh.dataclasses.MISSING else f.default_factory()
+                for f in sh.dataclasses.fields(sh.Params)}
     for line in lines:
         name, _, rest = line.partition(" = ")
         value, _, comment = rest.partition("  # ")
@@ -72,7 +80,7 @@ def test_header_has_badge_and_files_and_no_logic_in_cells(nb_path):
     logic = (ast.FunctionDef, ast.ClassDef, ast.Lambda, ast.For, ast.While, ast.If, ast.With, ast.Try)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            found = [type(n).__name__ for n in ast.walk(ast.parse(cell.source)) if isinstance(n, logic)]
+            found = [type(n).__name__ for n in ast.walk(ast.parse(as_python(cell.source))) if isinstance(n, logic)]
             assert not found, f"{found} in a cell of {nb_path.name}: logic belongs in src_helpers"
 
 

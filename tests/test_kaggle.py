@@ -1,0 +1,103 @@
+"""Kaggle: the push folders pass the kaggle package's own checks in KaggleApi.kernels_push (the network call is
+replaced, nothing is pushed), and a notebook finds an earlier notebook's output attached as input."""
+import contextlib
+import io
+import json
+import pathlib
+import sys
+
+import pytest
+
+import src_helpers as sh
+
+sys.path.insert(0, str(sh.REPO_ROOT / "scripts"))
+import build_kaggle  # noqa: E402
+
+
+@pytest.fixture
+def kaggle_api(monkeypatch):
+    """The real KaggleApi with fake credentials; its client only records the request it would send."""
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api, sent = KaggleApi(), []
+
+    class Kernels:
+        class kernels_api_client:  # noqa: N801 (the name kaggle calls)
+            @staticmethod
+            def save_kernel(request):
+                sent.append(request)
+                return request
+
+    @contextlib.contextmanager
+    def client():
+        yield type("Client", (), {"kernels": Kernels})()
+
+    monkeypatch.setattr(api, "build_kaggle_client", client)
+    return api, sent
+
+
+def push(api, folder) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        api.kernels_push(str(folder))
+    return out.getvalue()
+
+
+def test_every_push_folder_passes_kaggles_checks(tmp_path, kaggle_api):
+    api, sent = kaggle_api
+    folders = build_kaggle.build("someone", tmp_path)
+    assert [f.name for f in folders] == [nb.stem for nb in sorted((sh.REPO_ROOT / "notebooks").glob("0*.ipynb"))]
+    for folder in folders:
+        printed = push(api, folder)
+        assert "does not resolve" not in printed  # the title gives the same URL slug as the id
+    by_slug = {r.slug: r for r in sent}
+    train = by_slug["someone/medical-r1-03-train"]
+    assert train.kernel_type == "notebook" and train.language == "python"
+    assert train.enable_gpu and train.enable_internet and train.is_private
+    assert train.machine_shape == "NvidiaTeslaT4"
+    assert train.kernel_data_sources == ["someone/medical-r1-02-format-dataset"]
+    assert by_slug["someone/medical-r1-04-compare"].kernel_data_sources == [
+        "someone/medical-r1-01-baseline-inference", "someone/medical-r1-02-format-dataset",
+        "someone/medical-r1-03-train"]
+    assert not by_slug["someone/medical-r1-02-format-dataset"].enable_gpu
+    pushed = json.loads(train.text)
+    tags = [c["metadata"].get("tags", []) for c in pushed["cells"]]
+    assert sum("parameters" in t for t in tags) == 1 and all(not c.get("outputs") for c in pushed["cells"])
+
+
+def test_the_repository_metadata_pushes_03_from_the_root(kaggle_api):
+    api, sent = kaggle_api
+    assert "does not resolve" not in push(api, sh.REPO_ROOT)
+    assert sent[0].slug.endswith("/medical-r1-03-train") and sent[0].machine_shape == "NvidiaTeslaT4"
+
+
+def test_a_bad_user_name_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="--user"):
+        build_kaggle.build("Not A Name", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_kernel_sources_cover_every_file_a_notebook_reads():
+    """Each notebook's inputs are earlier notebooks, and include the writer of every artifact it names."""
+    order = list(sh.NOTEBOOK_INPUTS)
+    for notebook, inputs in sh.NOTEBOOK_INPUTS.items():
+        assert all(order.index(i) < order.index(notebook) for i in inputs)
+        text = (sh.REPO_ROOT / "notebooks" / f"{notebook}.py").read_text()
+        for key, (_, writer) in sh.ARTIFACTS.items():
+            if f'require_artifact(WORK_DIR, "{key}")' in text:
+                assert writer in inputs, (notebook, key)
+
+
+def test_an_attached_kaggle_output_is_copied_into_work_dir(tmp_path, monkeypatch):
+    attached = tmp_path / "input" / "medical-r1-03-train" / "runs" / "medical-r1"
+    (attached / "adapter").mkdir(parents=True)
+    (attached / "adapter" / "adapter_config.json").write_text("{}")
+    (attached / "train_metrics.json").write_text('{"model_name": "m"}')
+    monkeypatch.setattr(sh, "KAGGLE_INPUT", tmp_path / "input")
+    monkeypatch.chdir(tmp_path)
+    assert (sh.require_artifact("runs/medical-r1", "adapter") / "adapter_config.json").read_text() == "{}"
+    assert sh.merge_base_name("runs/medical-r1") == "m"  # the helpers that read artifacts find them too
+    with pytest.raises(FileNotFoundError, match="04_compare"):
+        sh.require_artifact("runs/medical-r1", "verdict")
