@@ -6,6 +6,7 @@ them, so the first notebook cell works before the install cell has run and on a 
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import math
@@ -326,7 +327,8 @@ def install_requirements(mode: str = "auto", path=REPO_ROOT / "requirements.txt"
 # Secrets: environment, then Colab userdata, then Kaggle Secrets. Values are never printed.
 # --------------------------------------------------------------------------------------------------
 SECRET_NAMES = {"HF_TOKEN": "pushing to the Hugging Face Hub (and gated downloads)",
-                "WANDB_API_KEY": "logging the training run to Weights & Biases"}
+                "WANDB_API_KEY": "logging the training run to Weights & Biases",
+                "JUDGE_API_KEY": "the optional LLM judge in 04 (any OpenAI-compatible endpoint)"}
 
 
 def resolve_secret(name: str, environ=os.environ) -> tuple[str | None, str]:
@@ -779,7 +781,7 @@ def load_model_and_tokenizer(model_name: str, backend: str, runtime: Runtime, ma
         kwargs: dict[str, Any] = {"dtype": compute_dtype(runtime)}
         if backend == "transformers":
             kwargs["attn_implementation"] = "sdpa"
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}  # one GPU per process
             if load_in_4bit:
                 from transformers import BitsAndBytesConfig
 
@@ -884,6 +886,58 @@ def wandb_run_link() -> str | None:
     return run.url or f"wandb sync {pathlib.Path(run.dir).parent}"
 
 
+def wandb_run_id() -> str | None:
+    """The id of the W&B run in progress, so 04 can log its verdict into the same run."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb else None
+    return run.id if run is not None else None
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, number of processes) under torchrun or accelerate launch; (0, 1) in a notebook."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return process_rank()[0] == 0
+
+
+def per_process_grad_accum(grad_accum: int, world_size: int) -> int:
+    """Accumulation steps per process that keep the effective batch of one process with GRAD_ACCUM: each of
+    the N processes takes its own micro-batches, so N processes need GRAD_ACCUM / N each."""
+    if grad_accum % world_size:
+        raise ValueError(f"GRAD_ACCUM ({grad_accum}) must be a multiple of the number of processes ({world_size}) "
+                         f"to keep the effective batch; use GRAD_ACCUM = {world_size * max(1, grad_accum // world_size)}")
+    return grad_accum // world_size
+
+
+def setup_script_run(namespace: dict, argv: list[str]) -> list[str]:
+    """For a notebook run as a script (python, torchrun, accelerate launch): apply `--NAME=value` arguments to
+    the parameters already in `namespace` (values read as Python literals, else as text), and silence
+    print() on every process but the first, so the output reads as one run. In a notebook it does nothing."""
+    applied = []
+    for arg in argv[1:]:
+        match = re.fullmatch(r"--([A-Z][A-Z0-9_]*)=(.*)", arg, re.S)
+        if not match:
+            continue
+        name, text = match.groups()
+        if name not in namespace:
+            raise ValueError(f"--{name}: not a parameter of this notebook")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        namespace[name] = value
+        applied.append(name)
+    if not is_main_process():
+        import sys
+
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    return applied
+
+
 def resolve_optimizer(optim: str, backend: str) -> str:
     """8-bit AdamW needs bitsandbytes and a GPU; on CPU the same AdamW runs in 32-bit."""
     return "adamw_torch" if backend == "cpu" and "8bit" in optim else optim
@@ -934,10 +988,13 @@ def make_trainer(model, tokenizer, train_records, val_records, p: Params, backen
 
     report_to, why = resolve_report_to(p.report_to, p.work_dir)
     print(why)
+    world_size = process_rank()[1]
     args = SFTConfig(
         output_dir=str(artifact(p.work_dir, "checkpoints")),
         per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
-        gradient_accumulation_steps=p.grad_accum, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
+        gradient_accumulation_steps=per_process_grad_accum(p.grad_accum, world_size),
+        warmup_steps=p.warmup_steps, max_steps=p.max_steps,
+        ddp_find_unused_parameters=False if world_size > 1 else None,  # LoRA: every trainable tensor gets a gradient
         learning_rate=p.learning_rate, weight_decay=p.weight_decay, lr_scheduler_type="linear",
         optim=resolve_optimizer(p.optim, backend), seed=p.seed, data_seed=p.seed,
         fp16=runtime.cuda and not runtime.bf16, bf16=runtime.cuda and runtime.bf16,
@@ -1009,6 +1066,7 @@ def train(trainer, p: Params, resume: bool = True):
         print(f"resuming from {checkpoint}")
     guard = stop_on_non_finite_loss()
     trainer.add_callback(guard)
+    trainer.add_callback(step_clock())
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -1025,10 +1083,31 @@ def train(trainer, p: Params, resume: bool = True):
     return result
 
 
+def step_clock():
+    """A TrainerCallback keeping the wall-clock seconds from the start of training to the end of each step
+    (the loss logged every step makes these GPU-synchronised), for seconds per step without start-up."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.start, self.step_end_s = None, []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_end_s.append(round(time.perf_counter() - self.start, 4))
+
+    return StepClock()
+
+
 def loss_history(trainer) -> dict:
     train = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
-    return {"train": train, "eval": evals}
+    clocks = [c for c in trainer.callback_handler.callbacks if hasattr(c, "step_end_s")]
+    return {"train": train, "eval": evals, "step_end_s": clocks[-1].step_end_s if clocks else []}
 
 
 def plot_loss_curve(history: dict, path) -> pathlib.Path:
@@ -1505,10 +1584,24 @@ def describe_training(trainer, train: list, val: list) -> str:
 
 def train_record(p: Params, backend: str, history: dict, changes: dict, trainer_metrics: dict) -> dict:
     return {"backend": backend, "model_name": p.model_name, **summarize_losses(history),
-            "eval_losses": history["eval"], "train_losses": history["train"], "weight_changes": changes,
+            "eval_losses": history["eval"], "train_losses": history["train"],
+            "step_end_s": history.get("step_end_s", []), "weight_changes": changes,
             "train_runtime_s": trainer_metrics.get("train_runtime"), **peak_gpu_memory_gib(),
-            "wandb": wandb_run_link(),
+            "wandb": wandb_run_link(), "wandb_run_id": wandb_run_id(),
             "params": {k: v for k, v in dataclasses.asdict(p).items() if k != "hub_repo_id"}}
+
+
+def save_training_outputs(work_dir, trainer, model, tokenizer, p: Params, backend: str, before: dict, result) -> dict:
+    """03's files (loss curve, adapter, train_metrics.json), written by the first process only: under DDP
+    every process holds the same adapter, and one writer leaves no half-written file."""
+    history = loss_history(trainer)
+    metrics = train_record(p, backend, history, weight_changes(before, model), result.metrics)
+    metrics["processes"] = process_rank()[1]
+    if is_main_process():
+        plot_loss_curve(history, artifact(work_dir, "loss_curve"))
+        save_adapter(model, tokenizer, artifact(work_dir, "adapter"))
+        write_json(artifact(work_dir, "train_metrics"), metrics)
+    return metrics
 
 
 def train_summary(metrics: dict) -> str:
@@ -1533,9 +1626,11 @@ def base_vs_tuned_loss(model, val: list[dict]) -> dict:
 
 
 def show_image(path):
+    """Display a saved figure (on the first process only: the others wrote none)."""
     from IPython.display import Image, display
 
-    display(Image(filename=str(path)))
+    if is_main_process():
+        display(Image(filename=str(path)))
 
 
 def show_html(path):
@@ -1785,4 +1880,134 @@ def rouge_comparison(model, tokenizer, val: list[dict], n: int, template: str, m
         scores = [rouge_l(a["answer"], reference_response(r)) for a, r in zip(answers, records)]
         result[f"{name}_rouge_l"] = sum(scores) / len(scores) if scores else None
         result[f"{name}_unfinished"] = sum(not a["finished_thinking"] for a in answers)
+    result["answers"] = [{"question": r["question"], "reference": reference_response(r), "base": b["answer"],
+                          "tuned": t["answer"]} for r, b, t in zip(records, base, tuned)]
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# An optional blind LLM judge (any OpenAI-compatible chat endpoint), off by default
+# --------------------------------------------------------------------------------------------------
+JUDGE_PROMPT = """You are grading two answers to a medical question against a reference answer.
+Judge medical correctness first, then completeness and clarity. Ignore length and style otherwise.
+
+Question:
+{question}
+
+Reference answer:
+{reference}
+
+Answer 1:
+{first}
+
+Answer 2:
+{second}
+
+Reply with JSON only: {{"better": 1, 2 or 0 for a tie, "reason": "one sentence"}}"""
+
+
+def parse_judgement(text: str) -> int | None:
+    """1, 2 or 0 (tie) from the judge's reply; None when the reply holds no such verdict."""
+    match = re.search(r'"better"\s*:\s*"?([012])', text or "")
+    return int(match.group(1)) if match else None
+
+
+def post_json(url: str, body: dict, headers: dict, timeout: float = 120) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the user's own endpoint)
+        return json.loads(response.read().decode("utf-8"))
+
+
+def judge_answers(pairs: list[dict], model: str, base_url: str, api_key: str, seed: int, post=post_json) -> dict:
+    """Ask the judge which of two answers is better, blind: the order is drawn at random per question and
+    neither the models' names nor which one was fine-tuned appear in the prompt. Unparseable replies and
+    failed requests are counted, never guessed."""
+    rng = random.Random(seed)
+    decisions = []
+    for pair in pairs:
+        tuned_first = rng.random() < 0.5
+        first, second = (pair["tuned"], pair["base"]) if tuned_first else (pair["base"], pair["tuned"])
+        prompt = JUDGE_PROMPT.format(question=pair["question"], reference=pair["reference"],
+                                     first=first or "(no answer)", second=second or "(no answer)")
+        body = {"model": model, "temperature": 0, "messages": [{"role": "user", "content": prompt}]}
+        try:
+            reply = post(base_url.rstrip("/") + "/chat/completions", body, {"Authorization": f"Bearer {api_key}"})
+            text = reply["choices"][0]["message"]["content"]
+        except Exception as err:  # one failed request should not lose the others
+            text, error = "", f"{type(err).__name__}"
+        else:
+            error = None
+        better = parse_judgement(text)
+        winner = (None if better is None else "tie" if better == 0
+                  else "tuned" if (better == 1) == tuned_first else "base")
+        decisions.append({"question": pair["question"], "tuned_shown_first": tuned_first, "better": better,
+                          "winner": winner, "error": error})
+    counts = {w: sum(d["winner"] == w for d in decisions) for w in ("tuned", "base", "tie")}
+    decided = counts["tuned"] + counts["base"]
+    low, high = wilson_interval(counts["tuned"], decided) if decided else (None, None)
+    return {"model": model, "items": len(decisions), "tuned_wins": counts["tuned"], "base_wins": counts["base"],
+            "ties": counts["tie"], "no_verdict": sum(d["winner"] is None for d in decisions),
+            "tuned_win_rate": counts["tuned"] / decided if decided else None, "tuned_win_interval": [low, high],
+            "decisions": decisions}
+
+
+def run_judge(pairs: list[dict], model: str, base_url: str, seed: int, environ=os.environ, post=post_json) -> dict:
+    """The judge when JUDGE_MODEL is set and a JUDGE_API_KEY secret exists; otherwise why it did not run."""
+    if not model:
+        return {"skipped": "JUDGE_MODEL is empty: the LLM judge is off (the default)"}
+    api_key, _ = resolve_secret("JUDGE_API_KEY", environ)
+    if not api_key:
+        return {"skipped": f"JUDGE_MODEL is {model!r} but no JUDGE_API_KEY secret is set: the judge did not run"}
+    return judge_answers(pairs, model, base_url, api_key, seed, post)
+
+
+def rouge_summary(rouge: dict) -> str:
+    if not rouge["items"]:
+        return "ROUGE-L: not computed (ROUGE_ITEMS is 0)"
+    return (f"ROUGE-L: base {rouge['base_rouge_l']:.3f} -> tuned {rouge['tuned_rouge_l']:.3f} on {rouge['items']} "
+            f"answers (unfinished: base {rouge['base_unfinished']}, tuned {rouge['tuned_unfinished']})")
+
+
+def judge_summary(judge: dict) -> str:
+    if "skipped" in judge:
+        return judge["skipped"]
+    rate = judge["tuned_win_rate"]
+    interval = judge["tuned_win_interval"]
+    share = (f"the tuned answer won {rate:.0%} of the decided pairs (95% interval {interval[0]:.0%}-{interval[1]:.0%})"
+             if rate is not None else "no pair was decided")
+    return (f"blind judge {judge['model']}: tuned {judge['tuned_wins']}, base {judge['base_wins']}, ties "
+            f"{judge['ties']}, no verdict {judge['no_verdict']} of {judge['items']}; {share}")
+
+
+def log_comparison_to_wandb(work_dir, report_to: str, verdict: list[dict], losses: dict, rouge: dict, judge: dict,
+                            environ=os.environ) -> str | None:
+    """Log 04's verdict table and numbers to W&B, into the training run when 03 logged one (same run id),
+    offline under WORK_DIR/wandb without a key. Returns the run link, or None when W&B is off."""
+    mode, why = resolve_report_to(report_to, work_dir, environ)
+    print(why)
+    if mode != "wandb":
+        return None
+    import wandb
+
+    train = artifact(work_dir, "train_metrics")
+    run_id = read_json(train).get("wandb_run_id") if train.exists() else None
+    run = wandb.init(project=environ["WANDB_PROJECT"], dir=environ["WANDB_DIR"], id=run_id, resume="allow",
+                     job_type="compare")
+    columns = ["benchmark", "items", "base_accuracy", "tuned_accuracy", "difference", "difference_low",
+               "difference_high", "base_no_answer", "tuned_no_answer", "verdict"]
+    table = wandb.Table(columns=columns, data=[
+        [r["benchmark"], r["items"], r["base_accuracy"], r["tuned_accuracy"], r["difference"],
+         r["difference_interval"][0], r["difference_interval"][1], r["base_no_answer"], r["tuned_no_answer"],
+         r["verdict"]] for r in verdict])
+    numbers = {f"compare/{r['benchmark']}/{k}": r[k] for r in verdict for k in ("base_accuracy", "tuned_accuracy")}
+    scalars = {**losses, "base_rouge_l": rouge.get("base_rouge_l"), "tuned_rouge_l": rouge.get("tuned_rouge_l"),
+               "judge_tuned_win_rate": judge.get("tuned_win_rate")}
+    numbers.update({f"compare/{k}": v for k, v in scalars.items() if isinstance(v, (int, float))})
+    run.log({"compare/verdict": table, **numbers})
+    run.summary.update(numbers)
+    link = wandb_run_link()
+    run.finish()
+    return link

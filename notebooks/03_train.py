@@ -68,6 +68,7 @@ import sys
 sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one folder up, or the clone above
 import src_helpers as sh
 
+sh.setup_script_run(globals(), sys.argv)  # as a script (torchrun, accelerate launch): --NAME=value overrides
 print(sh.install_requirements(INSTALL_REQUIREMENTS))
 params = sh.Params(work_dir=WORK_DIR, model_name=MODEL_NAME, backend=BACKEND, max_seq_length=MAX_SEQ_LENGTH,
                    load_in_4bit=LOAD_IN_4BIT, lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
@@ -101,10 +102,6 @@ result = sh.train(trainer, params, RESUME)
 # held-out examples. Only the LoRA tensors may change: the base weights stay frozen.
 
 # %%
-history = sh.loss_history(trainer)
-sh.plot_loss_curve(history, sh.artifact(WORK_DIR, "loss_curve"))
-metrics = sh.train_record(params, backend, history, sh.weight_changes(before, model), result.metrics)
-sh.save_adapter(model, tokenizer, sh.artifact(WORK_DIR, "adapter"))
-sh.write_json(sh.artifact(WORK_DIR, "train_metrics"), metrics)
+metrics = sh.save_training_outputs(WORK_DIR, trainer, model, tokenizer, params, backend, before, result)
 print(sh.train_summary(metrics))
 sh.show_image(sh.artifact(WORK_DIR, "loss_curve"))

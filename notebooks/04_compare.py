@@ -44,6 +44,9 @@ EVAL_ITEMS = 30  # items per benchmark (5 benchmarks); 0 uses all 8,381; more it
 EVAL_GREEDY = True  # greedy decoding for the benchmarks, so a rerun scores the same; False samples
 EVAL_MAX_NEW_TOKENS = 1024  # answers still thinking at this length count as "no answer", never guessed
 ROUGE_ITEMS = 20  # validation questions whose answers are scored by ROUGE-L against the reference
+JUDGE_MODEL = ""  # an LLM judge, e.g. "gpt-4o-mini", compares the ROUGE answers blind; empty keeps it off
+JUDGE_BASE_URL = "https://api.openai.com/v1"  # any OpenAI-compatible endpoint; the key is the JUDGE_API_KEY secret
+REPORT_TO = "auto"  # "auto" logs the verdict to 03's W&B run when WANDB_API_KEY is set; "wandb" or "none"
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
@@ -58,6 +61,7 @@ print(sh.install_requirements(INSTALL_REQUIREMENTS))
 base_answers = sh.read_jsonl(sh.require_artifact(WORK_DIR, "baseline_answers"))
 val = sh.read_jsonl(sh.require_artifact(WORK_DIR, "val_data"))
 template = sh.read_json(sh.require_artifact(WORK_DIR, "data_stats"))["template"]
+sh.load_secrets()
 runtime, backend = sh.setup_backend(BACKEND)
 model, tokenizer, base_name = sh.load_adapter_model(WORK_DIR, backend, runtime, MAX_SEQ_LENGTH, LOAD_IN_4BIT)
 
@@ -103,6 +107,27 @@ sh.show_html(sh.artifact(WORK_DIR, "verdict_html"))
 # %%
 rouge = sh.rouge_comparison(model, tokenizer, val, ROUGE_ITEMS, template, EVAL_MAX_NEW_TOKENS, EVAL_GREEDY,
                             TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend)
-sh.write_json(sh.artifact(WORK_DIR, "compare_metrics"), {**losses, "rouge": rouge, "verdict": verdict,
-                                                         "base_model": base_name, "questions": len(rows)})
-print(rouge)
+print(sh.rouge_summary(rouge))
+
+# %% [markdown]
+# ## A blind LLM judge (optional, off by default)
+# With `JUDGE_MODEL` and a `JUDGE_API_KEY` secret, a model behind any OpenAI-compatible endpoint compares
+# the base and tuned answers above with the reference. It sees them as "Answer 1" and "Answer 2" in an
+# order drawn at random for each question, never which is which. One judge is one opinion: read it with
+# the benchmark verdict.
+
+# %%
+judge = sh.run_judge(rouge["answers"], JUDGE_MODEL, JUDGE_BASE_URL, SEED)
+print(sh.judge_summary(judge))
+
+# %% [markdown]
+# ## Save, and log to W&B
+# Everything above goes into `compare_metrics.json`; with W&B on, the verdict table and the numbers are
+# logged into the training run of 03 (or an offline run to upload with `wandb sync`).
+
+# %%
+metrics = {**losses, "rouge": rouge, "judge": judge, "verdict": verdict, "base_model": base_name,
+           "questions": len(rows)}
+metrics["wandb"] = sh.log_comparison_to_wandb(WORK_DIR, REPORT_TO, verdict, losses, rouge, judge)
+sh.write_json(sh.artifact(WORK_DIR, "compare_metrics"), metrics)
+print("W&B:", metrics["wandb"] or "off")

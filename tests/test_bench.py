@@ -51,3 +51,10 @@ def test_verdicts_compare_with_the_targets(value, met):
     v = bench_train.verdicts(results)
     assert v["a_over_c"]["met"] is met and v["peak_gib"]["met"] is True and v["mfu"]["met"] is False
     assert bench_train.verdicts({"a_project": {"error": "x"}})["a_over_b"]["met"] is None
+
+
+def test_steady_seconds_per_step_leaves_out_the_first_steps():
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "gpu"))
+    import bench_ddp
+
+    assert bench_ddp.steady_seconds_per_step([30.0, 31.0, 32.0, 33.5, 35.0], skip=2) == pytest.approx(4.0 / 3)  # from the end of step 2 to the end of step 5

@@ -73,7 +73,7 @@ def test_secrets_are_resolved_but_never_reported():
     assert report["WANDB_API_KEY"].startswith("not set: skipping")
     assert "hf_FAKE" not in repr(report)
     record = sh.runtime_record(runtime(None), "cpu", report)
-    assert record["secrets_found"] == {"HF_TOKEN": True, "WANDB_API_KEY": False}
+    assert record["secrets_found"] == {"HF_TOKEN": True, "WANDB_API_KEY": False, "JUDGE_API_KEY": False}
     assert "hf_FAKE" not in repr(record)
 
 

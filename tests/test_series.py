@@ -13,7 +13,8 @@ import src_helpers as sh
 
 pytestmark = pytest.mark.notebooks
 
-FAKE_SECRETS = {"HF_TOKEN": "hf_PlantedFakeTokenForTheLeakTest0123", "WANDB_API_KEY": "f" * 24 + "plantedwandb0123"}
+FAKE_SECRETS = {"HF_TOKEN": "hf_PlantedFakeTokenForTheLeakTest0123", "WANDB_API_KEY": "f" * 24 + "plantedwandb0123",
+                "JUDGE_API_KEY": "sk-PlantedFakeJudgeKey0123456789"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_every_notebook_ran_without_errors(work):
 def test_runtime_record(work):
     record = sh.read_json(sh.artifact(work, "runtime"))
     assert record["backend"] == "cpu" and record["platform"] == "local"
-    assert record["secrets_found"] == {"HF_TOKEN": True, "WANDB_API_KEY": True}
+    assert record["secrets_found"] == {"HF_TOKEN": True, "WANDB_API_KEY": True, "JUDGE_API_KEY": True}
 
 
 def test_formatted_data(work):
@@ -83,6 +84,8 @@ def test_comparison_has_both_columns_for_every_question(work):
     assert math.isfinite(metrics["base_val_loss"]) and math.isfinite(metrics["tuned_val_loss"])
     assert metrics["tuned_val_loss"] < metrics["base_val_loss"]
     assert metrics["rouge"]["items"] == 4 and 0 <= metrics["rouge"]["base_rouge_l"] <= 1
+    assert len(metrics["rouge"]["answers"]) == 4
+    assert "off" in metrics["judge"]["skipped"] and metrics["wandb"] is None  # both off by default
 
 
 def test_verdict_table_covers_every_benchmark(work):
