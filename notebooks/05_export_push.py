@@ -55,7 +55,9 @@ runtime, backend = sh.setup_backend(BACKEND)
 # %% [markdown]
 # ## Merge and verify
 # The adapter is merged into the 16-bit base weights in CPU RAM (16 GB for the 8B model; Kaggle has 30),
-# so the GPU is not needed. The merged model must predict what base + adapter predicts: both are compared
+# so the GPU is not needed. Unsloth's `save_pretrained_merged` scored exactly the same in the check below
+# when we measured both on a GPU (gpu/RESULTS.md); PEFT's merge runs on every backend and keeps this
+# process free of Unsloth's patches, which break a plain model on the CPU. The merged model must predict what base + adapter predicts: both are compared
 # on probe prompts in the same format, and a merge that differs by more than rounding explains is refused
 # and nothing is pushed. In float32 (CPU) the check is strict; in bfloat16 it allows 15% of the largest
 # logit, a coarse guard calibrated only on random weights (see gpu/RESULTS.md).
