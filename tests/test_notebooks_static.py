@@ -99,3 +99,17 @@ def test_readme_bad_input_table_names_real_tests():
     sources = "".join(p.read_text() for p in (sh.REPO_ROOT / "tests").glob("test_*.py"))
     for name in named:
         assert f"def {name}(" in sources, f"README names {name}, which no test defines"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_clone_cell_fetches_the_repository_the_badge_opens(nb_path):
+    """Opened alone (Colab badge, Kaggle push), a notebook clones the repository its badge points at, and
+    only when src_helpers.py is not already beside it or one folder up."""
+    nb = nbformat.read(nb_path, as_version=4)
+    badge_repo = re.search(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/", nb.cells[0].source).group(1)
+    clone = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
+             if line.startswith("!") and "git clone" in line]
+    assert len(clone) == 1
+    assert clone[0].startswith("!test -f src_helpers.py || test -f ../src_helpers.py || ")
+    assert f"https://github.com/{badge_repo}" in clone[0]
+    assert f'"{badge_repo.split("/")[1]}"' in "".join(c.source for c in nb.cells)  # the clone is on sys.path
