@@ -781,7 +781,7 @@ def load_model_and_tokenizer(model_name: str, backend: str, runtime: Runtime, ma
         kwargs: dict[str, Any] = {"dtype": compute_dtype(runtime)}
         if backend == "transformers":
             kwargs["attn_implementation"] = "sdpa"
-            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}  # one GPU per process
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # one GPU per process
             if load_in_4bit:
                 from transformers import BitsAndBytesConfig
 
@@ -897,7 +897,7 @@ def wandb_run_id() -> str | None:
 
 def process_rank() -> tuple[int, int]:
     """(rank, number of processes) under torchrun or accelerate launch; (0, 1) in a notebook."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main_process() -> bool:

@@ -24,8 +24,6 @@ def main():
     parser.add_argument("--stage", choices=["unsloth", "compare", "gguf"], required=True,
                         help="one process each: once Unsloth has patched transformers, a plain model cannot run")
     args = parser.parse_args()
-    import torch
-
     if args.stage == "compare":
         return compare(args)
     runtime, backend = sh.setup_backend("unsloth", "bf16")

@@ -3,7 +3,6 @@ replaced, nothing is pushed), and a notebook finds an earlier notebook's output 
 import contextlib
 import io
 import json
-import pathlib
 import sys
 
 import pytest
