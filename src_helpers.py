@@ -149,11 +149,9 @@ class Params:
             raise ValueError(f"gpu_memory_cap_gib must be >= 0 (0 means no cap), got {self.gpu_memory_cap_gib!r}")
         if self.report_to not in ("auto", "wandb", "none"):
             raise ValueError(f"report_to must be 'auto', 'wandb' or 'none', got {self.report_to!r}")
-        unknown = sorted(set(self.gguf_quantizations) - set(GGUF_QUANTIZATIONS))
-        if unknown:
-            raise ValueError(f"gguf_quantizations: unknown {unknown}; choose from {list(GGUF_QUANTIZATIONS)}")
-        if self.judge_model and not self.judge_base_url.startswith(("http://", "https://")):
-            raise ValueError(f"judge_base_url must be an http(s) URL, got {self.judge_base_url!r}")
+        check_gguf_quantizations(self.gguf_quantizations, "gguf_quantizations")
+        if self.judge_model:
+            check_judge_base_url(self.judge_base_url)
         if self.push_to_hub and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.hub_repo_id):
             raise ValueError(f"hub_repo_id must look like 'user/name' when push_to_hub is on, got {self.hub_repo_id!r}")
 
@@ -875,12 +873,17 @@ def resolve_report_to(report_to: str, work_dir=".", environ=os.environ) -> tuple
     return "wandb", f"logging to W&B project {environ['WANDB_PROJECT']!r}"
 
 
-def wandb_run_link() -> str | None:
-    """The W&B run's URL, or for an offline run the command that uploads it; None when W&B is off."""
+def _wandb_run():
+    """The W&B run in progress, or None (wandb is only looked up, never imported, here)."""
     import sys
 
     wandb = sys.modules.get("wandb")
-    run = getattr(wandb, "run", None) if wandb else None
+    return getattr(wandb, "run", None) if wandb else None
+
+
+def wandb_run_link() -> str | None:
+    """The W&B run's URL, or for an offline run the command that uploads it; None when W&B is off."""
+    run = _wandb_run()
     if run is None:
         return None
     return run.url or f"wandb sync {pathlib.Path(run.dir).parent}"
@@ -888,10 +891,7 @@ def wandb_run_link() -> str | None:
 
 def wandb_run_id() -> str | None:
     """The id of the W&B run in progress, so 04 can log its verdict into the same run."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    run = getattr(wandb, "run", None) if wandb else None
+    run = _wandb_run()
     return run.id if run is not None else None
 
 
@@ -1084,10 +1084,11 @@ def train(trainer, p: Params, resume: bool = True):
 
 
 def step_clock():
-    """A TrainerCallback keeping the wall-clock seconds from the start of training to the end of each step
-    (the loss logged every step makes these GPU-synchronised), for seconds per step without start-up."""
+    """A TrainerCallback keeping the wall-clock seconds from the start of training to the end of each step,
+    after the GPU has finished the step, for seconds per step without start-up."""
     import time
 
+    import torch
     from transformers import TrainerCallback
 
     class StepClock(TrainerCallback):
@@ -1098,6 +1099,8 @@ def step_clock():
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # this runs before the step's loss is read, which would wait for it
             self.step_end_s.append(round(time.perf_counter() - self.start, 4))
 
     return StepClock()
@@ -1404,6 +1407,12 @@ def export_merged(work_dir, runtime: Runtime, save: bool) -> dict:
 GGUF_QUANTIZATIONS = ("q4_k_m", "q8_0", "q5_k_m", "f16")  # those 05 accepts; llama.cpp names
 
 
+def check_gguf_quantizations(quantizations, name: str) -> None:
+    unknown = sorted(set(quantizations) - set(GGUF_QUANTIZATIONS))
+    if unknown:
+        raise ValueError(f"{name}: unknown {unknown}; choose from {list(GGUF_QUANTIZATIONS)}")
+
+
 def ollama_modelfile(tokenizer, gguf_name: str, template: str = "r1_chat", temperature: float = 0.6,
                      top_p: float = 0.95) -> str:
     """An Ollama Modelfile for a GGUF of the tuned model. Its chat template is cut from render_prompt, so a
@@ -1425,9 +1434,7 @@ def export_gguf(work_dir, backend: str, runtime: Runtime, quantizations: list[st
     and nothing is left half-written; the adapter and the merged model are unaffected."""
     if not quantizations:
         return {"files": [], "skipped": "GGUF_QUANTIZATIONS is empty"}
-    unknown = sorted(set(quantizations) - set(GGUF_QUANTIZATIONS))
-    if unknown:
-        raise ValueError(f"GGUF_QUANTIZATIONS: unknown {unknown}; choose from {list(GGUF_QUANTIZATIONS)}")
+    check_gguf_quantizations(quantizations, "GGUF_QUANTIZATIONS")
     if backend != "unsloth":
         return {"files": [], "skipped": f"GGUF export runs through Unsloth on a GPU; this run's backend is {backend!r}"}
     template = read_json(require_artifact(work_dir, "data_stats"))["template"]
@@ -1875,13 +1882,14 @@ def rouge_comparison(model, tokenizer, val: list[dict], n: int, template: str, m
     questions = [{"id": str(r["row"]), "question": r["question"]} for r in records]
     base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature,
                                         top_p, batch_size, seed, backend)
+    references = [reference_response(r) for r in records]
     result = {"items": len(records)}
     for name, answers in (("base", base), ("tuned", tuned)):
-        scores = [rouge_l(a["answer"], reference_response(r)) for a, r in zip(answers, records)]
+        scores = [rouge_l(a["answer"], ref) for a, ref in zip(answers, references)]
         result[f"{name}_rouge_l"] = sum(scores) / len(scores) if scores else None
         result[f"{name}_unfinished"] = sum(not a["finished_thinking"] for a in answers)
-    result["answers"] = [{"question": r["question"], "reference": reference_response(r), "base": b["answer"],
-                          "tuned": t["answer"]} for r, b, t in zip(records, base, tuned)]
+    result["answers"] = [{"question": r["question"], "reference": ref, "base": b["answer"], "tuned": t["answer"]}
+                         for r, ref, b, t in zip(records, references, base, tuned)]
     return result
 
 
@@ -1910,6 +1918,11 @@ def parse_judgement(text: str) -> int | None:
     """1, 2 or 0 (tie) from the judge's reply; None when the reply holds no such verdict."""
     match = re.search(r'"better"\s*:\s*"?([012])', text or "")
     return int(match.group(1)) if match else None
+
+
+def check_judge_base_url(url: str) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"judge_base_url must be an http(s) URL, got {url!r}")
 
 
 def post_json(url: str, body: dict, headers: dict, timeout: float = 120) -> dict:
@@ -1958,6 +1971,7 @@ def run_judge(pairs: list[dict], model: str, base_url: str, seed: int, environ=o
     """The judge when JUDGE_MODEL is set and a JUDGE_API_KEY secret exists; otherwise why it did not run."""
     if not model:
         return {"skipped": "JUDGE_MODEL is empty: the LLM judge is off (the default)"}
+    check_judge_base_url(base_url)
     api_key, _ = resolve_secret("JUDGE_API_KEY", environ)
     if not api_key:
         return {"skipped": f"JUDGE_MODEL is {model!r} but no JUDGE_API_KEY secret is set: the judge did not run"}

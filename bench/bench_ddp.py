@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -66,7 +67,7 @@ def main():
                 (1, [sys.executable], "0"),
                 (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"], "0,1")):
             work = pathlib.Path(f"/tmp/ddp/accum{accum}_{gpus}gpu")
-            subprocess.run(["cp", "-r", str(base), str(work)], check=True)
+            shutil.copytree(base, work)
             metrics = train(work, model_dir, args.steps, accum, launcher, {**env, "CUDA_VISIBLE_DEVICES": visible})
             if "error" not in metrics:
                 metrics["seconds_per_step"] = steady_seconds_per_step(metrics["step_end_s"], args.skip)

@@ -95,22 +95,6 @@ class CountingCollator:
         return getattr(self.collator, name)
 
 
-def step_timer():
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times = []
-
-        def on_step_end(self, args, state, control, **kwargs):
-            import torch
-
-            torch.cuda.synchronize()
-            self.times.append(time.perf_counter())
-
-    return StepTimer()
-
-
 def packed_loss_check(trainer, model, records) -> dict:
     """On the GPU, with Unsloth's kernels: the loss of 3 examples packed into one row equals the label-weighted
     loss of the 3 run one by one, and rewriting example 0 leaves the others' loss unchanged."""
@@ -158,13 +142,13 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
     trainer = sh.make_trainer(model, tok, records, [], p, backend, runtime)
     counter = CountingCollator(trainer.data_collator, tok.bos_token_id, tok.convert_tokens_to_ids("<｜Assistant｜>"))
     trainer.data_collator = counter
-    timer = step_timer()
-    trainer.add_callback(timer)
+    clock = sh.step_clock()
+    trainer.add_callback(clock)
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     peak = sh.peak_gpu_memory_gib()
     window = counter.batches[warmup * p.grad_accum:(warmup + measure) * p.grad_accum]
-    seconds = timer.times[warmup + measure - 1] - timer.times[warmup - 1]
+    seconds = clock.step_end_s[warmup + measure - 1] - clock.step_end_s[warmup - 1]
     totals = {k: sum(b[k] for b in window) for k in ("positions", "real", "labels", "answer")}
     n_matmul = matmul_parameters(json.loads((pathlib.Path(model_dir) / "config.json").read_text()))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

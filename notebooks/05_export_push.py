@@ -46,8 +46,8 @@ sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one f
 import src_helpers as sh
 
 print(sh.install_requirements(INSTALL_REQUIREMENTS))
-params = sh.Params(work_dir=WORK_DIR, backend=BACKEND, save_merged=SAVE_MERGED,
-                   push_to_hub=PUSH_TO_HUB, hub_repo_id=HUB_REPO_ID, hub_private=HUB_PRIVATE)
+params = sh.Params(work_dir=WORK_DIR, backend=BACKEND, save_merged=SAVE_MERGED, push_to_hub=PUSH_TO_HUB,
+                   hub_repo_id=HUB_REPO_ID, hub_private=HUB_PRIVATE, gguf_quantizations=GGUF_QUANTIZATIONS)
 sh.load_secrets()
 upload_plan = sh.hub_upload_plan(params)
 runtime, backend = sh.setup_backend(BACKEND)

@@ -77,6 +77,8 @@ def test_judge_is_off_by_default_and_says_why_without_a_key():
     assert "JUDGE_API_KEY" in sh.run_judge(pairs(1, 0), "m", "https://x/v1", 0, environ={})["skipped"]
     with pytest.raises(ValueError, match="judge_base_url"):
         sh.Params(judge_model="m", judge_base_url="api.openai.com")
+    with pytest.raises(ValueError, match="judge_base_url"):  # 04 passes its parameters straight to run_judge
+        sh.run_judge(pairs(1, 0), "m", "api.openai.com", 0, environ={"JUDGE_API_KEY": KEY})
 
 
 @pytest.mark.parametrize(("reply", "expected"), [('{"better": 2, "reason": "x"}', 2), ('```json\n{"better":"1"}\n```', 1),
