@@ -19,7 +19,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "scripts"), str(ROOT / 
 import bench_train  # noqa: E402
 import real_shapes  # noqa: E402
 import run_series  # noqa: E402
-import src_helpers as sh  # noqa: E402
+from medical_r1 import artifacts  # noqa: E402
 
 TARGET_SPEEDUP = 1.8
 
@@ -32,7 +32,7 @@ def train(work: pathlib.Path, model_dir: str, steps: int, grad_accum: int, launc
     done = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
     if done.returncode:
         return {"error": f"exit {done.returncode}"}
-    return sh.read_json(sh.artifact(work, "train_metrics"))
+    return artifacts.read_json(artifacts.artifact(work, "train_metrics"))
 
 
 def steady_seconds_per_step(step_end_s: list[float], skip: int) -> float:
@@ -83,7 +83,7 @@ def main():
                 print(f"| {accum} | {gpus} | {r['seconds_per_step']:.3f} | {result['speedup'] if gpus == 2 else 1:.2f}x | "
                       f"{r['peak_reserved_gib']} | {r['train_losses'][0][1]:.4f} -> {r['train_losses'][-1][1]:.4f} |")
         report["runs"][f"grad_accum_{accum}"] = result
-        sh.write_json(args.out / "ddp_bench.json", report)
+        artifacts.write_json(args.out / "ddp_bench.json", report)
     print(json.dumps({k: {x: v.get(x) for x in ("speedup", "met", "max_relative_loss_difference")}
                       for k, v in report["runs"].items()}))
 

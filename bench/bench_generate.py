@@ -16,16 +16,22 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "bench")]
 import bench_train  # noqa: E402
-import src_helpers as sh  # noqa: E402
+from medical_r1 import artifacts  # noqa: E402
+from medical_r1 import benchmarks  # noqa: E402
+from medical_r1 import data as data_mod  # noqa: E402
+from medical_r1 import generation  # noqa: E402
+from medical_r1 import models as models_mod  # noqa: E402
+from medical_r1 import params  # noqa: E402
+from medical_r1 import runtime as rt_mod  # noqa: E402
 
 TARGET_SPEEDUP = 10.0
 
 
 def eval_questions(n: int) -> list[dict]:
     """n prompts in 04's format, from the repo's sample of the HuatuoGPT-o1 eval file (cycled when n is larger)."""
-    data = sh.load_eval_data(str(sh.SAMPLE_DATA_DIR / "eval_data.json"), 1000, seed=0)
+    data = benchmarks.load_eval_data(str(data_mod.SAMPLE_DATA_DIR / "eval_data.json"), 1000, seed=0)
     items = [item for name in sorted(data) for item in data[name]]
-    return [{"id": f"{i}", "question": sh.mc_question(items[i % len(items)])} for i in range(n)]
+    return [{"id": f"{i}", "question": benchmarks.mc_question(items[i % len(items)])} for i in range(n)]
 
 
 def timed_generation(model, tok, questions, batch_size, new_tokens) -> dict:
@@ -34,14 +40,14 @@ def timed_generation(model, tok, questions, batch_size, new_tokens) -> dict:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    answers = sh.generate_answers(model, tok, questions, "r1_chat", new_tokens, 0.6, 0.95, False, batch_size, 0,
+    answers = generation.generate_answers(model, tok, questions, "r1_chat", new_tokens, 0.6, 0.95, False, batch_size, 0,
                                   "unsloth", min_new_tokens=new_tokens)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     tokens = sum(a["new_tokens"] for a in answers)
     return {"batch_size": batch_size, "questions": len(questions), "new_tokens": tokens, "seconds": seconds,
             "tokens_per_s": tokens / seconds, "tokens_per_question": tokens / len(questions),
-            **sh.peak_gpu_memory_gib()}
+            **rt_mod.peak_gpu_memory_gib()}
 
 
 def main():
@@ -51,7 +57,7 @@ def main():
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--new-tokens", type=int, default=256, help="output tokens per question, in every mode")
     parser.add_argument("--loop-questions", type=int, default=8, help="questions for the one-at-a-time loop")
-    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[sh.Params().gen_batch_size, 32])
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[params.Params().gen_batch_size, 32])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = args.model_dir
@@ -60,9 +66,9 @@ def main():
 
         model_dir = f"/tmp/models/{args.shape}"
         real_shapes.build_model(args.shape, model_dir)
-    runtime, backend = sh.setup_backend("unsloth", "bf16")
-    model, tok = sh.load_model_and_tokenizer(model_dir, backend, runtime, 2048)
-    model = sh.add_lora(model, backend, sh.Params(model_name=model_dir))
+    runtime, backend = rt_mod.setup_backend("unsloth", "bf16")
+    model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, 2048)
+    model = models_mod.add_lora(model, backend, params.Params(model_name=model_dir))
     timed_generation(model, tok, eval_questions(2), 2, 8)  # warm-up: kernels compiled, caches allocated
     runs = {"one_at_a_time": timed_generation(model, tok, eval_questions(args.loop_questions), 1, args.new_tokens)}
     for b in args.batch_sizes:
@@ -70,12 +76,12 @@ def main():
     loop = runs["one_at_a_time"]["tokens_per_s"]
     for r in runs.values():
         r["speedup"] = r["tokens_per_s"] / loop
-    default = runs[f"batched_{sh.Params().gen_batch_size}"]
+    default = runs[f"batched_{params.Params().gen_batch_size}"]
     report = {"meta": {"device": __import__("torch").cuda.get_device_name(0), **bench_train.package_versions(),
                        "shape": args.shape, "new_tokens_per_question": args.new_tokens},
               "runs": runs, "target": {"speedup_at_default_batch": default["speedup"], "target": TARGET_SPEEDUP,
                                        "met": default["speedup"] >= TARGET_SPEEDUP}}
-    sh.write_json(args.out / "generate_bench.json", report)
+    artifacts.write_json(args.out / "generate_bench.json", report)
     print("| mode | batch | questions | output tokens | s | tokens/s | speedup | peak alloc GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in runs.items():

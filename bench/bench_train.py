@@ -21,7 +21,12 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "gpu")]
-import src_helpers as sh  # noqa: E402
+from medical_r1 import artifacts  # noqa: E402
+from medical_r1 import data as data_mod  # noqa: E402
+from medical_r1 import models as models_mod  # noqa: E402
+from medical_r1 import params  # noqa: E402
+from medical_r1 import runtime as rt_mod  # noqa: E402
+from medical_r1 import training as training_mod  # noqa: E402
 
 DATA = ROOT / ".gpu_ref" / "data" / "medical_o1_sft.json"  # real-schema rows, real length distribution
 CONFIGS = {
@@ -130,23 +135,23 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
 
     spec = CONFIGS[name]
     tflops = matmul_tflops()
-    runtime, backend = sh.setup_backend(spec["backend"], "bf16")
-    p = sh.Params(work_dir=f"/tmp/bench/{name}", model_name=model_dir, max_steps=warmup + measure,
+    runtime, backend = rt_mod.setup_backend(spec["backend"], "bf16")
+    p = params.Params(work_dir=f"/tmp/bench/{name}", model_name=model_dir, max_steps=warmup + measure,
                   save_steps=10_000, eval_steps=10_000, report_to="none", warmup_steps=0, **spec["params"])
     load_start = time.perf_counter()
-    model, tok = sh.load_model_and_tokenizer(model_dir, backend, runtime, p.max_seq_length, p.load_in_4bit)
-    model = sh.add_lora(model, backend, p)
+    model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, p.max_seq_length, p.load_in_4bit)
+    model = models_mod.add_lora(model, backend, p)
     load_s = time.perf_counter() - load_start
-    rows = sh.load_sft_rows(str(DATA), "en")
-    records, dropped = sh.format_rows(rows, tok, p.template, p.max_seq_length, spec["completion_only_loss"])
-    trainer = sh.make_trainer(model, tok, records, [], p, backend, runtime)
+    rows = data_mod.load_sft_rows(str(DATA), "en")
+    records, dropped = data_mod.format_rows(rows, tok, p.template, p.max_seq_length, spec["completion_only_loss"])
+    trainer = training_mod.make_trainer(model, tok, records, [], p, backend, runtime)
     counter = CountingCollator(trainer.data_collator, tok.bos_token_id, tok.convert_tokens_to_ids("<｜Assistant｜>"))
     trainer.data_collator = counter
-    clock = sh.step_clock()
+    clock = training_mod.step_clock()
     trainer.add_callback(clock)
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    peak = sh.peak_gpu_memory_gib()
+    peak = rt_mod.peak_gpu_memory_gib()
     window = counter.batches[warmup * p.grad_accum:(warmup + measure) * p.grad_accum]
     seconds = clock.step_end_s[warmup + measure - 1] - clock.step_end_s[warmup - 1]
     totals = {k: sum(b[k] for b in window) for k in ("positions", "real", "labels", "answer")}
@@ -167,7 +172,7 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
     }
     if name == "a_project":
         result["packed_loss_check"] = packed_loss_check(trainer, model, records)
-    sh.write_json(out / f"train_bench_{name}.json", result)
+    artifacts.write_json(out / f"train_bench_{name}.json", result)
     return result
 
 
@@ -233,14 +238,14 @@ def main():
         start = time.perf_counter()
         done = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
         path = args.out / f"train_bench_{name}.json"
-        results[name] = (sh.read_json(path) if done.returncode == 0 and path.exists()
+        results[name] = (artifacts.read_json(path) if done.returncode == 0 and path.exists()
                          else {"error": f"worker exited with {done.returncode}"})
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     tflops = [r["matmul_tflops"] for r in results.values() if "matmul_tflops" in r]
     meta = {"device": torch.cuda.get_device_name(0), **package_versions(), "shape": args.shape,
             "matmul_tflops": sum(tflops) / len(tflops) if tflops else math.nan}
     report = {"meta": meta, "results": results, "targets": verdicts(results)}
-    sh.write_json(args.out / "train_bench.json", report)
+    artifacts.write_json(args.out / "train_bench.json", report)
     print(table(results, meta))
     print(json.dumps(report["targets"], indent=1))
 

@@ -15,7 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "gpu")]
 import real_shapes  # noqa: E402
 import run_series  # noqa: E402
-import src_helpers as sh  # noqa: E402
+from medical_r1 import artifacts  # noqa: E402
+from medical_r1 import data as data_mod  # noqa: E402
 
 # (name, shape, backend, precision, memory cap GiB, notebooks). fp16 is T4 mode; 15 GiB is a T4's memory.
 CHECKS = [
@@ -34,7 +35,7 @@ def check_parameters(model_dir, backend, precision, cap, steps):
         "DATA_CONFIG": "en", "MAX_EXAMPLES": 0, "VAL_SIZE": 16, "MAX_STEPS": steps, "EVAL_STEPS": steps // 2,
         "SAVE_STEPS": steps // 2, "REPORT_TO": "none", "PRECISION": precision, "GPU_MEMORY_CAP_GIB": cap,
         "MAX_NEW_TOKENS": 64, "INSTALL_REQUIREMENTS": "never",
-        "EVAL_DATA": str(sh.SAMPLE_DATA_DIR / "eval_data.json"), "EVAL_ITEMS": 6, "EVAL_MAX_NEW_TOKENS": 128,
+        "EVAL_DATA": str(data_mod.SAMPLE_DATA_DIR / "eval_data.json"), "EVAL_ITEMS": 6, "EVAL_MAX_NEW_TOKENS": 128,
         "ROUGE_ITEMS": 8,
     }
 
@@ -64,10 +65,10 @@ def main():
         except Exception as err:  # record the failure and go on to the next check
             record["ok"], record["error"] = False, f"{type(err).__name__}: {str(err)[-1500:]}"
         for key in ("data_stats", "train_metrics", "compare_metrics", "export_report"):
-            if sh.artifact(work, key).exists():
-                record[key] = sh.read_json(sh.artifact(work, key))
+            if artifacts.artifact(work, key).exists():
+                record[key] = artifacts.read_json(artifacts.artifact(work, key))
         results[name] = record
-        sh.write_json(args.out / "gpu_check.json", results)
+        artifacts.write_json(args.out / "gpu_check.json", results)
     import torch
     import transformers
     import trl
@@ -75,7 +76,7 @@ def main():
 
     meta = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
             "transformers": transformers.__version__, "trl": trl.__version__, "unsloth": unsloth.__version__}
-    sh.write_json(args.out / "gpu_check.json", {"meta": meta, "checks": results})
+    artifacts.write_json(args.out / "gpu_check.json", {"meta": meta, "checks": results})
     print(json.dumps(meta))
     print("| check | ok | loss first -> last | val loss | peak reserved GiB | train s | notes |")
     print("|---|---|---|---|---|---|---|")

@@ -14,7 +14,11 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import src_helpers as sh  # noqa: E402
+import dataclasses  # noqa: E402
+from medical_r1 import artifacts  # noqa: E402
+from medical_r1 import export as export_mod  # noqa: E402
+from medical_r1 import models as models_mod  # noqa: E402
+from medical_r1 import runtime as rt_mod  # noqa: E402
 
 
 def main():
@@ -26,10 +30,10 @@ def main():
     args = parser.parse_args()
     if args.stage == "compare":
         return compare(args)
-    runtime, backend = sh.setup_backend("unsloth", "bf16")
-    model, tokenizer, base_name = sh.load_adapter_model(args.work, backend, runtime, 2048, True)
+    runtime, backend = rt_mod.setup_backend("unsloth", "bf16")
+    model, tokenizer, base_name = models_mod.load_adapter_model(args.work, backend, runtime, 2048, True)
     path = args.out / "unsloth_export_check.json"
-    report = sh.read_json(path) if path.exists() else {"base": base_name}
+    report = artifacts.read_json(path) if path.exists() else {"base": base_name}
     if args.stage == "unsloth":
         start = time.time()
         try:
@@ -37,7 +41,7 @@ def main():
             report["unsloth_merge_s"] = round(time.time() - start, 1)
         except Exception as err:
             report["unsloth_merge_error"] = f"{type(err).__name__}: {str(err)[:500]}"
-        sh.write_json(path, report)
+        artifacts.write_json(path, report)
         return
     start = time.time()  # llama.cpp is fetched over the network, which may hang here
     try:
@@ -46,36 +50,36 @@ def main():
     except Exception as err:
         report["gguf_error"] = f"{type(err).__name__}: {str(err)[:800]}"
     report["gguf_s"] = round(time.time() - start, 1)
-    sh.write_json(path, report)
+    artifacts.write_json(path, report)
     print(json.dumps({k: v for k, v in report.items() if k.startswith("gguf")}, indent=1))
 
 
 def compare(args):
     import torch
 
-    runtime, _ = sh.setup_backend("cpu", "auto")
+    runtime, _ = rt_mod.setup_backend("cpu", "auto")
     path = args.out / "unsloth_export_check.json"
-    report = sh.read_json(path)
+    report = artifacts.read_json(path)
     base_name = report["base"]
-    tokenizer = sh.load_tokenizer(str(sh.artifact(args.work, "adapter")))
+    tokenizer = models_mod.load_tokenizer(str(artifacts.artifact(args.work, "adapter")))
     unsloth_dir = args.work / "merged_unsloth"
     dtype = torch.bfloat16
-    reference_model = sh.load_16bit_with_adapter(base_name, sh.artifact(args.work, "adapter"), dtype)
-    reference = sh.probe_logits(reference_model, tokenizer)
+    reference_model = export_mod.load_16bit_with_adapter(base_name, artifacts.artifact(args.work, "adapter"), dtype)
+    reference = export_mod.probe_logits(reference_model, tokenizer)
     del reference_model
     if unsloth_dir.exists():
         from transformers import AutoModelForCausalLM
 
         merged = AutoModelForCausalLM.from_pretrained(str(unsloth_dir), dtype=dtype)
-        report["unsloth_vs_base_plus_adapter"] = sh.compare_logits(reference, sh.probe_logits(merged, tokenizer))
+        report["unsloth_vs_base_plus_adapter"] = export_mod.compare_logits(reference, export_mod.probe_logits(merged, tokenizer))
         del merged
-    peft_dir = sh.save_merged(args.work, sh.dataclasses.replace(runtime, cuda=True))  # bf16, as on a GPU run
+    peft_dir = export_mod.save_merged(args.work, dataclasses.replace(runtime, cuda=True))  # bf16, as on a GPU run
     from transformers import AutoModelForCausalLM
 
     merged = AutoModelForCausalLM.from_pretrained(str(peft_dir), dtype=dtype)
-    report["peft_vs_base_plus_adapter"] = sh.compare_logits(reference, sh.probe_logits(merged, tokenizer))
-    report["tolerance"] = sh.merge_tolerance(dtype)
-    sh.write_json(path, report)
+    report["peft_vs_base_plus_adapter"] = export_mod.compare_logits(reference, export_mod.probe_logits(merged, tokenizer))
+    report["tolerance"] = export_mod.merge_tolerance(dtype)
+    artifacts.write_json(path, report)
     print(json.dumps(report, indent=1), flush=True)
 
 

@@ -35,14 +35,29 @@ BACKEND = "auto"  # "auto" picks unsloth on a GPU of compute capability 7.0+; or
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
-# Colab and Kaggle open a notebook without the rest of the repository: fetch it once (needs internet).
-# !test -f src_helpers.py || test -f ../src_helpers.py || test -d medical-r1-notebooks || git clone -q --depth 1 https://github.com/medical-r1/medical-r1-notebooks
+# The helpers: src_helpers.py (prompt templates, encoding) and the medical_r1 package. In a checkout of the
+# repository they are found where they are. Opened alone, the notebook installs them with pip: on Kaggle from
+# the wheel in the attached medical-r1-helpers dataset (offline), on Colab from the repository.
+import glob
+import importlib.util
+import subprocess
 import sys
 
-sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one folder up, or the clone above
-import src_helpers as sh
+sys.path[:0] = [".", ".."]  # the repository root, whether the notebook runs from it or from notebooks/
+if importlib.util.find_spec("medical_r1") is None:
+    wheels = glob.glob("/kaggle/input/**/medical_r1-*.whl", recursive=True)
+    source = wheels[0] if wheels else "git+https://github.com/medical-r1/medical-r1-notebooks"
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]).returncode:
+        raise ModuleNotFoundError(
+            f"The medical_r1 helpers are not here and pip could not install them from {source}: on Kaggle attach "
+            "the medical-r1-helpers dataset (scripts/build_kaggle.py), on Colab turn the network on, or run "
+            "the notebook from a checkout of the repository.")
+    importlib.invalidate_caches()
 
-print(sh.install_requirements(INSTALL_REQUIREMENTS))
+# %%
+from medical_r1.runtime import install_requirements
+
+print(install_requirements(INSTALL_REQUIREMENTS))
 
 # %% [markdown]
 # ## The runtime and the backend
@@ -51,17 +66,24 @@ print(sh.install_requirements(INSTALL_REQUIREMENTS))
 # it runs on the CPU in float32, which is only sensible for the tiny demo model.
 
 # %%
-runtime, backend = sh.setup_backend(BACKEND)
+from medical_r1.runtime import setup_backend
+
+runtime, backend = setup_backend(BACKEND)
 
 # %% [markdown]
 # ## Secrets
 # Each line says where a secret was found, or what will be skipped without it. Values are never shown.
 
 # %%
-secrets = sh.load_secrets()
-print(sh.secrets_summary(secrets))
-print("\n".join(sh.login_services()))
+from medical_r1.credentials import load_secrets, login_services, secrets_summary
+
+secrets = load_secrets()
+print(secrets_summary(secrets))
+print("\n".join(login_services()))
 
 # %%
-sh.write_json(sh.artifact(WORK_DIR, "runtime"), sh.runtime_record(runtime, backend, secrets))
-print("wrote", sh.artifact(WORK_DIR, "runtime"))
+from medical_r1.artifacts import artifact, write_json
+from medical_r1.runtime import runtime_record
+
+write_json(artifact(WORK_DIR, "runtime"), runtime_record(runtime, backend, secrets))
+print("wrote", artifact(WORK_DIR, "runtime"))

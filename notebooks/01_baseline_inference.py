@@ -42,18 +42,50 @@ SEED = 3407  # sampling seed
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
-# Colab and Kaggle open a notebook without the rest of the repository: fetch it once (needs internet).
-# !test -f src_helpers.py || test -f ../src_helpers.py || test -d medical-r1-notebooks || git clone -q --depth 1 https://github.com/medical-r1/medical-r1-notebooks
+# The helpers: src_helpers.py (prompt templates, encoding) and the medical_r1 package. In a checkout of the
+# repository they are found where they are. Opened alone, the notebook installs them with pip: on Kaggle from
+# the wheel in the attached medical-r1-helpers dataset (offline), on Colab from the repository.
+import glob
+import importlib.util
+import subprocess
 import sys
 
-sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one folder up, or the clone above
-import src_helpers as sh
-
-print(sh.install_requirements(INSTALL_REQUIREMENTS))
-runtime, backend = sh.setup_backend(BACKEND)
+sys.path[:0] = [".", ".."]  # the repository root, whether the notebook runs from it or from notebooks/
+if importlib.util.find_spec("medical_r1") is None:
+    wheels = glob.glob("/kaggle/input/**/medical_r1-*.whl", recursive=True)
+    source = wheels[0] if wheels else "git+https://github.com/medical-r1/medical-r1-notebooks"
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]).returncode:
+        raise ModuleNotFoundError(
+            f"The medical_r1 helpers are not here and pip could not install them from {source}: on Kaggle attach "
+            "the medical-r1-helpers dataset (scripts/build_kaggle.py), on Colab turn the network on, or run "
+            "the notebook from a checkout of the repository.")
+    importlib.invalidate_caches()
 
 # %%
-model, tokenizer = sh.load_model_and_tokenizer(MODEL_NAME, backend, runtime, MAX_SEQ_LENGTH, LOAD_IN_4BIT)
+from medical_r1.runtime import install_requirements, setup_backend
+
+print(install_requirements(INSTALL_REQUIREMENTS))
+runtime, backend = setup_backend(BACKEND)
+
+# %% [markdown]
+# ## Load the model
+# On a GPU, Unsloth's `FastLanguageModel` loads the weights in 4 bits (the 8B model takes about 6 GB of a
+# T4's 15) and `for_inference` switches on its faster generation. Without Unsloth (an older GPU, or the CPU
+# in the tests and the demo) `language_model_loader` returns a stand-in with the same calls, built on
+# transformers + PEFT, and says so.
+
+# %%
+from medical_r1.models import language_model_loader
+from medical_r1.runtime import compute_dtype
+
+FastLanguageModel = language_model_loader(backend)
+model, tokenizer = FastLanguageModel.from_pretrained(
+    model_name=MODEL_NAME,
+    max_seq_length=MAX_SEQ_LENGTH,
+    dtype=compute_dtype(runtime),  # bfloat16 from Ampere on, float16 on a T4, float32 on the CPU
+    load_in_4bit=LOAD_IN_4BIT,
+)
+FastLanguageModel.for_inference(model)
 
 # %% [markdown]
 # ## The prompt
@@ -61,10 +93,23 @@ model, tokenizer = sh.load_model_and_tokenizer(MODEL_NAME, backend, runtime, MAX
 # prompt that opens the thought with `<think>\n`. Training appends the chain of thought right after it.
 
 # %%
-print(sh.render_prompt(tokenizer, sh.QUESTIONS[0]["question"], TEMPLATE))
+from medical_r1.generation import QUESTIONS
+from src_helpers import render_prompt
+
+print(render_prompt(tokenizer, QUESTIONS[0]["question"], TEMPLATE))
+
+# %% [markdown]
+# ## Answers
+# The questions are generated together in batches of `GEN_BATCH_SIZE`, left-padded; each answer is split at
+# the last `</think>` into the thinking and the answer. An answer still thinking when `MAX_NEW_TOKENS` runs
+# out is flagged, not guessed.
 
 # %%
-answers = sh.generate_answers(model, tokenizer, sh.QUESTIONS, TEMPLATE, MAX_NEW_TOKENS, TEMPERATURE, TOP_P,
-                              DO_SAMPLE, GEN_BATCH_SIZE, SEED, backend)
-sh.write_jsonl(sh.artifact(WORK_DIR, "baseline_answers"), answers)
-sh.answers_table(answers)
+from medical_r1.artifacts import artifact, write_jsonl
+from medical_r1.display import answers_table
+from medical_r1.generation import generate_answers
+
+answers = generate_answers(model, tokenizer, QUESTIONS, TEMPLATE, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, DO_SAMPLE,
+                           GEN_BATCH_SIZE, SEED, backend)
+write_jsonl(artifact(WORK_DIR, "baseline_answers"), answers)
+answers_table(answers)

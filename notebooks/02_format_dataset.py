@@ -48,29 +48,84 @@ SEED = 3407  # decides the train/val split
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
-# Colab and Kaggle open a notebook without the rest of the repository: fetch it once (needs internet).
-# !test -f src_helpers.py || test -f ../src_helpers.py || test -d medical-r1-notebooks || git clone -q --depth 1 https://github.com/medical-r1/medical-r1-notebooks
+# The helpers: src_helpers.py (prompt templates, encoding) and the medical_r1 package. In a checkout of the
+# repository they are found where they are. Opened alone, the notebook installs them with pip: on Kaggle from
+# the wheel in the attached medical-r1-helpers dataset (offline), on Colab from the repository.
+import glob
+import importlib.util
+import subprocess
 import sys
 
-sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one folder up, or the clone above
-import src_helpers as sh
-
-print(sh.install_requirements(INSTALL_REQUIREMENTS))
-tokenizer = sh.load_tokenizer(MODEL_NAME)
-rows = sh.load_sft_rows(DATASET_NAME, DATA_CONFIG, MAX_EXAMPLES)
-sh.validate_rows(rows)
-print(f"{len(rows)} rows loaded and valid (columns {sh.SFT_COLUMNS})")
+sys.path[:0] = [".", ".."]  # the repository root, whether the notebook runs from it or from notebooks/
+if importlib.util.find_spec("medical_r1") is None:
+    wheels = glob.glob("/kaggle/input/**/medical_r1-*.whl", recursive=True)
+    source = wheels[0] if wheels else "git+https://github.com/medical-r1/medical-r1-notebooks"
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]).returncode:
+        raise ModuleNotFoundError(
+            f"The medical_r1 helpers are not here and pip could not install them from {source}: on Kaggle attach "
+            "the medical-r1-helpers dataset (scripts/build_kaggle.py), on Colab turn the network on, or run "
+            "the notebook from a checkout of the repository.")
+    importlib.invalidate_caches()
 
 # %%
-records, dropped = sh.format_rows(rows, tokenizer, TEMPLATE, MAX_SEQ_LENGTH, COMPLETION_ONLY_LOSS)
-print(f"{len(records)} examples kept; {dropped} dropped for being longer than {MAX_SEQ_LENGTH} tokens")
+from medical_r1.runtime import install_requirements
+
+print(install_requirements(INSTALL_REQUIREMENTS))
 
 # %% [markdown]
-# ## One formatted example
-# The prompt is what inference will send; the completion is what the model learns to write after it.
+# ## Load and check the rows
+# Every row must have a non-empty `Question`, `Complex_CoT` and `Response`; the first bad one is named
+# with its row number and column.
 
 # %%
-print(records[0]["prompt"] + records[0]["completion"])
+from medical_r1.data import SFT_COLUMNS, load_sft_rows, validate_rows
+from medical_r1.models import load_tokenizer
+
+tokenizer = load_tokenizer(MODEL_NAME)
+rows = load_sft_rows(DATASET_NAME, DATA_CONFIG, MAX_EXAMPLES)
+validate_rows(rows)
+print(f"{len(rows)} rows loaded and valid (columns {SFT_COLUMNS})")
+
+# %% [markdown]
+# ## One example, rendered
+# The prompt is what inference will send: the template's BOS, the question, and `<think>\n`.
+
+# %%
+from src_helpers import encode_example, render_completion, render_prompt
+
+example = rows[0]
+print(render_prompt(tokenizer, example["Question"], TEMPLATE))
+
+# %% [markdown]
+# The completion is what the model learns to write after the prompt: the chain of thought, `</think>`, the
+# answer, and the eos token that teaches it to stop.
+
+# %%
+print(render_completion(example["Complex_CoT"], example["Response"]) + tokenizer.eos_token)
+
+# %% [markdown]
+# ## The same example as token ids
+# Prompt and completion are tokenised separately and joined, so the inference prompt is exactly the start of
+# the training ids. A label of -100 means "no loss here": the prompt is masked (unless
+# `COMPLETION_ONLY_LOSS = False`), and the last row is the eos, which is a label.
+
+# %%
+from medical_r1.data import token_table
+
+encoded = encode_example(tokenizer, example, TEMPLATE, COMPLETION_ONLY_LOSS)
+print(f"{len(encoded['input_ids'])} tokens: {encoded['prompt_len']} of prompt, "
+      f"{len(encoded['input_ids']) - encoded['prompt_len']} of completion")
+token_table(tokenizer, encoded)
+
+# %% [markdown]
+# ## Format every row
+# Examples longer than `MAX_SEQ_LENGTH` are dropped and counted, never cut (a cut example loses its eos).
+
+# %%
+from medical_r1.data import format_rows
+
+records, dropped = format_rows(rows, tokenizer, TEMPLATE, MAX_SEQ_LENGTH, COMPLETION_ONLY_LOSS)
+print(f"{len(records)} examples kept; {dropped} dropped for being longer than {MAX_SEQ_LENGTH} tokens")
 
 # %% [markdown]
 # ## Token lengths
@@ -79,15 +134,26 @@ print(records[0]["prompt"] + records[0]["completion"])
 # characters per token against English's 4.75.
 
 # %%
-stats = sh.dataset_stats(records)
-sh.plot_histogram([len(r["input_ids"]) for r in records], MAX_SEQ_LENGTH, sh.artifact(WORK_DIR, "length_histogram"))
-sh.stats_table(stats)
+from medical_r1.artifacts import artifact
+from medical_r1.data import dataset_stats
+from medical_r1.display import plot_histogram, stats_table
+
+stats = dataset_stats(records)
+plot_histogram([len(r["input_ids"]) for r in records], MAX_SEQ_LENGTH, artifact(WORK_DIR, "length_histogram"))
+stats_table(stats)
+
+# %% [markdown]
+# ## Split and save
+# The validation rows are drawn by `SEED`, so 03 and 04 score the same held-out examples.
 
 # %%
-train, val = sh.split_train_val(records, VAL_SIZE, SEED)
-sh.write_jsonl(sh.artifact(WORK_DIR, "train_data"), train)
-sh.write_jsonl(sh.artifact(WORK_DIR, "val_data"), val)
-sh.write_json(sh.artifact(WORK_DIR, "data_stats"), sh.format_record(
+from medical_r1.artifacts import write_json, write_jsonl
+from medical_r1.data import format_record, split_train_val
+
+train, val = split_train_val(records, VAL_SIZE, SEED)
+write_jsonl(artifact(WORK_DIR, "train_data"), train)
+write_jsonl(artifact(WORK_DIR, "val_data"), val)
+write_json(artifact(WORK_DIR, "data_stats"), format_record(
     MODEL_NAME, DATASET_NAME, DATA_CONFIG, TEMPLATE, MAX_SEQ_LENGTH, COMPLETION_ONLY_LOSS, len(rows), dropped,
     len(train), len(val), stats))
 print(f"train: {len(train)} examples, val: {len(val)} examples, written under {WORK_DIR}/data/")

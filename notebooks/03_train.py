@@ -61,31 +61,149 @@ RESUME = True  # continue from the last checkpoint in WORK_DIR/checkpoints (afte
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
-# Colab and Kaggle open a notebook without the rest of the repository: fetch it once (needs internet).
-# !test -f src_helpers.py || test -f ../src_helpers.py || test -d medical-r1-notebooks || git clone -q --depth 1 https://github.com/medical-r1/medical-r1-notebooks
+# The helpers: src_helpers.py (prompt templates, encoding) and the medical_r1 package. In a checkout of the
+# repository they are found where they are. Opened alone, the notebook installs them with pip: on Kaggle from
+# the wheel in the attached medical-r1-helpers dataset (offline), on Colab from the repository.
+import glob
+import importlib.util
+import subprocess
 import sys
 
-sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one folder up, or the clone above
-import src_helpers as sh
-
-sh.setup_script_run(globals(), sys.argv)  # as a script (torchrun, accelerate launch): --NAME=value overrides
-print(sh.install_requirements(INSTALL_REQUIREMENTS))
-params = sh.Params(work_dir=WORK_DIR, model_name=MODEL_NAME, backend=BACKEND, max_seq_length=MAX_SEQ_LENGTH,
-                   load_in_4bit=LOAD_IN_4BIT, lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
-                   learning_rate=LEARNING_RATE, max_steps=MAX_STEPS, packing=PACKING, batch_size=BATCH_SIZE,
-                   grad_accum=GRAD_ACCUM, warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, optim=OPTIM,
-                   eval_steps=EVAL_STEPS, save_steps=SAVE_STEPS, report_to=REPORT_TO, seed=SEED, precision=PRECISION,
-                   gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB, early_stopping_patience=EARLY_STOPPING_PATIENCE)
-train, val = sh.load_formatted_data(WORK_DIR, MODEL_NAME, MAX_SEQ_LENGTH)
-sh.load_secrets()
-runtime, backend = sh.setup_backend(BACKEND, PRECISION, GPU_MEMORY_CAP_GIB)
+sys.path[:0] = [".", ".."]  # the repository root, whether the notebook runs from it or from notebooks/
+if importlib.util.find_spec("medical_r1") is None:
+    wheels = glob.glob("/kaggle/input/**/medical_r1-*.whl", recursive=True)
+    source = wheels[0] if wheels else "git+https://github.com/medical-r1/medical-r1-notebooks"
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]).returncode:
+        raise ModuleNotFoundError(
+            f"The medical_r1 helpers are not here and pip could not install them from {source}: on Kaggle attach "
+            "the medical-r1-helpers dataset (scripts/build_kaggle.py), on Colab turn the network on, or run "
+            "the notebook from a checkout of the repository.")
+    importlib.invalidate_caches()
 
 # %%
-model, tokenizer = sh.load_model_and_tokenizer(MODEL_NAME, backend, runtime, MAX_SEQ_LENGTH, LOAD_IN_4BIT)
-model = sh.add_lora(model, backend, params)
-before = sh.weight_snapshot(model)
-trainer = sh.make_trainer(model, tokenizer, train, val, params, backend, runtime)
-print(sh.describe_training(trainer, train, val))
+from medical_r1.runtime import install_requirements, setup_script_run
+
+setup_script_run(globals(), sys.argv)  # as a script (torchrun, accelerate launch): --NAME=value overrides
+print(install_requirements(INSTALL_REQUIREMENTS))
+
+# %%
+from medical_r1.credentials import load_secrets
+from medical_r1.data import load_formatted_data
+from medical_r1.params import Params
+from medical_r1.runtime import setup_backend
+
+params = Params(work_dir=WORK_DIR, model_name=MODEL_NAME, backend=BACKEND, max_seq_length=MAX_SEQ_LENGTH,
+                load_in_4bit=LOAD_IN_4BIT, lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
+                learning_rate=LEARNING_RATE, max_steps=MAX_STEPS, packing=PACKING, batch_size=BATCH_SIZE,
+                grad_accum=GRAD_ACCUM, warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, optim=OPTIM,
+                eval_steps=EVAL_STEPS, save_steps=SAVE_STEPS, report_to=REPORT_TO, seed=SEED, precision=PRECISION,
+                gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB, early_stopping_patience=EARLY_STOPPING_PATIENCE)  # checks every value
+train, val = load_formatted_data(WORK_DIR, MODEL_NAME, MAX_SEQ_LENGTH)
+load_secrets()
+runtime, backend = setup_backend(BACKEND, PRECISION, GPU_MEMORY_CAP_GIB)
+
+# %% [markdown]
+# ## Load the model in 4 bits
+# On a GPU, Unsloth's `FastLanguageModel` (on an older GPU or the CPU, a transformers + PEFT stand-in with the
+# same calls, which says so).
+
+# %%
+from medical_r1.models import language_model_loader
+from medical_r1.runtime import compute_dtype
+
+FastLanguageModel = language_model_loader(backend)
+model, tokenizer = FastLanguageModel.from_pretrained(
+    model_name=MODEL_NAME,
+    max_seq_length=MAX_SEQ_LENGTH,
+    dtype=compute_dtype(runtime),  # bfloat16 from Ampere on, float16 on a T4, float32 on the CPU
+    load_in_4bit=LOAD_IN_4BIT,
+)
+
+# %% [markdown]
+# ## Add LoRA adapters
+# Small trainable matrices beside the frozen attention and MLP projections; only they are trained and saved.
+
+# %%
+from medical_r1.params import LORA_TARGET_MODULES
+from medical_r1.training import weight_snapshot
+
+model = FastLanguageModel.get_peft_model(
+    model,
+    r=LORA_R,
+    lora_alpha=LORA_ALPHA,
+    lora_dropout=LORA_DROPOUT,
+    target_modules=LORA_TARGET_MODULES,  # q, k, v, o, gate, up and down projections
+    bias="none",
+    use_gradient_checkpointing="unsloth",  # recompute activations in the backward pass: long rows fit a T4
+    random_state=SEED,
+    max_seq_length=MAX_SEQ_LENGTH,
+)
+before = weight_snapshot(model)  # to check after training that only the LoRA tensors moved
+
+# %% [markdown]
+# ## The training configuration
+# Every value comes from the parameters cell. `runtime_training_args` adds only what depends on the machine:
+# fp16 on a T4 or bf16 from Ampere on, 8-bit AdamW on a GPU (32-bit on the CPU), and CPU mode for the tests.
+# Packing lays whole examples end to end in rows of up to `MAX_SEQ_LENGTH` tokens with no padding; each
+# example attends only to itself (position ids restart at 0), and no example is cut: 02 dropped longer ones.
+
+# %%
+from trl import SFTConfig, SFTTrainer
+
+from medical_r1.artifacts import artifact
+from medical_r1.tracking import resolve_report_to
+from medical_r1.training import per_process_grad_accum, runtime_training_args
+
+report_to, why = resolve_report_to(REPORT_TO, WORK_DIR)
+print(why)
+config = SFTConfig(
+    output_dir=str(artifact(WORK_DIR, "checkpoints")),
+    max_steps=MAX_STEPS,
+    learning_rate=LEARNING_RATE,
+    per_device_train_batch_size=BATCH_SIZE,
+    per_device_eval_batch_size=BATCH_SIZE,
+    gradient_accumulation_steps=per_process_grad_accum(GRAD_ACCUM),  # split across GPUs under torchrun
+    warmup_steps=WARMUP_STEPS,
+    lr_scheduler_type="linear",
+    weight_decay=WEIGHT_DECAY,
+    seed=SEED,
+    data_seed=SEED,
+    max_length=MAX_SEQ_LENGTH,
+    packing=PACKING,
+    packing_strategy="bfd",  # best-fit decreasing: a fixed order, few rows
+    logging_steps=1,
+    logging_nan_inf_filter=False,  # the default hides a NaN loss behind earlier values
+    eval_strategy="steps" if val else "no",
+    eval_steps=EVAL_STEPS,
+    save_strategy="steps",
+    save_steps=SAVE_STEPS,
+    save_total_limit=2,
+    load_best_model_at_end=EARLY_STOPPING_PATIENCE > 0,  # early stopping keeps the best adapter
+    metric_for_best_model="eval_loss" if EARLY_STOPPING_PATIENCE else None,
+    greater_is_better=False,
+    report_to=report_to,
+    dataset_num_proc=None,
+    **runtime_training_args(backend, runtime, OPTIM),
+)
+
+# %% [markdown]
+# ## The trainer
+# The data are already token ids and labels (02), so TRL adds no BOS, eos or masking of its own. The
+# callbacks stop at a NaN or infinite loss, time each step, and stop early when `EARLY_STOPPING_PATIENCE` is set.
+
+# %%
+from medical_r1.data import records_to_dataset
+from medical_r1.training import describe_training, training_callbacks
+
+trainer = SFTTrainer(
+    model=model,
+    args=config,
+    processing_class=tokenizer,
+    train_dataset=records_to_dataset(train),
+    eval_dataset=records_to_dataset(val) if val else None,
+    callbacks=training_callbacks(EARLY_STOPPING_PATIENCE),
+)
+print(describe_training(trainer, train, val))
 
 # %% [markdown]
 # ## Train
@@ -94,7 +212,12 @@ print(sh.describe_training(trainer, train, val))
 # A NaN or infinite loss stops training with advice, and an out-of-memory error says what to lower.
 
 # %%
-result = sh.train(trainer, params, RESUME)
+from medical_r1.training import check_training_finished, out_of_memory_advice, resume_checkpoint
+
+checkpoint = resume_checkpoint(WORK_DIR, RESUME)
+with out_of_memory_advice(params):
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+check_training_finished(trainer, params)
 
 # %% [markdown]
 # ## Did it learn?
@@ -102,6 +225,9 @@ result = sh.train(trainer, params, RESUME)
 # held-out examples. Only the LoRA tensors may change: the base weights stay frozen.
 
 # %%
-metrics = sh.save_training_outputs(WORK_DIR, trainer, model, tokenizer, params, backend, before, result)
-print(sh.train_summary(metrics))
-sh.show_image(sh.artifact(WORK_DIR, "loss_curve"))
+from medical_r1.display import show_image
+from medical_r1.training import save_training_outputs, train_summary
+
+metrics = save_training_outputs(WORK_DIR, trainer, model, tokenizer, params, backend, before, result)
+print(train_summary(metrics))
+show_image(artifact(WORK_DIR, "loss_curve"))

@@ -50,38 +50,86 @@ REPORT_TO = "auto"  # "auto" logs the verdict to 03's W&B run when WANDB_API_KEY
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
-# Colab and Kaggle open a notebook without the rest of the repository: fetch it once (needs internet).
-# !test -f src_helpers.py || test -f ../src_helpers.py || test -d medical-r1-notebooks || git clone -q --depth 1 https://github.com/medical-r1/medical-r1-notebooks
+# The helpers: src_helpers.py (prompt templates, encoding) and the medical_r1 package. In a checkout of the
+# repository they are found where they are. Opened alone, the notebook installs them with pip: on Kaggle from
+# the wheel in the attached medical-r1-helpers dataset (offline), on Colab from the repository.
+import glob
+import importlib.util
+import subprocess
 import sys
 
-sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one folder up, or the clone above
-import src_helpers as sh
-
-print(sh.install_requirements(INSTALL_REQUIREMENTS))
-base_answers = sh.read_jsonl(sh.require_artifact(WORK_DIR, "baseline_answers"))
-val = sh.read_jsonl(sh.require_artifact(WORK_DIR, "val_data"))
-template = sh.read_json(sh.require_artifact(WORK_DIR, "data_stats"))["template"]
-sh.load_secrets()
-runtime, backend = sh.setup_backend(BACKEND)
-model, tokenizer, base_name = sh.load_adapter_model(WORK_DIR, backend, runtime, MAX_SEQ_LENGTH, LOAD_IN_4BIT)
+sys.path[:0] = [".", ".."]  # the repository root, whether the notebook runs from it or from notebooks/
+if importlib.util.find_spec("medical_r1") is None:
+    wheels = glob.glob("/kaggle/input/**/medical_r1-*.whl", recursive=True)
+    source = wheels[0] if wheels else "git+https://github.com/medical-r1/medical-r1-notebooks"
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]).returncode:
+        raise ModuleNotFoundError(
+            f"The medical_r1 helpers are not here and pip could not install them from {source}: on Kaggle attach "
+            "the medical-r1-helpers dataset (scripts/build_kaggle.py), on Colab turn the network on, or run "
+            "the notebook from a checkout of the repository.")
+    importlib.invalidate_caches()
 
 # %%
-tuned_answers = sh.generate_answers(model, tokenizer, sh.QUESTIONS, template, MAX_NEW_TOKENS, TEMPERATURE, TOP_P,
-                                    DO_SAMPLE, GEN_BATCH_SIZE, SEED, backend)
-sh.write_jsonl(sh.artifact(WORK_DIR, "tuned_answers"), tuned_answers)
+from medical_r1.artifacts import read_json, read_jsonl, require_artifact
+from medical_r1.credentials import load_secrets
+from medical_r1.runtime import install_requirements, setup_backend
+
+print(install_requirements(INSTALL_REQUIREMENTS))
+base_answers = read_jsonl(require_artifact(WORK_DIR, "baseline_answers"))
+val = read_jsonl(require_artifact(WORK_DIR, "val_data"))
+template = read_json(require_artifact(WORK_DIR, "data_stats"))["template"]
+adapter_dir = require_artifact(WORK_DIR, "adapter")
+load_secrets()
+runtime, backend = setup_backend(BACKEND)
+
+# %% [markdown]
+# ## Load the base model with the adapter
+# `from_pretrained` on the adapter folder loads the base model it was trained on, with the adapter on top.
+# Switching the adapter off (`model.disable_adapter()`) gives back the base model, so one loaded model
+# answers as both.
+
+# %%
+from medical_r1.models import language_model_loader
+from medical_r1.runtime import compute_dtype
+
+FastLanguageModel = language_model_loader(backend)
+model, tokenizer = FastLanguageModel.from_pretrained(
+    model_name=str(adapter_dir),
+    max_seq_length=MAX_SEQ_LENGTH,
+    dtype=compute_dtype(runtime),
+    load_in_4bit=LOAD_IN_4BIT,
+)
+FastLanguageModel.for_inference(model)
+base_name = model.peft_config["default"].base_model_name_or_path
+
+# %% [markdown]
+# ## The tuned model's answers to 01's questions
+
+# %%
+from medical_r1.artifacts import artifact, write_jsonl
+from medical_r1.generation import QUESTIONS, generate_answers
+
+tuned_answers = generate_answers(model, tokenizer, QUESTIONS, template, MAX_NEW_TOKENS, TEMPERATURE, TOP_P,
+                                 DO_SAMPLE, GEN_BATCH_SIZE, SEED, backend)
+write_jsonl(artifact(WORK_DIR, "tuned_answers"), tuned_answers)
 
 # %% [markdown]
 # ## Validation loss, base vs tuned
 # The same held-out examples, scored once with the adapter switched off (the base model) and once with it on.
 
 # %%
-losses = sh.base_vs_tuned_loss(model, val)
-rows = sh.comparison_rows(base_answers, tuned_answers)
-sh.write_text(sh.artifact(WORK_DIR, "comparison_html"), sh.comparison_html(rows, losses))
+from medical_r1.artifacts import write_text
+from medical_r1.generation import base_vs_tuned_loss, comparison_html, comparison_rows
+
+losses = base_vs_tuned_loss(model, val)
+rows = comparison_rows(base_answers, tuned_answers)
+write_text(artifact(WORK_DIR, "comparison_html"), comparison_html(rows, losses))
 print(f"validation loss: base {losses['base_val_loss']:.4f} -> tuned {losses['tuned_val_loss']:.4f}")
 
 # %%
-sh.show_html(sh.artifact(WORK_DIR, "comparison_html"))
+from medical_r1.display import show_html
+
+show_html(artifact(WORK_DIR, "comparison_html"))
 
 # %% [markdown]
 # ## Did fine-tuning help? Benchmark accuracy, base vs tuned
@@ -91,13 +139,16 @@ sh.show_html(sh.artifact(WORK_DIR, "comparison_html"))
 # that never closed its thought counts as "no answer" and is reported separately.
 
 # %%
-eval_data = sh.load_eval_data(EVAL_DATA, EVAL_ITEMS, SEED)
-base_scored, tuned_scored = sh.run_benchmarks(model, tokenizer, eval_data, template, EVAL_MAX_NEW_TOKENS,
-                                              EVAL_GREEDY, TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend)
-verdict = sh.verdict_rows(base_scored, tuned_scored, SEED)
-sh.write_json(sh.artifact(WORK_DIR, "verdict"), {"rows": verdict, "base": base_scored, "tuned": tuned_scored})
-sh.write_text(sh.artifact(WORK_DIR, "verdict_html"), sh.verdict_html(verdict))
-sh.show_html(sh.artifact(WORK_DIR, "verdict_html"))
+from medical_r1.artifacts import write_json
+from medical_r1.benchmarks import load_eval_data, run_benchmarks, verdict_html, verdict_rows
+
+eval_data = load_eval_data(EVAL_DATA, EVAL_ITEMS, SEED)
+base_scored, tuned_scored = run_benchmarks(model, tokenizer, eval_data, template, EVAL_MAX_NEW_TOKENS, EVAL_GREEDY,
+                                           TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend)
+verdict = verdict_rows(base_scored, tuned_scored, SEED)
+write_json(artifact(WORK_DIR, "verdict"), {"rows": verdict, "base": base_scored, "tuned": tuned_scored})
+write_text(artifact(WORK_DIR, "verdict_html"), verdict_html(verdict))
+show_html(artifact(WORK_DIR, "verdict_html"))
 
 # %% [markdown]
 # ## ROUGE-L against the reference answers
@@ -105,9 +156,11 @@ sh.show_html(sh.artifact(WORK_DIR, "verdict_html"))
 # imitation, not correctness: read it beside the benchmark verdict, not instead of it.
 
 # %%
-rouge = sh.rouge_comparison(model, tokenizer, val, ROUGE_ITEMS, template, EVAL_MAX_NEW_TOKENS, EVAL_GREEDY,
-                            TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend)
-print(sh.rouge_summary(rouge))
+from medical_r1.rouge import rouge_comparison, rouge_summary
+
+rouge = rouge_comparison(model, tokenizer, val, ROUGE_ITEMS, template, EVAL_MAX_NEW_TOKENS, EVAL_GREEDY,
+                         TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend)
+print(rouge_summary(rouge))
 
 # %% [markdown]
 # ## A blind LLM judge (optional, off by default)
@@ -117,8 +170,10 @@ print(sh.rouge_summary(rouge))
 # the benchmark verdict.
 
 # %%
-judge = sh.run_judge(rouge["answers"], JUDGE_MODEL, JUDGE_BASE_URL, SEED)
-print(sh.judge_summary(judge))
+from medical_r1.judge import judge_summary, run_judge
+
+judge = run_judge(rouge["answers"], JUDGE_MODEL, JUDGE_BASE_URL, SEED)
+print(judge_summary(judge))
 
 # %% [markdown]
 # ## Save, and log to W&B
@@ -126,8 +181,10 @@ print(sh.judge_summary(judge))
 # logged into the training run of 03 (or an offline run to upload with `wandb sync`).
 
 # %%
+from medical_r1.tracking import log_comparison_to_wandb
+
 metrics = {**losses, "rouge": rouge, "judge": judge, "verdict": verdict, "base_model": base_name,
            "questions": len(rows)}
-metrics["wandb"] = sh.log_comparison_to_wandb(WORK_DIR, REPORT_TO, verdict, losses, rouge, judge)
-sh.write_json(sh.artifact(WORK_DIR, "compare_metrics"), metrics)
+metrics["wandb"] = log_comparison_to_wandb(WORK_DIR, REPORT_TO, verdict, losses, rouge, judge)
+write_json(artifact(WORK_DIR, "compare_metrics"), metrics)
 print("W&B:", metrics["wandb"] or "off")

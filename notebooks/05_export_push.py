@@ -38,32 +38,67 @@ GGUF_QUANTIZATIONS = []  # ["q4_k_m", "q8_0"] also writes GGUF files and Ollama 
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
-# Colab and Kaggle open a notebook without the rest of the repository: fetch it once (needs internet).
-# !test -f src_helpers.py || test -f ../src_helpers.py || test -d medical-r1-notebooks || git clone -q --depth 1 https://github.com/medical-r1/medical-r1-notebooks
+# The helpers: src_helpers.py (prompt templates, encoding) and the medical_r1 package. In a checkout of the
+# repository they are found where they are. Opened alone, the notebook installs them with pip: on Kaggle from
+# the wheel in the attached medical-r1-helpers dataset (offline), on Colab from the repository.
+import glob
+import importlib.util
+import subprocess
 import sys
 
-sys.path[:0] = [".", "..", "medical-r1-notebooks"]  # the repo root: here, one folder up, or the clone above
-import src_helpers as sh
-
-print(sh.install_requirements(INSTALL_REQUIREMENTS))
-params = sh.Params(work_dir=WORK_DIR, backend=BACKEND, save_merged=SAVE_MERGED, push_to_hub=PUSH_TO_HUB,
-                   hub_repo_id=HUB_REPO_ID, hub_private=HUB_PRIVATE, gguf_quantizations=GGUF_QUANTIZATIONS)
-sh.load_secrets()
-upload_plan = sh.hub_upload_plan(params)
-runtime, backend = sh.setup_backend(BACKEND)
-
-# %% [markdown]
-# ## Merge and verify
-# The adapter is merged into the 16-bit base weights in CPU RAM (16 GB for the 8B model; Kaggle has 30),
-# so the GPU is not needed. Unsloth's `save_pretrained_merged` scored exactly the same in the check below
-# when we measured both on a GPU (gpu/RESULTS.md); PEFT's merge runs on every backend and keeps this
-# process free of Unsloth's patches, which break a plain model on the CPU. The merged model must predict what base + adapter predicts: both are compared
-# on probe prompts in the same format, and a merge that differs by more than rounding explains is refused
-# and nothing is pushed. In float32 (CPU) the check is strict; in bfloat16 it allows 15% of the largest
-# logit, a coarse guard calibrated only on random weights (see gpu/RESULTS.md).
+sys.path[:0] = [".", ".."]  # the repository root, whether the notebook runs from it or from notebooks/
+if importlib.util.find_spec("medical_r1") is None:
+    wheels = glob.glob("/kaggle/input/**/medical_r1-*.whl", recursive=True)
+    source = wheels[0] if wheels else "git+https://github.com/medical-r1/medical-r1-notebooks"
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]).returncode:
+        raise ModuleNotFoundError(
+            f"The medical_r1 helpers are not here and pip could not install them from {source}: on Kaggle attach "
+            "the medical-r1-helpers dataset (scripts/build_kaggle.py), on Colab turn the network on, or run "
+            "the notebook from a checkout of the repository.")
+    importlib.invalidate_caches()
 
 # %%
-report = sh.export_merged(WORK_DIR, runtime, SAVE_MERGED)
+from medical_r1.credentials import load_secrets
+from medical_r1.params import Params
+from medical_r1.publish import hub_upload_plan
+from medical_r1.runtime import install_requirements, setup_backend
+
+print(install_requirements(INSTALL_REQUIREMENTS))
+params = Params(work_dir=WORK_DIR, backend=BACKEND, save_merged=SAVE_MERGED, push_to_hub=PUSH_TO_HUB,
+                hub_repo_id=HUB_REPO_ID, hub_private=HUB_PRIVATE, gguf_quantizations=GGUF_QUANTIZATIONS)
+load_secrets()
+upload_plan = hub_upload_plan(params)  # refuses now, before the merge, when a push is asked for without a token
+runtime, backend = setup_backend(BACKEND)
+
+# %% [markdown]
+# ## Merge
+# The adapter is merged into the 16-bit base weights in CPU RAM (16 GB for the 8B model; Kaggle has 30):
+# `PeftModel.from_pretrained(base, adapter).merge_and_unload()`, then `save_pretrained`. The GPU is not
+# needed. Unsloth's `save_pretrained_merged` scored exactly the same in the check below when we measured both
+# on a GPU (gpu/RESULTS.md); PEFT's merge runs on every backend and keeps this process free of Unsloth's
+# patches, which break a plain model on the CPU. The disk is checked first, so a merge that cannot fit is
+# refused before anything is written.
+
+# %%
+from medical_r1.export import check_disk_space, merged_size_bytes, save_merged
+
+if SAVE_MERGED:
+    check_disk_space(WORK_DIR, merged_size_bytes(WORK_DIR, runtime))
+    save_merged(WORK_DIR, runtime)
+
+# %% [markdown]
+# ## Verify
+# The merged model must predict what base + adapter predicts: both are run on probe prompts in the same
+# format, and a merge that differs by more than rounding explains is refused and nothing is pushed. In
+# float32 (CPU) the check is strict; in bfloat16 it allows 15% of the largest logit, a coarse guard
+# calibrated only on random weights (see gpu/RESULTS.md).
+
+# %%
+from medical_r1.export import merge_report, no_merge_report, verify_merge
+
+report = no_merge_report()
+if SAVE_MERGED:
+    report = merge_report(WORK_DIR, verify_merge(WORK_DIR, runtime))
 print(report["summary"])
 
 # %% [markdown]
@@ -74,17 +109,23 @@ print(report["summary"])
 # first use; where it cannot (no internet, no compiler) the cell says so and skips, and the rest is unaffected.
 
 # %%
-report["gguf"] = sh.export_gguf(WORK_DIR, backend, runtime, GGUF_QUANTIZATIONS)
+from medical_r1.gguf import export_gguf
+
+report["gguf"] = export_gguf(WORK_DIR, backend, runtime, GGUF_QUANTIZATIONS)
 print(report["gguf"]["skipped"] or "\n".join(report["gguf"]["files"]))
 
 # %% [markdown]
 # ## Model card and push
 # The card (README.md beside the adapter and the merged model) is built from this run's saved files:
-# base model, data, training settings, losses, and 04's verdict table when it exists.
+# base model, data, training settings, losses, and 04's verdict table when it exists. The push uploads
+# the adapter to `<HUB_REPO_ID>-lora` and the verified merged model to `HUB_REPO_ID`; a failure keeps the
+# local files, so the cell can simply be run again.
 
 # %%
-card = sh.model_card(WORK_DIR, HUB_REPO_ID)
-sh.write_card(WORK_DIR, card, report)
-report["pushed"] = sh.push_to_hub(params, upload_plan, report)
-sh.write_json(sh.artifact(WORK_DIR, "export_report"), report)
+from medical_r1.artifacts import artifact, write_json
+from medical_r1.publish import model_card, push_to_hub, write_card
+
+write_card(WORK_DIR, model_card(WORK_DIR, HUB_REPO_ID), report)
+report["pushed"] = push_to_hub(params, upload_plan, report)
+write_json(artifact(WORK_DIR, "export_report"), report)
 print("pushed:", report["pushed"] or "nothing (PUSH_TO_HUB is False)")

@@ -15,7 +15,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import src_helpers as sh  # noqa: E402
+from medical_r1.artifacts import read_json  # noqa: E402
+from medical_r1.models import build_tiny_model  # noqa: E402
+from medical_r1.training import train_summary  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -44,7 +46,7 @@ def run(recipe: dict, work_dir: pathlib.Path, only: list[str] | None = None) -> 
                           WANDB_MODE="disabled")
     params = recipe_parameters(recipe, work_dir)
     if recipe.get("tiny_model") and not (work_dir / "tiny-model").exists():
-        sh.build_tiny_model(work_dir / "tiny-model", recipe["tiny_model"])
+        build_tiny_model(work_dir / "tiny-model", recipe["tiny_model"])
     executed = work_dir / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     declared = {nb: papermill.inspect_notebook(str(nb)) for nb in NOTEBOOKS}
@@ -75,9 +77,9 @@ def main():
     train = args.work_dir / "train_metrics.json"
     compare = args.work_dir / "compare_metrics.json"
     if train.exists():
-        print(sh.train_summary(sh.read_json(train)))
+        print(train_summary(read_json(train)))
     if compare.exists():
-        c = sh.read_json(compare)
+        c = read_json(compare)
         print(f"validation loss: base {c['base_val_loss']:.4f} -> tuned {c['tuned_val_loss']:.4f}")
     print(f"executed notebooks in {args.work_dir / 'executed'}; total {sum(timings.values()):.0f} s")
 

@@ -11,24 +11,25 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFL
 for secret in ("HF_TOKEN", "WANDB_API_KEY"):
     os.environ.pop(secret, None)
 
-import src_helpers as sh  # noqa: E402
+from medical_r1 import data as data_mod  # noqa: E402
+from medical_r1 import models as models_mod  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    return sh.load_tokenizer(str(sh.TOKENIZER_FIXTURE))
+    return models_mod.load_tokenizer(str(models_mod.TOKENIZER_FIXTURE))
 
 
 @pytest.fixture(scope="session")
 def en_rows():
-    return sh.load_sft_rows(str(sh.SAMPLE_DATA_DIR), "en")
+    return data_mod.load_sft_rows(str(data_mod.SAMPLE_DATA_DIR), "en")
 
 
 @pytest.fixture(scope="session")
 def zh_rows():
-    return sh.load_sft_rows(str(sh.SAMPLE_DATA_DIR), "zh")
+    return data_mod.load_sft_rows(str(data_mod.SAMPLE_DATA_DIR), "zh")
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    return sh.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2", "qwen2")
+    return models_mod.build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2", "qwen2")

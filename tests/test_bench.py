@@ -6,6 +6,9 @@ import sys
 import pytest
 import torch
 
+from medical_r1 import data as data_mod
+from medical_r1 import models as models_mod
+from medical_r1 import runtime as rt_mod
 import src_helpers as sh
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
@@ -13,14 +16,14 @@ import bench_train  # noqa: E402
 
 
 def test_matmul_parameters_counts_every_linear_weight(tiny_model_dir):
-    model = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", sh.detect_runtime(), 512)[0]
+    model = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt_mod.detect_runtime(), 512)[0]
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     config = json.loads((pathlib.Path(tiny_model_dir) / "config.json").read_text())
     assert bench_train.matmul_parameters(config) == linear
 
 
 def test_answer_positions_are_those_after_the_assistant_token(tokenizer, en_rows):
-    records, _ = sh.format_rows(en_rows[:2], tokenizer, "r1_chat", 2048)
+    records, _ = data_mod.format_rows(en_rows[:2], tokenizer, "r1_chat", 2048)
     ids = torch.tensor(records[0]["input_ids"] + records[1]["input_ids"] + [tokenizer.pad_token_id] * 3)
     real = torch.tensor([True] * (len(ids) - 3) + [False] * 3)
     assistant = tokenizer.convert_tokens_to_ids("<｜Assistant｜>")
@@ -34,7 +37,7 @@ def test_answer_positions_are_those_after_the_assistant_token(tokenizer, en_rows
 def test_counting_collator_counts_padding(tokenizer, en_rows):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    records, _ = sh.format_rows(en_rows[:2], tokenizer, "r1_chat", 2048)
+    records, _ = data_mod.format_rows(en_rows[:2], tokenizer, "r1_chat", 2048)
     counter = bench_train.CountingCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id),
                                            tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<｜Assistant｜>"))
     counter([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in records])

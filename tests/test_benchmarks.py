@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-import src_helpers as sh
+from medical_r1 import benchmarks
+from medical_r1 import data as data_mod
+from medical_r1 import rouge
 
 OPTIONS = {"A": "Acute cystitis", "B": "Acute pyelonephritis", "C": "Nephrolithiasis", "D": "Urethritis",
            "E": "Acute glomerulonephritis"}
@@ -36,30 +38,30 @@ LABELLED = [
 
 @pytest.mark.parametrize("output, letter, rule", LABELLED)
 def test_extraction_on_hand_labelled_outputs(output, letter, rule):
-    assert sh.extract_choice(output, OPTIONS) == (letter, rule)
+    assert benchmarks.extract_choice(output, OPTIONS) == (letter, rule)
 
 
 def test_letters_inside_the_reasoning_are_never_caught():
     output = "A? No. C? The answer is C, surely... no, wait.</think>\n\nIt is option E."
-    assert sh.extract_choice(output, OPTIONS) == ("E", "standalone_letter")
+    assert benchmarks.extract_choice(output, OPTIONS) == ("E", "standalone_letter")
 
 
 def test_letters_beyond_the_options_are_ignored_and_ten_options_work():
-    assert sh.extract_choice("...</think>\n\nThe answer is J.", TEN) == ("J", "answer_is")
-    assert sh.extract_choice("...</think>\n\nThe answer is F.", OPTIONS)[1] != "answer_is"
+    assert benchmarks.extract_choice("...</think>\n\nThe answer is J.", TEN) == ("J", "answer_is")
+    assert benchmarks.extract_choice("...</think>\n\nThe answer is F.", OPTIONS)[1] != "answer_is"
 
 
 def test_pubmedqa_style_options():
     options = {"A": "yes", "B": "no", "C": "maybe"}
-    assert sh.extract_choice("...</think>\n\nThe answer is A: yes.", options) == ("A", "answer_is")
-    assert sh.extract_choice("...</think>\n\nno", options) == ("B", "option_text")
+    assert benchmarks.extract_choice("...</think>\n\nThe answer is A: yes.", options) == ("A", "answer_is")
+    assert benchmarks.extract_choice("...</think>\n\nno", options) == ("B", "option_text")
 
 
 def test_wilson_interval_known_values():
-    lo, hi = sh.wilson_interval(8, 10)
+    lo, hi = benchmarks.wilson_interval(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
-    assert sh.wilson_interval(0, 10)[0] == 0.0 and sh.wilson_interval(10, 10)[1] == pytest.approx(1.0)
-    assert sh.wilson_interval(0, 0) == (0.0, 1.0)
+    assert benchmarks.wilson_interval(0, 10)[0] == 0.0 and benchmarks.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert benchmarks.wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def scored(benchmark, correct, pred="A"):
@@ -70,31 +72,31 @@ def scored(benchmark, correct, pred="A"):
 def test_verdicts_helped_hurt_and_no_change():
     base = scored("X", [False] * 60 + [True] * 40) + scored("Y", [True] * 50 + [False] * 50)
     tuned = scored("X", [True] * 100) + scored("Y", [True] * 10 + [False] * 90)
-    rows = {r["benchmark"]: r for r in sh.verdict_rows(base, tuned)}
+    rows = {r["benchmark"]: r for r in benchmarks.verdict_rows(base, tuned)}
     assert rows["X"]["verdict"].startswith("fine-tuning helped")
     assert rows["Y"]["verdict"].startswith("fine-tuning hurt")
     assert rows["all"]["items"] == 200
-    same = sh.verdict_rows(base, base)
+    same = benchmarks.verdict_rows(base, base)
     assert all(r["verdict"].startswith("no detectable change") for r in same)
-    page = sh.verdict_html(list(rows.values()))
+    page = benchmarks.verdict_html(list(rows.values()))
     assert page.count("<tr>") == 4 and "fine-tuning hurt" in page
 
 
 def test_unfinished_outputs_are_counted_as_no_answer_not_guessed():
     items = [{"id": "X/0", "benchmark": "X", "options": OPTIONS, "answer_idx": "B"}]
-    result = sh.score_answers(items, [{"output": "still thinking about B"}])
+    result = benchmarks.score_answers(items, [{"output": "still thinking about B"}])
     assert result[0]["pred"] is None and result[0]["rule"] == "unfinished" and not result[0]["correct"]
-    rows = sh.verdict_rows(result, result)
+    rows = benchmarks.verdict_rows(result, result)
     assert rows[0]["base_no_answer"] == 1
 
 
 def test_sample_eval_file_loads_and_samples_deterministically():
-    data = sh.load_eval_data(str(sh.SAMPLE_DATA_DIR / "eval_data.json"), 4, seed=1)
-    assert set(data) == set(sh.EVAL_BENCHMARKS) and all(len(v) == 4 for v in data.values())
-    assert data == sh.load_eval_data(str(sh.SAMPLE_DATA_DIR / "eval_data.json"), 4, seed=1)
+    data = benchmarks.load_eval_data(str(data_mod.SAMPLE_DATA_DIR / "eval_data.json"), 4, seed=1)
+    assert set(data) == set(benchmarks.EVAL_BENCHMARKS) and all(len(v) == 4 for v in data.values())
+    assert data == benchmarks.load_eval_data(str(data_mod.SAMPLE_DATA_DIR / "eval_data.json"), 4, seed=1)
     item = data["MedQA_USLME_test"][0]
-    assert sh.mc_question(item).startswith("Please answer the following multiple-choice question:\n")
-    assert "\nA. " in sh.mc_question(item)
+    assert benchmarks.mc_question(item).startswith("Please answer the following multiple-choice question:\n")
+    assert "\nA. " in benchmarks.mc_question(item)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -111,12 +113,12 @@ def test_sample_eval_file_loads_and_samples_deterministically():
 def test_malformed_eval_file_names_what_to_fix(tmp_path, content, message):
     path = tmp_path / "eval.json"
     path.write_text(content)
-    with pytest.raises(sh.EvalDataError, match=message):
-        sh.load_eval_data(str(path), 5, 0)
+    with pytest.raises(benchmarks.EvalDataError, match=message):
+        benchmarks.load_eval_data(str(path), 5, 0)
 
 
 def test_rouge_l():
-    assert sh.rouge_l("the cat sat", "the cat sat") == 1.0
-    assert sh.rouge_l("the cat", "the cat sat on") == pytest.approx(2 * 1 * 0.5 / 1.5)
-    assert sh.rouge_l("糖尿病", "可能是糖尿病") == pytest.approx(2 * 1 * 0.5 / 1.5)
-    assert sh.rouge_l("", "x") == 0.0
+    assert rouge.rouge_l("the cat sat", "the cat sat") == 1.0
+    assert rouge.rouge_l("the cat", "the cat sat on") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert rouge.rouge_l("糖尿病", "可能是糖尿病") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert rouge.rouge_l("", "x") == 0.0

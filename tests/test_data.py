@@ -3,23 +3,26 @@ import json
 
 import pytest
 
-import src_helpers as sh
+from medical_r1 import artifacts
+from medical_r1 import data as data_mod
+from medical_r1 import display
+from medical_r1 import params
 
 
 def test_sample_data_sizes_and_schema():
-    en = sh.load_sft_rows(str(sh.SAMPLE_DATA_DIR), "en")
-    zh = sh.load_sft_rows(str(sh.SAMPLE_DATA_DIR), "zh")
+    en = data_mod.load_sft_rows(str(data_mod.SAMPLE_DATA_DIR), "en")
+    zh = data_mod.load_sft_rows(str(data_mod.SAMPLE_DATA_DIR), "zh")
     assert len(en) >= 40 and len(zh) >= 20
     for rows in (en, zh):
-        sh.validate_rows(rows)
+        data_mod.validate_rows(rows)
     assert all(any("\u4e00" <= ch <= "\u9fff" for ch in r["Question"]) for r in zh)
     assert len({r["Question"] for r in en + zh}) == len(en) + len(zh)  # no duplicates
-    for config in sh.DATA_CONFIG_FILES:
-        sh.validate_rows(sh.load_sft_rows(str(sh.SAMPLE_DATA_DIR), config))
+    for config in params.DATA_CONFIG_FILES:
+        data_mod.validate_rows(data_mod.load_sft_rows(str(data_mod.SAMPLE_DATA_DIR), config))
 
 
 def test_sample_eval_data_follows_the_huatuogpt_schema():
-    data = sh.read_json(sh.SAMPLE_DATA_DIR / "eval_data.json")
+    data = artifacts.read_json(data_mod.SAMPLE_DATA_DIR / "eval_data.json")
     assert set(data) == {"MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
                          "GPQA_Medical_test"}
     items = [item for items in data.values() for item in items]
@@ -30,7 +33,7 @@ def test_sample_eval_data_follows_the_huatuogpt_schema():
 
 
 def test_max_examples_limits_rows():
-    assert len(sh.load_sft_rows(str(sh.SAMPLE_DATA_DIR), "en", max_examples=5)) == 5
+    assert len(data_mod.load_sft_rows(str(data_mod.SAMPLE_DATA_DIR), "en", max_examples=5)) == 5
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv"])
@@ -41,19 +44,19 @@ def test_local_files_load(tmp_path, suffix):
     if suffix == ".json":
         path.write_text(json.dumps(rows))
     elif suffix == ".jsonl":
-        sh.write_jsonl(path, rows)
+        artifacts.write_jsonl(path, rows)
     else:
         path.write_text("\ufeffQuestion,Complex_CoT,Response\nq1,c1,r1\nq2,c2,r2\n", encoding="utf-8")
-    assert sh.load_sft_rows(str(path), "en") == rows
+    assert data_mod.load_sft_rows(str(path), "en") == rows
 
 
 def test_missing_local_dataset_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="medical_o1_sft_Chinese.json"):
-        sh.load_sft_rows(str(tmp_path), "zh")
+        data_mod.load_sft_rows(str(tmp_path), "zh")
     with pytest.raises(FileNotFoundError, match="neither a local file"):
-        sh.load_sft_rows("./no/such/file.json", "en")
+        data_mod.load_sft_rows("./no/such/file.json", "en")
     with pytest.raises(ValueError, match="data_config"):
-        sh.load_sft_rows(str(sh.SAMPLE_DATA_DIR), "fr")
+        data_mod.load_sft_rows(str(data_mod.SAMPLE_DATA_DIR), "fr")
 
 
 @pytest.mark.parametrize("rows, message", [
@@ -66,27 +69,27 @@ def test_missing_local_dataset_is_named(tmp_path):
      "row 1, column 'Question': expected a string, got int"),
 ])
 def test_schema_errors_name_row_and_column(rows, message):
-    with pytest.raises(sh.SchemaError, match=message):
-        sh.validate_rows(rows)
+    with pytest.raises(data_mod.SchemaError, match=message):
+        data_mod.validate_rows(rows)
 
 
 def test_split_is_deterministic_and_disjoint():
     records = [{"row": i} for i in range(50)]
-    train, val = sh.split_train_val(records, 10, seed=3407)
-    again_train, again_val = sh.split_train_val(records, 10, seed=3407)
+    train, val = data_mod.split_train_val(records, 10, seed=3407)
+    again_train, again_val = data_mod.split_train_val(records, 10, seed=3407)
     assert val == again_val and train == again_train
     assert len(val) == 10 and len(train) == 40
     assert not {r["row"] for r in train} & {r["row"] for r in val}
-    assert sh.split_train_val(records, 10, seed=1)[1] != val
+    assert data_mod.split_train_val(records, 10, seed=1)[1] != val
     with pytest.raises(ValueError, match="val_size"):
-        sh.split_train_val(records, 50, seed=0)
+        data_mod.split_train_val(records, 50, seed=0)
 
 
 def test_token_length_stats():
-    stats = sh.token_length_stats(list(range(1, 101)))
+    stats = data_mod.token_length_stats(list(range(1, 101)))
     assert stats == {"count": 100, "mean": 50.5, "median": 51, "p90": 90, "p99": 99, "max": 100, "min": 1}
 
 
 def test_histogram_is_written(tmp_path):
-    path = sh.plot_histogram([10, 20, 20, 30], 25, tmp_path / "h.png")
+    path = display.plot_histogram([10, 20, 20, 30], 25, tmp_path / "h.png")
     assert path.read_bytes()[:4] == b"\x89PNG"

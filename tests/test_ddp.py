@@ -10,9 +10,12 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-import src_helpers as sh
+from medical_r1 import REPO_ROOT
+from medical_r1 import artifacts
+from medical_r1 import runtime as rt_mod
+from medical_r1 import training as training_mod
 
-sys.path.insert(0, str(sh.REPO_ROOT / "scripts"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import run_series  # noqa: E402
 
 pytestmark = pytest.mark.notebooks
@@ -33,7 +36,7 @@ def train_script(work: pathlib.Path, model: pathlib.Path, launcher: list[str]) -
             "SAVE_STEPS": 2, "REPORT_TO": "none", "INSTALL_REQUIREMENTS": "never"}
     argv = [f"--{k}={v}" for k, v in args.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([*launcher, str(sh.REPO_ROOT / "notebooks" / "03_train.py"), *argv], cwd=sh.REPO_ROOT,
+    return subprocess.run([*launcher, str(REPO_ROOT / "notebooks" / "03_train.py"), *argv], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -51,15 +54,15 @@ def test_two_processes_train_like_one(formatted):
     two = train_script(double, model, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                 "--master_port=29533"])
     assert two.returncode == 0, two.stderr[-3000:]
-    m1 = json.loads(sh.artifact(single, "train_metrics").read_text())
-    m2 = json.loads(sh.artifact(double, "train_metrics").read_text())
+    m1 = json.loads(artifacts.artifact(single, "train_metrics").read_text())
+    m2 = json.loads(artifacts.artifact(double, "train_metrics").read_text())
     assert (m1["processes"], m2["processes"]) == (1, 2)
     # the same examples make each optimizer step, so the losses and the adapter agree up to float noise
     assert len(m1["train_losses"]) == len(m2["train_losses"]) == 4
     for (step_a, loss_a), (step_b, loss_b) in zip(m1["train_losses"], m2["train_losses"]):
         assert step_a == step_b and loss_a == pytest.approx(loss_b, rel=1e-3)
-    a = load_file(str(sh.artifact(single, "adapter") / "adapter_model.safetensors"))
-    b = load_file(str(sh.artifact(double, "adapter") / "adapter_model.safetensors"))
+    a = load_file(str(artifacts.artifact(single, "adapter") / "adapter_model.safetensors"))
+    b = load_file(str(artifacts.artifact(double, "adapter") / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
     assert any((b[k] != 0).any() for k in b if "lora_B" in k)
@@ -69,15 +72,15 @@ def test_two_processes_train_like_one(formatted):
 
 
 def test_grad_accum_must_split_evenly_across_processes():
-    assert sh.per_process_grad_accum(4, 2) == 2 and sh.per_process_grad_accum(3, 1) == 3
+    assert training_mod.per_process_grad_accum(4, 2) == 2 and training_mod.per_process_grad_accum(3, 1) == 3
     with pytest.raises(ValueError, match="GRAD_ACCUM"):
-        sh.per_process_grad_accum(3, 2)
+        training_mod.per_process_grad_accum(3, 2)
 
 
 def test_script_overrides_apply_to_known_parameters_only():
     namespace = {"MAX_STEPS": 60, "WORK_DIR": "runs/x", "PACKING": True}
-    applied = sh.setup_script_run(namespace, ["03_train.py", "--MAX_STEPS=4", "--WORK_DIR=/tmp/w", "--PACKING=False",
+    applied = rt_mod.setup_script_run(namespace, ["03_train.py", "--MAX_STEPS=4", "--WORK_DIR=/tmp/w", "--PACKING=False",
                                               "-f", "/kernel.json", "--HistoryManager.hist_file=:memory:"])
     assert namespace == {"MAX_STEPS": 4, "WORK_DIR": "/tmp/w", "PACKING": False} and len(applied) == 3
     with pytest.raises(ValueError, match="--MAX_STEP"):
-        sh.setup_script_run(namespace, ["x", "--MAX_STEP=4"])
+        rt_mod.setup_script_run(namespace, ["x", "--MAX_STEP=4"])

@@ -8,9 +8,19 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import src_helpers as sh
+from medical_r1 import REPO_ROOT
+from medical_r1 import artifacts
+from medical_r1 import credentials
+from medical_r1 import data as data_mod
+from medical_r1 import export as export_mod
+from medical_r1 import models as models_mod
+from medical_r1 import params
+from medical_r1 import publish
+from medical_r1 import runtime as rt_mod
+from medical_r1 import tracking
+from medical_r1 import training as training_mod
 
-WORKER = [sys.executable, str(sh.REPO_ROOT / "tests" / "resume_worker.py")]
+WORKER = [sys.executable, str(REPO_ROOT / "tests" / "resume_worker.py")]
 
 
 def worker(model, work, kill_at=0):
@@ -26,13 +36,13 @@ def test_killed_training_resumes_to_the_same_adapter(tiny_model_dir, tmp_path):
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = worker(tiny_model_dir, tmp_path / "resumed", kill_at=5)
     assert killed.returncode == 3  # died after step 5, with checkpoint-4 on disk
-    assert sh.last_checkpoint(tmp_path / "resumed").endswith("checkpoint-4")
-    assert not sh.artifact(tmp_path / "resumed", "adapter").exists()
+    assert training_mod.last_checkpoint(tmp_path / "resumed").endswith("checkpoint-4")
+    assert not artifacts.artifact(tmp_path / "resumed", "adapter").exists()
     resumed = worker(tiny_model_dir, tmp_path / "resumed")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
-    a = load_file(str(sh.artifact(tmp_path / "straight", "adapter") / "adapter_model.safetensors"))
-    b = load_file(str(sh.artifact(tmp_path / "resumed", "adapter") / "adapter_model.safetensors"))
+    a = load_file(str(artifacts.artifact(tmp_path / "straight", "adapter") / "adapter_model.safetensors"))
+    b = load_file(str(artifacts.artifact(tmp_path / "resumed", "adapter") / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and len(a) == 28
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert any((a[k] != 0).any() for k in a if "lora_B" in k)  # the adapter did train
@@ -51,21 +61,21 @@ class PoisonAtStep(TrainerCallback):
 
 
 def small_trainer(tiny_model_dir, tmp_path, en_rows, **overrides):
-    p = sh.Params(**{"work_dir": str(tmp_path), "model_name": tiny_model_dir, "max_steps": 6, "batch_size": 2,
+    p = params.Params(**{"work_dir": str(tmp_path), "model_name": tiny_model_dir, "max_steps": 6, "batch_size": 2,
                      "grad_accum": 1, "save_steps": 2, "eval_steps": 100, "report_to": "none", **overrides})
-    rt = sh.detect_runtime()
-    model, tok = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
-    records, _ = sh.format_rows(en_rows[:12], tok, "r1_chat", 2048)
-    model = sh.add_lora(model, "cpu", p)
-    return p, sh.make_trainer(model, tok, records, [], p, "cpu", rt)
+    rt = rt_mod.detect_runtime()
+    model, tok = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+    records, _ = data_mod.format_rows(en_rows[:12], tok, "r1_chat", 2048)
+    model = models_mod.add_lora(model, "cpu", p)
+    return p, training_mod.make_trainer(model, tok, records, [], p, "cpu", rt)
 
 
 def test_nan_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path, en_rows):
     p, trainer = small_trainer(tiny_model_dir, tmp_path, en_rows)
     trainer.add_callback(PoisonAtStep(3))
     with pytest.raises(RuntimeError, match=r"NaN or infinite at step 4.*LEARNING_RATE.*checkpoint-2"):
-        sh.train(trainer, p)
-    assert sh.last_checkpoint(tmp_path).endswith("checkpoint-2")  # step 4 was a save step, yet not saved
+        training_mod.train(trainer, p)
+    assert training_mod.last_checkpoint(tmp_path).endswith("checkpoint-2")  # step 4 was a save step, yet not saved
     assert trainer.state.global_step == 4
 
 
@@ -77,12 +87,12 @@ def test_out_of_memory_names_the_settings_to_lower(tiny_model_dir, tmp_path, en_
 
     monkeypatch.setattr(trainer, "train", oom)
     with pytest.raises(RuntimeError, match=r"BATCH_SIZE \(now 2; 1 with GRAD_ACCUM 8.*MAX_SEQ_LENGTH \(now 2048"):
-        sh.train(trainer, p)
+        training_mod.train(trainer, p)
 
 
 def test_unknown_model_while_offline_says_what_to_check():
     with pytest.raises(OSError, match=r"could not load model 'deepseek-ai/No-Such-Model'.*HF_HUB_OFFLINE=1.*MODEL_NAME"):
-        sh.load_tokenizer("deepseek-ai/No-Such-Model")
+        models_mod.load_tokenizer("deepseek-ai/No-Such-Model")
 
 
 def test_disk_too_small_for_the_merge_is_refused_before_writing(tmp_path):
@@ -90,22 +100,22 @@ def test_disk_too_small_for_the_merge_is_refused_before_writing(tmp_path):
         free = 5 * 10**9
 
     with pytest.raises(RuntimeError, match=r"needs about 16.1 GB.*5.0 GB free.*SAVE_MERGED = False"):
-        sh.check_disk_space(tmp_path, 8_030_000_000 * 2, disk_usage=lambda _: Usage)
+        export_mod.check_disk_space(tmp_path, 8_030_000_000 * 2, disk_usage=lambda _: Usage)
     assert list(tmp_path.iterdir()) == []
-    sh.check_disk_space(tmp_path, 10**9, disk_usage=lambda _: Usage)  # 1 GB fits
+    export_mod.check_disk_space(tmp_path, 10**9, disk_usage=lambda _: Usage)  # 1 GB fits
 
 
 def test_parameter_count_comes_from_the_config(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     real = sum(t.numel() for t in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters())
-    assert sh.count_parameters(tiny_model_dir) == real
+    assert export_mod.count_parameters(tiny_model_dir) == real
 
 
 def test_push_failure_keeps_local_files_and_says_retry(tmp_path, monkeypatch):
     import huggingface_hub
 
-    adapter = sh.artifact(tmp_path, "adapter")
+    adapter = artifacts.artifact(tmp_path, "adapter")
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
 
@@ -117,15 +127,15 @@ def test_push_failure_keeps_local_files_and_says_retry(tmp_path, monkeypatch):
             raise ConnectionError("no route to host")
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FailingApi)
-    p = sh.Params(work_dir=str(tmp_path), push_to_hub=True, hub_repo_id="me/r1-med", save_merged=False)
+    p = params.Params(work_dir=str(tmp_path), push_to_hub=True, hub_repo_id="me/r1-med", save_merged=False)
     with pytest.raises(RuntimeError, match=r"failed \(ConnectionError.*local files are kept.*run this cell again"):
-        sh.push_to_hub(p, ["adapter -> me/r1-med-lora"], {"verified": None})
+        publish.push_to_hub(p, ["adapter -> me/r1-med-lora"], {"verified": None})
     assert (adapter / "adapter_config.json").exists()
 
 
 def test_no_wandb_key_means_no_wandb_and_the_notebook_says_so():
-    assert sh.resolve_report_to("auto", ".", {})[0] == "none"
-    assert "not set: skipping logging the training run" in sh.load_secrets({})["WANDB_API_KEY"]
+    assert tracking.resolve_report_to("auto", ".", {})[0] == "none"
+    assert "not set: skipping logging the training run" in credentials.load_secrets({})["WANDB_API_KEY"]
 
 
 def test_push_uploads_adapter_and_verified_merge_privately(tmp_path, monkeypatch):
@@ -141,11 +151,11 @@ def test_push_uploads_adapter_and_verified_merge_privately(tmp_path, monkeypatch
             calls.append(("upload", repo_id, folder_path))
 
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
-    p = sh.Params(work_dir=str(tmp_path), push_to_hub=True, hub_repo_id="me/r1-med")
+    p = params.Params(work_dir=str(tmp_path), push_to_hub=True, hub_repo_id="me/r1-med")
     merged = str(tmp_path / "merged_16bit")
-    assert sh.push_to_hub(p, ["..."], {"verified": True, "merged": merged}) == ["me/r1-med-lora", "me/r1-med"]
-    assert calls == [("create", "me/r1-med-lora", True), ("upload", "me/r1-med-lora", str(sh.artifact(tmp_path, "adapter"))),
+    assert publish.push_to_hub(p, ["..."], {"verified": True, "merged": merged}) == ["me/r1-med-lora", "me/r1-med"]
+    assert calls == [("create", "me/r1-med-lora", True), ("upload", "me/r1-med-lora", str(artifacts.artifact(tmp_path, "adapter"))),
                      ("create", "me/r1-med", True), ("upload", "me/r1-med", merged)]
     calls.clear()
-    assert sh.push_to_hub(p, ["..."], {"verified": False, "merged": merged}) == ["me/r1-med-lora"]  # no unverified merge
-    assert sh.push_to_hub(sh.Params(work_dir=str(tmp_path)), [], {}) == []
+    assert publish.push_to_hub(p, ["..."], {"verified": False, "merged": merged}) == ["me/r1-med-lora"]  # no unverified merge
+    assert publish.push_to_hub(params.Params(work_dir=str(tmp_path)), [], {}) == []

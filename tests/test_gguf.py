@@ -4,12 +4,16 @@ import re
 
 import pytest
 
+import pathlib
+from medical_r1 import artifacts
+from medical_r1 import gguf
+from medical_r1 import runtime as rt_mod
 import src_helpers as sh
 
 
 @pytest.mark.parametrize("template", sorted(sh.TEMPLATES))
 def test_modelfile_sends_the_question_as_in_training(tokenizer, template):
-    modelfile = sh.ollama_modelfile(tokenizer, "model-q4_k_m.gguf", template)
+    modelfile = gguf.ollama_modelfile(tokenizer, "model-q4_k_m.gguf", template)
     assert modelfile.startswith("FROM ./model-q4_k_m.gguf\n")
     user_turn = re.search(r'eq \.Role "user" }}(.*?){{ else if', modelfile, re.S).group(1)
     question = "What causes hemoptysis?"
@@ -19,29 +23,29 @@ def test_modelfile_sends_the_question_as_in_training(tokenizer, template):
 
 
 def test_gguf_off_unsloth_is_skipped_with_the_reason(tmp_path):
-    report = sh.export_gguf(tmp_path, "cpu", sh.detect_runtime(), ["q4_k_m"])
+    report = gguf.export_gguf(tmp_path, "cpu", rt_mod.detect_runtime(), ["q4_k_m"])
     assert report["files"] == [] and "Unsloth" in report["skipped"]
-    assert not sh.artifact(tmp_path, "gguf").exists()
-    assert sh.export_gguf(tmp_path, "cpu", sh.detect_runtime(), [])["skipped"]
+    assert not artifacts.artifact(tmp_path, "gguf").exists()
+    assert gguf.export_gguf(tmp_path, "cpu", rt_mod.detect_runtime(), [])["skipped"]
 
 
 def test_unknown_quantization_is_refused(tmp_path):
     with pytest.raises(ValueError, match="GGUF_QUANTIZATIONS"):
-        sh.export_gguf(tmp_path, "unsloth", sh.detect_runtime(), ["q3_k_xl"])
+        gguf.export_gguf(tmp_path, "unsloth", rt_mod.detect_runtime(), ["q3_k_xl"])
 
 
 def test_a_failed_llama_cpp_build_is_skipped_and_leaves_nothing(tmp_path, tokenizer, monkeypatch):
     class NoLlamaCpp:
         def save_pretrained_gguf(self, directory, tok, quantization_method):
-            (sh.pathlib.Path(directory) / "half-written.gguf").write_text("x")
+            (pathlib.Path(directory) / "half-written.gguf").write_text("x")
             raise RuntimeError("Unsloth: could not clone llama.cpp\n(details)")
 
-    sh.write_json(sh.artifact(tmp_path, "data_stats"), {"template": "r1_chat"})
-    monkeypatch.setattr(sh, "load_adapter_model", lambda *a, **k: (NoLlamaCpp(), tokenizer, "base"))
-    report = sh.export_gguf(tmp_path, "unsloth", sh.detect_runtime(), ["q4_k_m", "q8_0"])
+    artifacts.write_json(artifacts.artifact(tmp_path, "data_stats"), {"template": "r1_chat"})
+    monkeypatch.setattr(gguf, "load_adapter_model", lambda *a, **k: (NoLlamaCpp(), tokenizer, "base"))
+    report = gguf.export_gguf(tmp_path, "unsloth", rt_mod.detect_runtime(), ["q4_k_m", "q8_0"])
     assert report["files"] == []
     assert "could not clone llama.cpp" in report["skipped"] and "adapter" in report["skipped"]
-    assert not sh.artifact(tmp_path, "gguf").exists()
+    assert not artifacts.artifact(tmp_path, "gguf").exists()
     assert not [p for p in tmp_path.rglob("*") if "gguf" in p.name]
 
 
@@ -49,12 +53,12 @@ def test_gguf_files_get_a_modelfile_each(tmp_path, tokenizer, monkeypatch):
     class Exporter:
         def save_pretrained_gguf(self, directory, tok, quantization_method):
             for q in quantization_method:
-                (sh.pathlib.Path(directory) / f"model-{q}.gguf").write_bytes(b"GGUF")
+                (pathlib.Path(directory) / f"model-{q}.gguf").write_bytes(b"GGUF")
 
-    sh.write_json(sh.artifact(tmp_path, "data_stats"), {"template": "zh_r1"})
-    monkeypatch.setattr(sh, "load_adapter_model", lambda *a, **k: (Exporter(), tokenizer, "base"))
-    report = sh.export_gguf(tmp_path, "unsloth", sh.detect_runtime(), ["q4_k_m", "q8_0"])
-    names = sorted(sh.pathlib.Path(f).name for f in report["files"])
+    artifacts.write_json(artifacts.artifact(tmp_path, "data_stats"), {"template": "zh_r1"})
+    monkeypatch.setattr(gguf, "load_adapter_model", lambda *a, **k: (Exporter(), tokenizer, "base"))
+    report = gguf.export_gguf(tmp_path, "unsloth", rt_mod.detect_runtime(), ["q4_k_m", "q8_0"])
+    names = sorted(pathlib.Path(f).name for f in report["files"])
     assert names == ["Modelfile.model-q4_k_m", "Modelfile.model-q8_0", "model-q4_k_m.gguf", "model-q8_0.gguf"]
-    modelfile = (sh.artifact(tmp_path, "gguf") / "Modelfile.model-q8_0").read_text()
-    assert modelfile == sh.ollama_modelfile(tokenizer, "model-q8_0.gguf", "zh_r1")  # the template 02 used
+    modelfile = (artifacts.artifact(tmp_path, "gguf") / "Modelfile.model-q8_0").read_text()
+    assert modelfile == gguf.ollama_modelfile(tokenizer, "model-q8_0.gguf", "zh_r1")  # the template 02 used

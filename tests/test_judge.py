@@ -6,7 +6,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-import src_helpers as sh
+from medical_r1 import artifacts
+from medical_r1 import judge
+from medical_r1 import params
+from medical_r1 import tracking
 
 KEY = "judge-key-for-tests-only"
 
@@ -49,7 +52,7 @@ def pairs(n_tuned_better, n_base_better):
 
 def test_blind_judge_counts_wins_whatever_the_order(fake_endpoint):
     url, seen = fake_endpoint
-    result = sh.run_judge(pairs(7, 3), "judge-model", url, seed=1, environ={"JUDGE_API_KEY": KEY})
+    result = judge.run_judge(pairs(7, 3), "judge-model", url, seed=1, environ={"JUDGE_API_KEY": KEY})
     assert (result["tuned_wins"], result["base_wins"], result["ties"], result["no_verdict"]) == (7, 3, 0, 0)
     orders = {d["tuned_shown_first"] for d in result["decisions"]}
     assert orders == {True, False}  # the order is drawn per question
@@ -59,32 +62,32 @@ def test_blind_judge_counts_wins_whatever_the_order(fake_endpoint):
         prompt = request["body"]["messages"][0]["content"].lower()
         assert "tuned" not in prompt and "base" not in prompt and "fine-tun" not in prompt  # blind
         assert request["body"]["model"] == "judge-model" and request["body"]["temperature"] == 0
-    assert KEY not in json.dumps(result) and KEY not in sh.judge_summary(result)
-    assert "tuned 7, base 3" in sh.judge_summary(result)
+    assert KEY not in json.dumps(result) and KEY not in judge.judge_summary(result)
+    assert "tuned 7, base 3" in judge.judge_summary(result)
 
 
 def test_unreadable_replies_and_failed_requests_are_counted_not_guessed(fake_endpoint):
     url, _ = fake_endpoint
     garbled = [{"question": "garble", "reference": "x", "tuned": "a", "base": "b"}]
-    result = sh.run_judge(garbled, "m", url, seed=0, environ={"JUDGE_API_KEY": KEY})
+    result = judge.run_judge(garbled, "m", url, seed=0, environ={"JUDGE_API_KEY": KEY})
     assert result["no_verdict"] == 1 and result["tuned_win_rate"] is None
-    down = sh.run_judge(pairs(1, 0), "m", "http://127.0.0.1:9/v1", seed=0, environ={"JUDGE_API_KEY": KEY})
+    down = judge.run_judge(pairs(1, 0), "m", "http://127.0.0.1:9/v1", seed=0, environ={"JUDGE_API_KEY": KEY})
     assert down["no_verdict"] == 1 and down["decisions"][0]["error"]
 
 
 def test_judge_is_off_by_default_and_says_why_without_a_key():
-    assert "off" in sh.run_judge(pairs(1, 0), "", "https://x/v1", 0, environ={})["skipped"]
-    assert "JUDGE_API_KEY" in sh.run_judge(pairs(1, 0), "m", "https://x/v1", 0, environ={})["skipped"]
+    assert "off" in judge.run_judge(pairs(1, 0), "", "https://x/v1", 0, environ={})["skipped"]
+    assert "JUDGE_API_KEY" in judge.run_judge(pairs(1, 0), "m", "https://x/v1", 0, environ={})["skipped"]
     with pytest.raises(ValueError, match="judge_base_url"):
-        sh.Params(judge_model="m", judge_base_url="api.openai.com")
+        params.Params(judge_model="m", judge_base_url="api.openai.com")
     with pytest.raises(ValueError, match="judge_base_url"):  # 04 passes its parameters straight to run_judge
-        sh.run_judge(pairs(1, 0), "m", "api.openai.com", 0, environ={"JUDGE_API_KEY": KEY})
+        judge.run_judge(pairs(1, 0), "m", "api.openai.com", 0, environ={"JUDGE_API_KEY": KEY})
 
 
 @pytest.mark.parametrize(("reply", "expected"), [('{"better": 2, "reason": "x"}', 2), ('```json\n{"better":"1"}\n```', 1),
                                                  ('{"better": 0}', 0), ("Answer 2 is better", None)])
 def test_parse_judgement(reply, expected):
-    assert sh.parse_judgement(reply) == expected
+    assert judge.parse_judgement(reply) == expected
 
 
 def test_verdict_is_logged_into_the_training_runs_id_offline(tmp_path, monkeypatch, request):
@@ -93,11 +96,11 @@ def test_verdict_is_logged_into_the_training_runs_id_offline(tmp_path, monkeypat
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    sh.write_json(sh.artifact(tmp_path, "train_metrics"), {"wandb_run_id": "abc123train"})
+    artifacts.write_json(artifacts.artifact(tmp_path, "train_metrics"), {"wandb_run_id": "abc123train"})
     verdict = [{"benchmark": "MedQA_USLME_test", "items": 3, "base_accuracy": 0.3, "tuned_accuracy": 0.6,
                 "difference": 0.3, "difference_interval": [0.0, 0.6], "base_no_answer": 0, "tuned_no_answer": 1,
                 "verdict": "no detectable change"}]
-    link = sh.log_comparison_to_wandb(tmp_path, "wandb", verdict, {"base_val_loss": 2.0, "tuned_val_loss": 1.5},
+    link = tracking.log_comparison_to_wandb(tmp_path, "wandb", verdict, {"base_val_loss": 2.0, "tuned_val_loss": 1.5},
                                       {"base_rouge_l": 0.1, "tuned_rouge_l": 0.2}, {"skipped": "off"})
     runs = list((tmp_path / "wandb").glob("offline-run-*-abc123train"))
     assert len(runs) == 1 and link == f"wandb sync {runs[0]}"
@@ -108,4 +111,4 @@ def test_verdict_is_logged_into_the_training_runs_id_offline(tmp_path, monkeypat
             break
         time.sleep(0.5)
     assert b"compare/verdict" in data and b"compare/MedQA_USLME_test/tuned_accuracy" in data
-    assert sh.log_comparison_to_wandb(tmp_path, "none", verdict, {}, {}, {}) is None
+    assert tracking.log_comparison_to_wandb(tmp_path, "none", verdict, {}, {}, {}) is None

@@ -3,14 +3,19 @@ replaced, nothing is pushed), and a notebook finds an earlier notebook's output 
 import contextlib
 import io
 import json
+import pathlib
 import sys
 
 import pytest
 
-import src_helpers as sh
+from medical_r1 import REPO_ROOT
+from medical_r1 import artifacts
+from medical_r1 import export as export_mod
+from medical_r1.runtime import parse_requirements
 
-sys.path.insert(0, str(sh.REPO_ROOT / "scripts"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import build_kaggle  # noqa: E402
+from medical_r1 import kaggle_folders  # noqa: E402
 
 
 @pytest.fixture
@@ -46,8 +51,9 @@ def push(api, folder) -> str:
 
 def test_every_push_folder_passes_kaggles_checks(tmp_path, kaggle_api):
     api, sent = kaggle_api
-    folders = build_kaggle.build("someone", tmp_path)
-    assert [f.name for f in folders] == [nb.stem for nb in sorted((sh.REPO_ROOT / "notebooks").glob("0*.ipynb"))]
+    dataset, *folders = build_kaggle.build("someone", tmp_path)
+    assert dataset.name == "medical-r1-helpers"
+    assert [f.name for f in folders] == [nb.stem for nb in sorted((REPO_ROOT / "notebooks").glob("0*.ipynb"))]
     for folder in folders:
         printed = push(api, folder)
         assert "does not resolve" not in printed  # the title gives the same URL slug as the id
@@ -61,6 +67,7 @@ def test_every_push_folder_passes_kaggles_checks(tmp_path, kaggle_api):
         "someone/medical-r1-01-baseline-inference", "someone/medical-r1-02-format-dataset",
         "someone/medical-r1-03-train"]
     assert not by_slug["someone/medical-r1-02-format-dataset"].enable_gpu
+    assert all(r.dataset_data_sources == ["someone/medical-r1-helpers"] for r in sent)  # the helpers, offline
     pushed = json.loads(train.text)
     tags = [c["metadata"].get("tags", []) for c in pushed["cells"]]
     assert sum("parameters" in t for t in tags) == 1 and all(not c.get("outputs") for c in pushed["cells"])
@@ -68,7 +75,7 @@ def test_every_push_folder_passes_kaggles_checks(tmp_path, kaggle_api):
 
 def test_the_repository_metadata_pushes_03_from_the_root(kaggle_api):
     api, sent = kaggle_api
-    assert "does not resolve" not in push(api, sh.REPO_ROOT)
+    assert "does not resolve" not in push(api, REPO_ROOT)
     assert sent[0].slug.endswith("/medical-r1-03-train") and sent[0].machine_shape == "NvidiaTeslaT4"
 
 
@@ -80,11 +87,11 @@ def test_a_bad_user_name_is_refused_before_writing(tmp_path):
 
 def test_kernel_sources_cover_every_file_a_notebook_reads():
     """Each notebook's inputs are earlier notebooks, and include the writer of every artifact it names."""
-    order = list(sh.NOTEBOOK_INPUTS)
-    for notebook, inputs in sh.NOTEBOOK_INPUTS.items():
+    order = list(artifacts.NOTEBOOK_INPUTS)
+    for notebook, inputs in artifacts.NOTEBOOK_INPUTS.items():
         assert all(order.index(i) < order.index(notebook) for i in inputs)
-        text = (sh.REPO_ROOT / "notebooks" / f"{notebook}.py").read_text()
-        for key, (_, writer) in sh.ARTIFACTS.items():
+        text = (REPO_ROOT / "notebooks" / f"{notebook}.py").read_text()
+        for key, (_, writer) in artifacts.ARTIFACTS.items():
             if f'require_artifact(WORK_DIR, "{key}")' in text:
                 assert writer in inputs, (notebook, key)
 
@@ -94,9 +101,55 @@ def test_an_attached_kaggle_output_is_copied_into_work_dir(tmp_path, monkeypatch
     (attached / "adapter").mkdir(parents=True)
     (attached / "adapter" / "adapter_config.json").write_text("{}")
     (attached / "train_metrics.json").write_text('{"model_name": "m"}')
-    monkeypatch.setattr(sh, "KAGGLE_INPUT", tmp_path / "input")
+    monkeypatch.setattr(artifacts, "KAGGLE_INPUT", tmp_path / "input")
     monkeypatch.chdir(tmp_path)
-    assert (sh.require_artifact("runs/medical-r1", "adapter") / "adapter_config.json").read_text() == "{}"
-    assert sh.merge_base_name("runs/medical-r1") == "m"  # the helpers that read artifacts find them too
+    assert (artifacts.require_artifact("runs/medical-r1", "adapter") / "adapter_config.json").read_text() == "{}"
+    assert export_mod.merge_base_name("runs/medical-r1") == "m"  # the helpers that read artifacts find them too
     with pytest.raises(FileNotFoundError, match="04_compare"):
-        sh.require_artifact("runs/medical-r1", "verdict")
+        artifacts.require_artifact("runs/medical-r1", "verdict")
+
+
+def test_the_helpers_dataset_passes_kaggles_checks_and_holds_the_wheel(tmp_path, monkeypatch):
+    """The dataset folder goes through the kaggle package's own dataset_create_new checks (the network calls
+    replaced); its wheel holds src_helpers and every medical_r1 module, and requires requirements.txt's pins."""
+    import zipfile
+
+    from kaggle.api.kaggle_api_extended import KaggleApi
+    from requests.exceptions import HTTPError
+
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
+    api, uploaded, created = KaggleApi(), [], []
+    api.authenticate()  # reads KAGGLE_USERNAME and KAGGLE_KEY; nothing goes over the network
+
+    def not_found(ref):
+        raise HTTPError("404")
+
+    class Datasets:
+        class dataset_api_client:  # noqa: N801 (the name kaggle calls)
+            @staticmethod
+            def create_dataset(request):
+                created.append(request)
+                return type("Response", (), {"error": "", "url": "https://kaggle.example"})()
+
+    @contextlib.contextmanager
+    def client():
+        yield type("Client", (), {"datasets": Datasets})()
+
+    monkeypatch.setattr(api, "dataset_status", not_found)
+    monkeypatch.setattr(api, "upload_files", lambda request, resources, folder, *a, **k: uploaded.extend(
+        sorted(p.name for p in pathlib.Path(folder).iterdir() if p.suffix == ".whl")))
+    monkeypatch.setattr(api, "build_kaggle_client", client)
+    folder = kaggle_folders.build("someone", tmp_path)[0]
+    api.dataset_create_new(str(folder))
+    assert created[0].owner_slug == "someone" and created[0].slug == "medical-r1-helpers" and created[0].is_private
+    (wheel,) = uploaded
+    with zipfile.ZipFile(folder / wheel) as z:
+        names = set(z.namelist())
+        meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    modules = {f"medical_r1/{p.name}" for p in (REPO_ROOT / "medical_r1").glob("*.py")}
+    assert "src_helpers.py" in names and modules <= names
+    requires = {line.split(": ", 1)[1].lower().replace("_", "-") for line in meta.splitlines()
+                if line.startswith("Requires-Dist: ")}
+    pins = parse_requirements(REPO_ROOT / "requirements.txt")
+    assert requires == {f"{name}=={version}" for name, version in pins.items()}

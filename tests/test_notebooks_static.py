@@ -1,18 +1,28 @@
-"""Static lint of the notebooks: valid, paired, stripped, one parameters cell mirroring src_helpers.Params."""
+"""Static lint of the notebooks: valid, paired, stripped, one parameters cell mirroring medical_r1.params.Params,
+the tutorial's library calls in the cells, one bootstrap cell, and a helper package of small modules."""
 import ast
+import dataclasses
+import importlib
 import json
 import re
+import subprocess
+import sys
 
 import jupytext
 import nbformat
 import papermill
 import pytest
 
-import src_helpers as sh
+from medical_r1 import REPO_ROOT, params
 
-NOTEBOOKS = sorted((sh.REPO_ROOT / "notebooks").glob("*.ipynb"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import set_repository  # noqa: E402
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 NAMES = ["00_setup_secrets", "01_baseline_inference", "02_format_dataset", "03_train", "04_compare",
          "05_export_push"]
+
+
 def as_python(source: str) -> str:
     """A cell as IPython runs it: `!cmd` lines become get_ipython().system(...) calls."""
     from IPython.core.inputtransformer2 import TransformerManager
@@ -57,8 +67,8 @@ def test_one_parameters_cell_of_commented_literals_matching_params(nb_path):
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(cells) == 1
     lines = [line for line in cells[0].source.splitlines() if line.strip()]
-    defaults = {f.name: f.default if f.default is not sh.dataclasses.MISSING else f.default_factory()
-                for f in sh.dataclasses.fields(sh.Params)}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(params.Params)}
     for line in lines:
         name, _, rest = line.partition(" = ")
         value, _, comment = rest.partition("  # ")
@@ -70,46 +80,159 @@ def test_one_parameters_cell_of_commented_literals_matching_params(nb_path):
     assert set(papermill.inspect_notebook(str(nb_path))) == {line.partition(" = ")[0] for line in lines}
 
 
+def code_cells(nb_path) -> list[str]:
+    return [c.source for c in nbformat.read(nb_path, as_version=4).cells if c.cell_type == "code"]
+
+
+def bootstrap_cell(nb_path) -> str:
+    """The first code cell after the parameters: it finds or installs the helpers."""
+    return code_cells(nb_path)[1]
+
+
+def parameter_names(nb_path) -> set[str]:
+    return set(papermill.inspect_notebook(str(nb_path)))
+
+
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_header_has_badge_and_files_and_no_logic_in_cells(nb_path):
+    """Cells call; they define nothing. Allowed: `with` (a guard around trainer.train) and `if PARAMETER:` (a
+    switch of the parameters cell). The bootstrap cell is the one exception, the same in every notebook."""
     nb = nbformat.read(nb_path, as_version=4)
     header = nb.cells[0].source
     assert header.startswith("# ") and f"notebooks/{nb_path.stem}.ipynb" in header
     assert "colab.research.google.com/github/" in header
     assert "**Reads:**" in header and "**Writes:**" in header and "T4" in header
-    logic = (ast.FunctionDef, ast.ClassDef, ast.Lambda, ast.For, ast.While, ast.If, ast.With, ast.Try)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            found = [type(n).__name__ for n in ast.walk(ast.parse(as_python(cell.source))) if isinstance(n, logic)]
-            assert not found, f"{found} in a cell of {nb_path.name}: logic belongs in src_helpers"
+    logic = (ast.FunctionDef, ast.ClassDef, ast.Lambda, ast.For, ast.While, ast.If, ast.Try)
+    switches = parameter_names(nb_path)
+    for source in code_cells(nb_path)[2:]:
+        tree = ast.parse(as_python(source))
+        found = [type(n).__name__ for n in ast.walk(tree) if isinstance(n, logic)
+                 and not (isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id in switches)]
+        assert not found, f"{found} in a cell of {nb_path.name}: logic belongs in medical_r1"
+
+
+def test_the_bootstrap_cell_is_the_same_in_every_notebook_and_installs_from_the_repository():
+    cells = {nb.stem: bootstrap_cell(nb) for nb in NOTEBOOKS}
+    assert len(set(cells.values())) == 1, "the bootstrap cells differ: copy one notebook's into the others"
+    cell = cells["00_setup_secrets"]
+    repository = set_repository.current_repository()
+    assert f'"git+https://github.com/{repository}"' in cell and "/kaggle/input/**/medical_r1-*.whl" in cell
+    assert "git clone" not in cell and "--no-deps" in cell
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_badge_opens_the_repository_of_pyproject(nb_path):
+    header = nbformat.read(nb_path, as_version=4).cells[0].source
+    badge = re.search(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/notebooks/(\w+)\.ipynb", header)
+    assert badge.groups() == (set_repository.current_repository(), nb_path.stem)
+
+
+def test_one_command_points_every_notebook_at_a_fork(tmp_path):
+    import shutil
+
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    shutil.copytree(REPO_ROOT / "notebooks", tmp_path / "notebooks")
+    changed = set_repository.set_repository("someone/my-fork", tmp_path)
+    assert set_repository.current_repository(tmp_path) == "someone/my-fork"
+    assert len([p for p in changed if p.suffix == ".ipynb"]) == len(NOTEBOOKS)
+    for nb in sorted((tmp_path / "notebooks").glob("*.ipynb")):
+        text = nb.read_text() + nb.with_suffix(".py").read_text()
+        assert "medical-r1/medical-r1-notebooks" not in text
+        assert "github.com/someone/my-fork" in bootstrap_cell(nb)
+        assert f"colab.research.google.com/github/someone/my-fork/blob/main/notebooks/{nb.stem}.ipynb" in text
+        paired = jupytext.read(nb.with_suffix(".py"))
+        assert [c.source for c in paired.cells] == [c.source for c in nbformat.read(nb, as_version=4).cells]
+    with pytest.raises(ValueError, match="OWNER/NAME"):
+        set_repository.set_repository("not a repo", tmp_path)
+
+
+LIBRARY_CALLS = {
+    "01_baseline_inference": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.for_inference(model)",
+                              "render_prompt(", "generate_answers("],
+    "02_format_dataset": ["validate_rows(rows)", "render_prompt(", "render_completion(", "encode_example(",
+                          "token_table(", "format_rows("],
+    "03_train": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.get_peft_model(", "r=LORA_R",
+                 "lora_alpha=LORA_ALPHA", "lora_dropout=LORA_DROPOUT", "target_modules=", "SFTConfig(",
+                 "SFTTrainer(", "trainer.train(resume_from_checkpoint=checkpoint)", "out_of_memory_advice(",
+                 "training_callbacks("],
+    "04_compare": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.for_inference(model)",
+                   "generate_answers(", "verdict_rows("],
+    "05_export_push": ["save_merged(", "verify_merge(", "merge_report(", "push_to_hub(", "check_disk_space("],
+}
+
+
+@pytest.mark.parametrize("name", LIBRARY_CALLS)
+def test_the_tutorials_library_calls_are_in_the_cells(name):
+    script = (REPO_ROOT / "notebooks" / f"{name}.py").read_text()
+    for call in LIBRARY_CALLS[name]:
+        assert call in script, f"{name}.py should show {call}"
+
+
+def keywords_of(call: ast.Call) -> dict[str, str]:
+    return {k.arg or "**": ast.unparse(k.value) for k in call.keywords}
+
+
+def test_03_configures_sfttrainer_like_make_trainer():
+    """make_trainer (tests, benchmarks, GPU checks) must train what 03 trains: the same SFTConfig settings,
+    with 03's parameter names for Params' fields."""
+    notebook = ast.parse((REPO_ROOT / "notebooks" / "03_train.py").read_text())
+    helper = ast.parse((REPO_ROOT / "medical_r1" / "training.py").read_text())
+    make_trainer = next(n for n in helper.body if isinstance(n, ast.FunctionDef) and n.name == "make_trainer")
+
+    def call(tree, name):
+        return next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == name)
+
+    def as_notebook(text):
+        text = re.sub(r"\bp\.(\w+)", lambda m: m.group(1).upper(), text)
+        return text.replace("val_records", "val").replace("train_records", "train")
+
+    ours = {k: as_notebook(v) for k, v in keywords_of(call(make_trainer, "SFTConfig")).items()}
+    assert keywords_of(call(notebook, "SFTConfig")) == ours
+    ours = {k: as_notebook(v) for k, v in keywords_of(call(make_trainer, "SFTTrainer")).items()}
+    assert keywords_of(call(notebook, "SFTTrainer")) == ours
+
+
+MODULES = sorted(p.stem for p in (REPO_ROOT / "medical_r1").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_module_imports_on_its_own_and_is_small(module):
+    lines = len((REPO_ROOT / "medical_r1" / f"{module}.py").read_text().splitlines())
+    assert lines <= 400, f"medical_r1/{module}.py has {lines} lines: split it by job"
+    code = f"import medical_r1.{module}, sys; heavy = {{'torch', 'transformers', 'trl', 'unsloth'}} & set(sys.modules); " \
+           "assert not heavy, heavy"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_src_helpers_is_the_tiny_template_module():
+    source = (REPO_ROOT / "src_helpers.py").read_text()
+    assert len(source.splitlines()) < 300
+    imported = {n.module or n.names[0].name for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    assert imported <= {"__future__"}, f"src_helpers should need nothing but the tokenizer it is given: {imported}"
+
+
+def test_no_module_is_imported_by_all_the_others():
+    imports = {m: set(re.findall(r"^from medical_r1\.(\w+) import", (REPO_ROOT / "medical_r1" / f"{m}.py").read_text(), re.M))
+               for m in MODULES}
+    for module in MODULES:
+        users = [m for m in MODULES if module in imports[m]]
+        assert len(users) < len(MODULES) - 1, f"every module imports medical_r1.{module}"
 
 
 def test_kernel_metadata_is_valid():
-    meta = json.loads((sh.REPO_ROOT / "kernel-metadata.json").read_text())
+    meta = json.loads((REPO_ROOT / "kernel-metadata.json").read_text())
     assert meta["kernel_type"] == "notebook" and meta["enable_gpu"] and meta["enable_internet"]
-    assert (sh.REPO_ROOT / meta["code_file"]).exists()
+    assert (REPO_ROOT / meta["code_file"]).exists()
     assert re.fullmatch(r"[^/]+/[a-z0-9-]+", meta["id"])
 
 
 def test_readme_bad_input_table_names_real_tests():
-    readme = (sh.REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     table = readme.split("## When something is wrong")[1].split("\n## ")[0]
     named = re.findall(r"`(test_\w+)`", table)
     assert len(named) >= 15
-    sources = "".join(p.read_text() for p in (sh.REPO_ROOT / "tests").glob("test_*.py"))
+    sources = "".join(p.read_text() for p in (REPO_ROOT / "tests").glob("test_*.py"))
     for name in named:
         assert f"def {name}(" in sources, f"README names {name}, which no test defines"
-
-
-@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_the_clone_cell_fetches_the_repository_the_badge_opens(nb_path):
-    """Opened alone (Colab badge, Kaggle push), a notebook clones the repository its badge points at, and
-    only when src_helpers.py is not already beside it or one folder up."""
-    nb = nbformat.read(nb_path, as_version=4)
-    badge_repo = re.search(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/", nb.cells[0].source).group(1)
-    clone = [line for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()
-             if line.startswith("!") and "git clone" in line]
-    assert len(clone) == 1
-    assert clone[0].startswith("!test -f src_helpers.py || test -f ../src_helpers.py || ")
-    assert f"https://github.com/{badge_repo}" in clone[0]
-    assert f'"{badge_repo.split("/")[1]}"' in "".join(c.source for c in nb.cells)  # the clone is on sys.path

@@ -3,19 +3,23 @@ batches, and no example may see another's tokens."""
 import pytest
 import torch
 
-import src_helpers as sh
+from medical_r1 import data as data_mod
+from medical_r1 import models as models_mod
+from medical_r1 import params
+from medical_r1 import runtime as rt_mod
+from medical_r1 import training as training_mod
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory, en_rows):
-    rt = sh.detect_runtime()
-    model, tok = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
-    records, _ = sh.format_rows(en_rows[:9], tok, "r1_chat", 2048)
+    rt = rt_mod.detect_runtime()
+    model, tok = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+    records, _ = data_mod.format_rows(en_rows[:9], tok, "r1_chat", 2048)
     trainers = {}
     for packing in (True, False):
-        p = sh.Params(work_dir=str(tmp_path_factory.mktemp("w")), model_name=tiny_model_dir, max_steps=1,
+        p = params.Params(work_dir=str(tmp_path_factory.mktemp("w")), model_name=tiny_model_dir, max_steps=1,
                       batch_size=3, grad_accum=1, report_to="none", packing=packing, max_seq_length=2048)
-        trainers[packing] = sh.make_trainer(model, tok, records, [], p, "cpu", rt)
+        trainers[packing] = training_mod.make_trainer(model, tok, records, [], p, "cpu", rt)
     return {"model": model, "records": records, "trainers": trainers}
 
 

@@ -2,11 +2,18 @@
 
 import pytest
 
+from medical_r1 import REPO_ROOT
+from medical_r1 import artifacts
+from medical_r1 import credentials
+from medical_r1 import params
+from medical_r1 import publish
+from medical_r1 import runtime as rt_mod
+from medical_r1 import tracking
 import src_helpers as sh
 
 
 def runtime(capability=None, supported=True, unsloth=True):
-    return sh.Runtime(platform="kaggle", cuda=capability is not None, gpu_name="GPU" if capability else None,
+    return rt_mod.Runtime(platform="kaggle", cuda=capability is not None, gpu_name="GPU" if capability else None,
                       capability=capability, bf16=bool(capability and capability >= (8, 0)),
                       torch_supports_gpu=supported if capability else False, unsloth_installed=unsloth,
                       bitsandbytes_installed=True)
@@ -20,22 +27,22 @@ def runtime(capability=None, supported=True, unsloth=True):
     (runtime((6, 0)), "transformers"),  # P100 with a torch that still has sm_60 kernels
 ])
 def test_auto_backend(rt, expected):
-    backend, why = sh.choose_backend("auto", rt)
+    backend, why = rt_mod.choose_backend("auto", rt)
     assert backend == expected and why
 
 
 def test_p100_without_kernels_stops_before_loading_and_says_switch_to_t4():
     with pytest.raises(RuntimeError, match="T4"):
-        sh.choose_backend("auto", runtime((6, 0), supported=False))
+        rt_mod.choose_backend("auto", runtime((6, 0), supported=False))
 
 
 def test_explicit_backends_that_cannot_run_are_refused():
     with pytest.raises(RuntimeError, match="compute capability >= 7.0"):
-        sh.choose_backend("unsloth", runtime((6, 0)))
+        rt_mod.choose_backend("unsloth", runtime((6, 0)))
     with pytest.raises(RuntimeError, match="backend='cpu'"):
-        sh.choose_backend("transformers", runtime(None))
+        rt_mod.choose_backend("transformers", runtime(None))
     with pytest.raises(ValueError, match="backend must be"):
-        sh.choose_backend("tpu", runtime(None))
+        rt_mod.choose_backend("tpu", runtime(None))
 
 
 def test_detect_runtime_sees_a_faked_p100_without_kernels(monkeypatch):
@@ -45,16 +52,16 @@ def test_detect_runtime_sees_a_faked_p100_without_kernels(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Tesla P100-PCIE-16GB")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (6, 0))
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_70", "sm_75", "sm_80", "sm_90"])
-    rt = sh.detect_runtime()
+    rt = rt_mod.detect_runtime()
     assert rt.capability == (6, 0) and not rt.torch_supports_gpu and not rt.bf16
     with pytest.raises(RuntimeError, match="Accelerator"):
-        sh.choose_backend("auto", rt)
+        rt_mod.choose_backend("auto", rt)
 
 
 def test_detect_runtime_on_this_machine():
-    rt = sh.detect_runtime()
+    rt = rt_mod.detect_runtime()
     assert rt.platform == "local"
-    assert sh.choose_backend("auto", rt)[0] in sh.BACKENDS
+    assert rt_mod.choose_backend("auto", rt)[0] in params.BACKENDS
 
 
 @pytest.mark.parametrize("env, expected", [
@@ -63,32 +70,32 @@ def test_detect_runtime_on_this_machine():
     ({}, "local"),
 ])
 def test_detect_platform(env, expected):
-    assert sh.detect_platform(env) == expected
+    assert rt_mod.detect_platform(env) == expected
 
 
 def test_secrets_are_resolved_but_never_reported():
     env = {"HF_TOKEN": "hf_FAKEfakeFAKEfake1234567890"}
-    report = sh.load_secrets(env)
+    report = credentials.load_secrets(env)
     assert report["HF_TOKEN"] == "found (environment)"
     assert report["WANDB_API_KEY"].startswith("not set: skipping")
     assert "hf_FAKE" not in repr(report)
-    record = sh.runtime_record(runtime(None), "cpu", report)
+    record = rt_mod.runtime_record(runtime(None), "cpu", report)
     assert record["secrets_found"] == {"HF_TOKEN": True, "WANDB_API_KEY": False, "JUDGE_API_KEY": False}
     assert "hf_FAKE" not in repr(record)
 
 
 def test_report_to_follows_the_wandb_key(tmp_path):
-    assert sh.resolve_report_to("auto", tmp_path, {})[0] == "none"
-    assert sh.resolve_report_to("none", tmp_path, {"WANDB_API_KEY": "x"})[0] == "none"
+    assert tracking.resolve_report_to("auto", tmp_path, {})[0] == "none"
+    assert tracking.resolve_report_to("none", tmp_path, {"WANDB_API_KEY": "x"})[0] == "none"
     env = {"WANDB_API_KEY": "x"}
-    assert sh.resolve_report_to("auto", tmp_path, env)[0] == "wandb" and env["WANDB_DIR"] == str(tmp_path.resolve())
+    assert tracking.resolve_report_to("auto", tmp_path, env)[0] == "wandb" and env["WANDB_DIR"] == str(tmp_path.resolve())
     env = {}
-    assert sh.resolve_report_to("wandb", tmp_path, env)[0] == "wandb" and env["WANDB_MODE"] == "offline"
-    assert sh.resolve_report_to("wandb", tmp_path, {"WANDB_MODE": "disabled"})[0] == "none"
+    assert tracking.resolve_report_to("wandb", tmp_path, env)[0] == "wandb" and env["WANDB_MODE"] == "offline"
+    assert tracking.resolve_report_to("wandb", tmp_path, {"WANDB_MODE": "disabled"})[0] == "none"
 
 
 def test_params_defaults_are_valid_and_match_the_seed_tutorial():
-    p = sh.Params()
+    p = params.Params()
     assert (p.lora_r, p.lora_alpha, p.lora_dropout, p.seed, p.max_seq_length) == (16, 16, 0.0, 3407, 2048)
     assert (p.learning_rate, p.max_steps, p.optim) == (2e-4, 60, "adamw_8bit")
     assert (p.temperature, p.top_p) == (0.6, 0.95)
@@ -100,27 +107,27 @@ def test_params_defaults_are_valid_and_match_the_seed_tutorial():
 ])
 def test_invalid_params_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
-        sh.Params(**{field: value})
+        params.Params(**{field: value})
 
 
 def test_push_needs_a_repo_id_and_a_token():
     with pytest.raises(ValueError, match="hub_repo_id"):
-        sh.Params(push_to_hub=True, hub_repo_id="")
-    p = sh.Params(push_to_hub=True, hub_repo_id="me/r1-medical")
+        params.Params(push_to_hub=True, hub_repo_id="")
+    p = params.Params(push_to_hub=True, hub_repo_id="me/r1-medical")
     with pytest.raises(RuntimeError, match="HF_TOKEN"):
-        sh.hub_upload_plan(p, environ={})
-    assert sh.hub_upload_plan(p, environ={"HF_TOKEN": "x"}) == ["adapter -> me/r1-medical-lora",
+        publish.hub_upload_plan(p, environ={})
+    assert publish.hub_upload_plan(p, environ={"HF_TOKEN": "x"}) == ["adapter -> me/r1-medical-lora",
                                                                   "merged 16-bit model -> me/r1-medical"]
-    assert sh.hub_upload_plan(sh.Params(), environ={"HF_TOKEN": "x"}) == []
+    assert publish.hub_upload_plan(params.Params(), environ={"HF_TOKEN": "x"}) == []
 
 
 def test_missing_artifact_names_the_notebook_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="03_train"):
-        sh.require_artifact(tmp_path, "adapter")
+        artifacts.require_artifact(tmp_path, "adapter")
 
 
 def test_atomic_write_leaves_nothing_half_written(tmp_path):
-    path = sh.write_json(tmp_path / "a.json", {"x": 1})
+    path = artifacts.write_json(tmp_path / "a.json", {"x": 1})
 
     class Boom:
         def __iter__(self):
@@ -128,20 +135,20 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
             raise OSError("disk full")
 
     with pytest.raises(OSError):
-        sh.write_jsonl(tmp_path / "b.jsonl", Boom())
+        artifacts.write_jsonl(tmp_path / "b.jsonl", Boom())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
-    assert sh.read_json(path) == {"x": 1}
+    assert artifacts.read_json(path) == {"x": 1}
 
 
 def test_requirements_pins_are_parsed_and_shared_with_the_test_environment():
-    gpu = sh.parse_requirements(sh.REPO_ROOT / "requirements.txt")
-    cpu = sh.parse_requirements(sh.REPO_ROOT / "requirements-test.txt")
+    gpu = rt_mod.parse_requirements(REPO_ROOT / "requirements.txt")
+    cpu = rt_mod.parse_requirements(REPO_ROOT / "requirements-test.txt")
     for name in ("transformers", "trl", "peft", "datasets", "accelerate", "wandb"):
         assert gpu[name] == cpu[name], name
     assert gpu["unsloth"] == "2026.10.9" and gpu["transformers"] <= "5.17.0" and gpu["datasets"] < "5"
-    assert "not installing" in sh.install_requirements("never") or "all pinned" in sh.install_requirements("never")
+    assert "not installing" in rt_mod.install_requirements("never") or "all pinned" in rt_mod.install_requirements("never")
     with pytest.raises(ValueError, match="INSTALL_REQUIREMENTS"):
-        sh.install_requirements("sometimes")
+        rt_mod.install_requirements("sometimes")
 
 
 def test_split_thinking():

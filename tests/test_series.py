@@ -9,7 +9,14 @@ import sys
 
 import pytest
 
-import src_helpers as sh
+from medical_r1 import REPO_ROOT
+from medical_r1 import artifacts
+from medical_r1 import benchmarks
+from medical_r1 import export as export_mod
+from medical_r1 import generation
+from medical_r1 import models as models_mod
+from medical_r1 import params
+from medical_r1 import runtime as rt_mod
 
 pytestmark = pytest.mark.notebooks
 
@@ -21,7 +28,7 @@ FAKE_SECRETS = {"HF_TOKEN": "hf_PlantedFakeTokenForTheLeakTest0123", "WANDB_API_
 def work(tmp_path_factory):
     work = tmp_path_factory.mktemp("series") / "demo"
     env = {**os.environ, **FAKE_SECRETS}
-    result = subprocess.run([sys.executable, "scripts/run_series.py", "--work-dir", str(work)], cwd=sh.REPO_ROOT,
+    result = subprocess.run([sys.executable, "scripts/run_series.py", "--work-dir", str(work)], cwd=REPO_ROOT,
                             env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (work / "run_series.log").write_text(result.stdout + result.stderr)
@@ -30,57 +37,57 @@ def work(tmp_path_factory):
 
 def test_every_notebook_ran_without_errors(work):
     executed = sorted(p.stem for p in (work / "executed").glob("*.ipynb"))
-    assert executed == [nb.stem for nb in sorted((sh.REPO_ROOT / "notebooks").glob("*.ipynb"))]
+    assert executed == [nb.stem for nb in sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))]
     for path in (work / "executed").glob("*.ipynb"):
         nb = json.loads(path.read_text())
         assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def test_runtime_record(work):
-    record = sh.read_json(sh.artifact(work, "runtime"))
+    record = artifacts.read_json(artifacts.artifact(work, "runtime"))
     assert record["backend"] == "cpu" and record["platform"] == "local"
     assert record["secrets_found"] == {"HF_TOKEN": True, "WANDB_API_KEY": True, "JUDGE_API_KEY": True}
 
 
 def test_formatted_data(work):
-    stats = sh.read_json(sh.artifact(work, "data_stats"))
-    train = sh.read_jsonl(sh.artifact(work, "train_data"))
-    val = sh.read_jsonl(sh.artifact(work, "val_data"))
+    stats = artifacts.read_json(artifacts.artifact(work, "data_stats"))
+    train = artifacts.read_jsonl(artifacts.artifact(work, "train_data"))
+    val = artifacts.read_jsonl(artifacts.artifact(work, "val_data"))
     assert stats["rows"] == 61 and stats["dropped_over_length"] == 0  # the en_mix sample: 41 en + 20 zh
     assert (len(train), len(val)) == (stats["train"], stats["val"]) == (53, 8)
     assert stats["template"] == "r1_chat"
-    tok = sh.load_tokenizer(stats["model_name"])
+    tok = models_mod.load_tokenizer(stats["model_name"])
     for rec in train + val:
         assert rec["prompt"].startswith(tok.bos_token + "<｜User｜>") and rec["prompt"].endswith("<｜Assistant｜><think>\n")
         assert rec["completion"].endswith(tok.eos_token) and "\n</think>\n\n" in rec["completion"]
         assert rec["input_ids"].count(tok.bos_token_id) == 1 and rec["input_ids"][-1] == tok.eos_token_id
         assert rec["labels"][-1] == tok.eos_token_id and rec["labels"][:rec["prompt_len"]] == [-100] * rec["prompt_len"]
-    assert sh.artifact(work, "length_histogram").read_bytes()[:4] == b"\x89PNG"
+    assert artifacts.artifact(work, "length_histogram").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_training_learned_only_lora(work):
-    m = sh.read_json(sh.artifact(work, "train_metrics"))
+    m = artifacts.read_json(artifacts.artifact(work, "train_metrics"))
     assert m["backend"] == "cpu" and m["all_finite"] and m["steps_logged"] == 30
     assert m["last_loss"] < m["first_loss"] - 0.05
     c = m["weight_changes"]
     assert c["lora_tensors_changed"] == c["lora_tensors"] > 0 and c["base_tensors_changed"] == 0
     assert len(m["eval_losses"]) == 3 and m["eval_losses"][-1][1] < m["eval_losses"][0][1]
-    assert (sh.artifact(work, "adapter") / "adapter_model.safetensors").exists()
-    assert sh.artifact(work, "loss_curve").read_bytes()[:4] == b"\x89PNG"
-    assert any(sh.artifact(work, "checkpoints").glob("checkpoint-*"))
+    assert (artifacts.artifact(work, "adapter") / "adapter_model.safetensors").exists()
+    assert artifacts.artifact(work, "loss_curve").read_bytes()[:4] == b"\x89PNG"
+    assert any(artifacts.artifact(work, "checkpoints").glob("checkpoint-*"))
 
 
 def test_comparison_has_both_columns_for_every_question(work):
-    base = sh.read_jsonl(sh.artifact(work, "baseline_answers"))
-    tuned = sh.read_jsonl(sh.artifact(work, "tuned_answers"))
-    ids = [q["id"] for q in sh.QUESTIONS]
+    base = artifacts.read_jsonl(artifacts.artifact(work, "baseline_answers"))
+    tuned = artifacts.read_jsonl(artifacts.artifact(work, "tuned_answers"))
+    ids = [q["id"] for q in generation.QUESTIONS]
     assert [a["id"] for a in base] == ids and [a["id"] for a in tuned] == ids
     assert all(0 < a["new_tokens"] <= 24 for a in base + tuned)
-    page = sh.artifact(work, "comparison_html").read_text()
+    page = artifacts.artifact(work, "comparison_html").read_text()
     assert page.count("<tr>") == len(ids) + 1 and "<th>Base model</th><th>Fine-tuned</th>" in page
-    for q in sh.QUESTIONS:
+    for q in generation.QUESTIONS:
         assert q["question"] in page
-    metrics = sh.read_json(sh.artifact(work, "compare_metrics"))
+    metrics = artifacts.read_json(artifacts.artifact(work, "compare_metrics"))
     assert math.isfinite(metrics["base_val_loss"]) and math.isfinite(metrics["tuned_val_loss"])
     assert metrics["tuned_val_loss"] < metrics["base_val_loss"]
     assert metrics["rouge"]["items"] == 4 and 0 <= metrics["rouge"]["base_rouge_l"] <= 1
@@ -89,34 +96,34 @@ def test_comparison_has_both_columns_for_every_question(work):
 
 
 def test_verdict_table_covers_every_benchmark(work):
-    verdict = sh.read_json(sh.artifact(work, "verdict"))
+    verdict = artifacts.read_json(artifacts.artifact(work, "verdict"))
     rows = {r["benchmark"]: r for r in verdict["rows"]}
-    assert set(rows) == set(sh.EVAL_BENCHMARKS) | {"all"}
-    assert rows["all"]["items"] == 2 * len(sh.EVAL_BENCHMARKS) == len(verdict["base"]) == len(verdict["tuned"])
+    assert set(rows) == set(benchmarks.EVAL_BENCHMARKS) | {"all"}
+    assert rows["all"]["items"] == 2 * len(benchmarks.EVAL_BENCHMARKS) == len(verdict["base"]) == len(verdict["tuned"])
     for row in rows.values():
         assert 0 <= row["base_interval"][0] <= row["base_accuracy"] <= row["base_interval"][1] <= 1
         assert row["verdict"].split(" (")[0] in ("fine-tuning helped", "fine-tuning hurt", "no detectable change")
     # 16 new tokens from a random model never close </think>: every answer is "no answer", none guessed.
     assert all(s["rule"] == "unfinished" and s["pred"] is None for s in verdict["base"] + verdict["tuned"])
     assert rows["all"]["base_no_answer"] == rows["all"]["items"]
-    assert "Did fine-tuning help?" in sh.artifact(work, "verdict_html").read_text()
+    assert "Did fine-tuning help?" in artifacts.artifact(work, "verdict_html").read_text()
 
 
 def test_merged_model_reloads_and_matches_the_adapter_model(work):
-    report = sh.read_json(sh.artifact(work, "export_report"))
+    report = artifacts.read_json(artifacts.artifact(work, "export_report"))
     assert report["verified"] and report["pushed"] == [] and report["check"]["relative_diff"] < 1e-4
-    rt = sh.detect_runtime()
-    adapter_model, tok, _ = sh.load_adapter_model(work, "cpu", rt, 2048, True)
-    merged, _ = sh.load_model_and_tokenizer(str(sh.artifact(work, "merged")), "cpu", rt, 2048)
-    assert sh.max_logit_difference(sh.probe_logits(adapter_model, tok), sh.probe_logits(merged, tok)) < 1e-3
+    rt = rt_mod.detect_runtime()
+    adapter_model, tok, _ = models_mod.load_adapter_model(work, "cpu", rt, 2048, True)
+    merged, _ = models_mod.load_model_and_tokenizer(str(artifacts.artifact(work, "merged")), "cpu", rt, 2048)
+    assert export_mod.max_logit_difference(export_mod.probe_logits(adapter_model, tok), export_mod.probe_logits(merged, tok)) < 1e-3
 
 
 def test_model_card(work):
-    card = (sh.artifact(work, "adapter") / "README.md").read_text()
+    card = (artifacts.artifact(work, "adapter") / "README.md").read_text()
     assert card.startswith("---\nbase_model: ") and "library_name: peft" in card
-    assert f"datasets:\n- {sh.DATASET_NAME}" in card and "| learning_rate | 0.005 |" in card
+    assert f"datasets:\n- {params.DATASET_NAME}" in card and "| learning_rate | 0.005 |" in card
     assert "## Did fine-tuning help?" in card and card.count("no detectable change") == 6
-    assert (sh.artifact(work, "merged") / "README.md").read_text() == card
+    assert (artifacts.artifact(work, "merged") / "README.md").read_text() == card
 
 
 def test_planted_secrets_appear_nowhere(work):

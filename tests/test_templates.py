@@ -2,6 +2,7 @@
 import pytest
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from medical_r1 import data as data_mod
 import src_helpers as sh
 
 TEMPLATES = sorted(sh.TEMPLATES)
@@ -54,7 +55,7 @@ def test_inference_prompt_is_the_prefix_of_every_training_example(tokenizer, en_
 
 
 def test_every_cot_survives_formatting(tokenizer, en_rows, zh_rows):
-    records, dropped = sh.format_rows(en_rows + zh_rows, tokenizer, "r1_chat", 2048)
+    records, dropped = data_mod.format_rows(en_rows + zh_rows, tokenizer, "r1_chat", 2048)
     assert dropped == 0 and len(records) == len(en_rows) + len(zh_rows)
     for row, rec in zip(en_rows + zh_rows, records):
         text = tokenizer.decode(rec["input_ids"])
@@ -81,7 +82,7 @@ def test_loss_mask_covers_completion_only_by_default(tokenizer, en_rows):
 
 
 def test_final_eos_is_a_label_in_a_collated_batch(tokenizer, en_rows):
-    records, _ = sh.format_rows(en_rows[:4], tokenizer, "r1_chat", 2048)
+    records, _ = data_mod.format_rows(en_rows[:4], tokenizer, "r1_chat", 2048)
     assert len({len(r["input_ids"]) for r in records}) > 1  # different lengths, so padding happens
     collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
     batch = collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in records])
@@ -95,7 +96,7 @@ def test_final_eos_is_a_label_in_a_collated_batch(tokenizer, en_rows):
 def test_over_length_rows_are_dropped_and_counted_never_cut(tokenizer, en_rows):
     lengths = [len(sh.encode_example(tokenizer, r)["input_ids"]) for r in en_rows]
     limit = sorted(lengths)[len(lengths) // 2]
-    records, dropped = sh.format_rows(en_rows, tokenizer, "r1_chat", limit)
+    records, dropped = data_mod.format_rows(en_rows, tokenizer, "r1_chat", limit)
     assert dropped == sum(n > limit for n in lengths) > 0
     assert len(records) + dropped == len(en_rows)
     assert all(r["input_ids"][-1] == tokenizer.eos_token_id and len(r["input_ids"]) <= limit for r in records)

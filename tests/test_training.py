@@ -2,48 +2,55 @@
 import pytest
 import torch
 
-import src_helpers as sh
+from medical_r1 import artifacts
+from medical_r1 import data as data_mod
+from medical_r1 import export as export_mod
+from medical_r1 import generation
+from medical_r1 import models as models_mod
+from medical_r1 import params
+from medical_r1 import runtime as rt_mod
+from medical_r1 import training as training_mod
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory, en_rows, zh_rows):
     work = tmp_path_factory.mktemp("work")
-    p = sh.Params(work_dir=str(work), model_name=tiny_model_dir, max_steps=12, batch_size=1, grad_accum=1,
+    p = params.Params(work_dir=str(work), model_name=tiny_model_dir, max_steps=12, batch_size=1, grad_accum=1,
                   warmup_steps=0, learning_rate=5e-3, eval_steps=6, save_steps=6, report_to="none", val_size=6)
-    rt = sh.detect_runtime()
-    model, tok = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, p.max_seq_length)
-    records, _ = sh.format_rows(en_rows + zh_rows, tok, p.template, p.max_seq_length)
-    train, val = sh.split_train_val(records, p.val_size, p.seed)
-    model = sh.add_lora(model, "cpu", p)
-    before = sh.weight_snapshot(model)
-    base_val_loss = sh.eval_loss(model, val)
-    trainer = sh.make_trainer(model, tok, train, val, p, "cpu", rt)
+    rt = rt_mod.detect_runtime()
+    model, tok = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, p.max_seq_length)
+    records, _ = data_mod.format_rows(en_rows + zh_rows, tok, p.template, p.max_seq_length)
+    train, val = data_mod.split_train_val(records, p.val_size, p.seed)
+    model = models_mod.add_lora(model, "cpu", p)
+    before = training_mod.weight_snapshot(model)
+    base_val_loss = generation.eval_loss(model, val)
+    trainer = training_mod.make_trainer(model, tok, train, val, p, "cpu", rt)
     trainer.train()
-    sh.save_adapter(model, tok, sh.artifact(p.work_dir, "adapter"))
-    sh.write_json(sh.artifact(p.work_dir, "train_metrics"), {"model_name": p.model_name})
+    training_mod.save_adapter(model, tok, artifacts.artifact(p.work_dir, "adapter"))
+    artifacts.write_json(artifacts.artifact(p.work_dir, "train_metrics"), {"model_name": p.model_name})
     return {"p": p, "model": model, "tok": tok, "trainer": trainer, "before": before, "val": val,
             "base_val_loss": base_val_loss, "rt": rt}
 
 
 def test_loss_goes_down(trained):
-    summary = sh.summarize_losses(sh.loss_history(trained["trainer"]))
+    summary = training_mod.summarize_losses(training_mod.loss_history(trained["trainer"]))
     assert summary["all_finite"]
     assert summary["last_loss"] < summary["first_loss"] - 0.02
 
 
 def test_only_lora_weights_change(trained):
-    changes = sh.weight_changes(trained["before"], trained["model"])
+    changes = training_mod.weight_changes(trained["before"], trained["model"])
     assert changes["lora_tensors"] == 2 * 7 * 2  # A and B, 7 projections, 2 layers
     assert changes["lora_tensors_changed"] == changes["lora_tensors"]
     assert changes["base_tensors"] > 0 and changes["base_tensors_changed"] == 0
 
 
 def test_val_loss_falls_and_matches_the_trainer(trained):
-    tuned = sh.eval_loss(trained["model"], trained["val"])
+    tuned = generation.eval_loss(trained["model"], trained["val"])
     assert tuned < trained["base_val_loss"]
     trainer_loss = trained["trainer"].evaluate()["eval_loss"]
     assert abs(trainer_loss - tuned) < 0.05  # per-batch vs per-token averaging differ slightly
-    losses = sh.base_vs_tuned_loss(trained["model"], trained["val"])
+    losses = generation.base_vs_tuned_loss(trained["model"], trained["val"])
     assert losses["base_val_loss"] == pytest.approx(trained["base_val_loss"], abs=1e-5)
     assert losses["tuned_val_loss"] == pytest.approx(tuned, abs=1e-5)
 
@@ -52,74 +59,69 @@ def test_batched_left_padded_generation_equals_one_at_a_time(trained):
     model, tok = trained["model"], trained["tok"]
     kwargs = dict(template="r1_chat", max_new_tokens=8, temperature=0.6, top_p=0.95, do_sample=False, seed=0,
                   backend="cpu")
-    batched = sh.generate_answers(model, tok, sh.QUESTIONS, batch_size=len(sh.QUESTIONS), **kwargs)
-    single = sh.generate_answers(model, tok, sh.QUESTIONS, batch_size=1, **kwargs)
+    batched = generation.generate_answers(model, tok, generation.QUESTIONS, batch_size=len(generation.QUESTIONS), **kwargs)
+    single = generation.generate_answers(model, tok, generation.QUESTIONS, batch_size=1, **kwargs)
     assert [a["output"] for a in batched] == [a["output"] for a in single]
-    assert [a["id"] for a in batched] == [q["id"] for q in sh.QUESTIONS]
+    assert [a["id"] for a in batched] == [q["id"] for q in generation.QUESTIONS]
     assert all(0 < a["new_tokens"] <= 8 for a in batched)
 
 
 def test_adapter_saves_reloads_and_merge_matches(trained):
     model, tok, p, rt = trained["model"], trained["tok"], trained["p"], trained["rt"]
-    assert (sh.artifact(p.work_dir, "adapter") / "adapter_model.safetensors").exists()
-    reloaded, tok2, base_name = sh.load_adapter_model(p.work_dir, "cpu", rt, p.max_seq_length, True)
+    assert (artifacts.artifact(p.work_dir, "adapter") / "adapter_model.safetensors").exists()
+    reloaded, tok2, base_name = models_mod.load_adapter_model(p.work_dir, "cpu", rt, p.max_seq_length, True)
     assert base_name == p.model_name
-    ref = sh.probe_logits(model, tok)
-    assert sh.max_logit_difference(ref, sh.probe_logits(reloaded, tok2)) < 1e-5
-    report = sh.export_merged(p.work_dir, rt, True)
+    ref = export_mod.probe_logits(model, tok)
+    assert export_mod.max_logit_difference(ref, export_mod.probe_logits(reloaded, tok2)) < 1e-5
+    export_mod.save_merged(p.work_dir, rt)  # the calls 05 makes, in its order
+    report = export_mod.merge_report(p.work_dir, export_mod.verify_merge(p.work_dir, rt))
     assert report["verified"] and report["check"]["relative_diff"] < 1e-4
-    merged, _ = sh.load_model_and_tokenizer(report["merged"], "cpu", rt, 2048)
+    merged, _ = models_mod.load_model_and_tokenizer(report["merged"], "cpu", rt, 2048)
     assert not any("lora_" in n for n, _ in merged.named_parameters())
-    assert sh.max_logit_difference(ref, sh.probe_logits(merged, tok)) < 1e-3
+    assert export_mod.max_logit_difference(ref, export_mod.probe_logits(merged, tok)) < 1e-3
 
 
-def test_a_bad_merge_is_refused(trained, monkeypatch):
+def test_a_bad_merge_is_refused(trained):
     p, rt = trained["p"], trained["rt"]
-    real_save = sh.save_merged
+    path = export_mod.save_merged(p.work_dir, rt)
+    from safetensors.torch import load_file, save_file
 
-    def corrupting_save(*args):
-        path = real_save(*args)
-        from safetensors.torch import load_file, save_file
-
-        weights = load_file(str(path / "model.safetensors"))
-        name = next(n for n in weights if "q_proj" in n)
-        weights[name] = weights[name] + 0.5
-        save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
-        return path
-
-    monkeypatch.setattr(sh, "save_merged", corrupting_save)
+    weights = load_file(str(path / "model.safetensors"))
+    name = next(n for n in weights if "q_proj" in n)
+    weights[name] = weights[name] + 0.5
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(RuntimeError, match="will not be pushed"):
-        sh.export_merged(p.work_dir, rt, True)
+        export_mod.merge_report(p.work_dir, export_mod.verify_merge(p.work_dir, rt))
 
 
 def test_merge_refuses_a_4bit_only_base(tmp_path):
-    sh.write_json(sh.artifact(tmp_path, "train_metrics"), {"model_name": "unsloth/x-unsloth-bnb-4bit"})
+    artifacts.write_json(artifacts.artifact(tmp_path, "train_metrics"), {"model_name": "unsloth/x-unsloth-bnb-4bit"})
     with pytest.raises(ValueError, match="16-bit"):
-        sh.merge_base_name(tmp_path)
+        export_mod.merge_base_name(tmp_path)
 
 
 def test_tiny_llama_architecture_trains_one_step(tmp_path, en_rows):
-    path = sh.build_tiny_model(tmp_path / "tiny-llama", "llama")
-    rt = sh.detect_runtime()
-    p = sh.Params(work_dir=str(tmp_path / "w"), model_name=path, max_steps=2, batch_size=2, grad_accum=1,
+    path = models_mod.build_tiny_model(tmp_path / "tiny-llama", "llama")
+    rt = rt_mod.detect_runtime()
+    p = params.Params(work_dir=str(tmp_path / "w"), model_name=path, max_steps=2, batch_size=2, grad_accum=1,
                   report_to="none", eval_steps=1, save_steps=10)
-    model, tok = sh.load_model_and_tokenizer(path, "cpu", rt, 2048)
+    model, tok = models_mod.load_model_and_tokenizer(path, "cpu", rt, 2048)
     assert model.config.model_type == "llama"
-    records, _ = sh.format_rows(en_rows[:6], tok, "alpaca_r1", 2048)
-    model = sh.add_lora(model, "cpu", p)
-    trainer = sh.make_trainer(model, tok, records[:4], records[4:], p, "cpu", rt)
+    records, _ = data_mod.format_rows(en_rows[:6], tok, "alpaca_r1", 2048)
+    model = models_mod.add_lora(model, "cpu", p)
+    trainer = training_mod.make_trainer(model, tok, records[:4], records[4:], p, "cpu", rt)
     trainer.train()
-    assert torch.isfinite(torch.tensor(sh.loss_history(trainer)["train"][-1][1]))
+    assert torch.isfinite(torch.tensor(training_mod.loss_history(trainer)["train"][-1][1]))
 
 
 def test_early_stopping_keeps_the_best_adapter_settings(tiny_model_dir, tmp_path, en_rows):
     with pytest.raises(ValueError, match="multiple of eval_steps"):
-        sh.Params(early_stopping_patience=3, eval_steps=20, save_steps=30)
-    p = sh.Params(work_dir=str(tmp_path), model_name=tiny_model_dir, max_steps=2, batch_size=2, grad_accum=1,
+        params.Params(early_stopping_patience=3, eval_steps=20, save_steps=30)
+    p = params.Params(work_dir=str(tmp_path), model_name=tiny_model_dir, max_steps=2, batch_size=2, grad_accum=1,
                   report_to="none", eval_steps=1, save_steps=1, early_stopping_patience=2)
-    rt = sh.detect_runtime()
-    model, tok = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
-    records, _ = sh.format_rows(en_rows[:6], tok, "r1_chat", 2048)
-    trainer = sh.make_trainer(sh.add_lora(model, "cpu", p), tok, records[:4], records[4:], p, "cpu", rt)
+    rt = rt_mod.detect_runtime()
+    model, tok = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+    records, _ = data_mod.format_rows(en_rows[:6], tok, "r1_chat", 2048)
+    trainer = training_mod.make_trainer(models_mod.add_lora(model, "cpu", p), tok, records[:4], records[4:], p, "cpu", rt)
     assert trainer.args.load_best_model_at_end and trainer.args.metric_for_best_model == "eval_loss"
     assert any(type(c).__name__ == "EarlyStoppingCallback" for c in trainer.callback_handler.callbacks)

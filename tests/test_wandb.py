@@ -3,7 +3,12 @@ import time
 
 import pytest
 
-import src_helpers as sh
+from medical_r1 import data as data_mod
+from medical_r1 import models as models_mod
+from medical_r1 import params
+from medical_r1 import runtime as rt_mod
+from medical_r1 import tracking
+from medical_r1 import training as training_mod
 
 
 def test_offline_wandb_run_holds_the_metrics(tiny_model_dir, tmp_path, en_rows, monkeypatch):
@@ -11,15 +16,15 @@ def test_offline_wandb_run_holds_the_metrics(tiny_model_dir, tmp_path, en_rows, 
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    p = sh.Params(work_dir=str(tmp_path), model_name=tiny_model_dir, max_steps=3, batch_size=2, grad_accum=1,
+    p = params.Params(work_dir=str(tmp_path), model_name=tiny_model_dir, max_steps=3, batch_size=2, grad_accum=1,
                   save_steps=10, eval_steps=2, report_to="wandb")
-    rt = sh.detect_runtime()
-    model, tok = sh.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
-    records, _ = sh.format_rows(en_rows[:8], tok, "r1_chat", 2048)
-    trainer = sh.make_trainer(sh.add_lora(model, "cpu", p), tok, records[:6], records[6:], p, "cpu", rt)
+    rt = rt_mod.detect_runtime()
+    model, tok = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+    records, _ = data_mod.format_rows(en_rows[:8], tok, "r1_chat", 2048)
+    trainer = training_mod.make_trainer(models_mod.add_lora(model, "cpu", p), tok, records[:6], records[6:], p, "cpu", rt)
     assert trainer.args.report_to == ["wandb"]
-    sh.train(trainer, p)
-    link = sh.wandb_run_link()
+    training_mod.train(trainer, p)
+    link = tracking.wandb_run_link()
     wandb.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs

@@ -1,0 +1,21 @@
+"""The medical-R1 notebook series' helpers, one module per job.
+
+- runtime: platform, GPU, backend choice, precision, pinned requirements, script runs (torchrun)
+- credentials: secrets from the environment, Colab or Kaggle, never printed
+- params: the defaults every parameters cell mirrors, validated once
+- artifacts: the files that pass between notebooks, written atomically; Kaggle's attached outputs
+- data: load, validate, format, measure and split the SFT rows
+- models: the loader (Unsloth's FastLanguageModel, or a transformers + PEFT stand-in), the tiny test model
+- training: SFTConfig settings that depend on the runtime, guards (resume, NaN, OOM), training records
+- tracking: Weights & Biases
+- generation, benchmarks, rouge, judge: answers, the verdict, and the optional measures beside it
+- export, gguf, publish: the merge and its check, GGUF files, the model card and the Hub push
+- display: figures and tables the notebooks show
+- kaggle_folders: `kaggle kernels push` folders and the helper wheel as a Kaggle dataset
+
+Importing a module is cheap: torch, transformers, trl and unsloth are imported inside the functions that
+use them, so the first cell works before the install cell and on a machine without a GPU.
+"""
+import pathlib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent  # in a checkout: sample data, fixtures, requirements.txt

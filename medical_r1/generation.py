@@ -1,0 +1,131 @@
+"""Answers from the model with the training prompt (batched, left-padded), validation loss, and the
+side-by-side table of base and tuned answers.
+"""
+from __future__ import annotations
+
+import math
+
+from src_helpers import encode_prompt, split_thinking
+
+
+# The fixed question set that 01 (base) and 04 (tuned) both answer, so the two can be put side by side.
+QUESTIONS = [
+    {"id": "en-stress-incontinence", "lang": "en", "question": (
+        "A 61-year-old woman with a long history of involuntary urine loss during activities like coughing "
+        "or sneezing but no leakage at night undergoes a gynecological exam and Q-tip test. Based on these "
+        "findings, what would cystometry most likely reveal about her residual volume and detrusor contractions?")},
+    {"id": "en-chest-pain", "lang": "en", "question": (
+        "A 58-year-old man with diabetes has 30 minutes of crushing chest pain and ST elevation in leads "
+        "V1-V4. Which artery is most likely occluded, and what is the immediate treatment?")},
+    {"id": "en-child-fever-rash", "lang": "en", "question": (
+        "A 3-year-old has had fever for 6 days, bilateral non-purulent conjunctivitis, cracked red lips, "
+        "a polymorphous rash and swollen hands. What is the diagnosis and which complication must be screened for?")},
+    {"id": "zh-diabetes", "lang": "zh", "question": "多饮、多尿、多食伴体重下降的患者，空腹血糖显著升高，可能是什么疾病？"},
+    {"id": "zh-hemoptysis", "lang": "zh", "question": "一位60岁长期吸烟的男性，刺激性咳嗽、痰中带血三个月，应首先考虑什么疾病？如何确诊？"},
+]
+
+
+def generate_answers(model, tokenizer, questions: list[dict], template: str, max_new_tokens: int,
+                     temperature: float, top_p: float, do_sample: bool, batch_size: int, seed: int,
+                     backend: str, min_new_tokens: int = 0) -> list[dict]:
+    """Answer each question with the training prompt (left-padded batches, sorted by length).
+    min_new_tokens > 0 forbids stopping earlier (benchmarks use it to compare at equal output tokens)."""
+    import torch
+
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    model.eval()
+    encoded = [encode_prompt(tokenizer, q["question"], template) for q in questions]
+    order = sorted(range(len(questions)), key=lambda i: len(encoded[i]))
+    pad_id = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    outputs: dict[int, dict] = {}
+    torch.manual_seed(seed)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
+        mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 do_sample=do_sample, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                                 min_new_tokens=min_new_tokens or None, **sampling)
+        for row, i in enumerate(idx):
+            new = out[row, width:].tolist()
+            if tokenizer.eos_token_id in new:
+                new = new[:new.index(tokenizer.eos_token_id) + 1]
+            text = tokenizer.decode(new, skip_special_tokens=True)
+            thinking, answer, finished = split_thinking(text)
+            outputs[i] = {**questions[i], "output": text, "thinking": thinking, "answer": answer,
+                          "finished_thinking": finished, "new_tokens": len(new)}
+    return [outputs[i] for i in range(len(questions))]
+
+
+def eval_loss(model, records: list[dict], batch_size: int = 4) -> float:
+    """Mean cross-entropy per label token over records (the same tokens the trainer's eval loss uses)."""
+    import torch
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    for start in range(0, len(records), batch_size):
+        batch = records[start:start + batch_size]
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in batch], device=device)
+        labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch], device=device)
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch],
+                            device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                                 shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total += loss.item()
+        count += (shift_labels != -100).sum().item()
+    return total / count
+
+
+def base_vs_tuned_loss(model, val: list[dict]) -> dict:
+    """Validation loss with the adapter switched off (the base model) and on (the tuned model)."""
+    with model.disable_adapter():
+        base = eval_loss(model, val)
+    tuned = eval_loss(model, val)
+    return {"base_val_loss": base, "tuned_val_loss": tuned,
+            "base_val_perplexity": math.exp(base), "tuned_val_perplexity": math.exp(tuned)}
+
+
+def answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature, top_p,
+                          batch_size, seed, backend):
+    """The same questions answered with the adapter switched off (the base model), then on."""
+    settings = dict(template=template, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                    do_sample=not greedy, batch_size=batch_size, seed=seed, backend=backend)
+    with model.disable_adapter():
+        base = generate_answers(model, tokenizer, questions, **settings)
+    return base, generate_answers(model, tokenizer, questions, **settings)
+
+
+def comparison_rows(base_answers: list[dict], tuned_answers: list[dict]) -> list[dict]:
+    tuned = {a["id"]: a for a in tuned_answers}
+    missing = [a["id"] for a in base_answers if a["id"] not in tuned]
+    if missing:
+        raise ValueError(f"tuned answers are missing questions {missing}: run 04 on the same question set")
+    return [{"id": a["id"], "question": a["question"], "base": a["output"], "tuned": tuned[a["id"]]["output"],
+             "base_finished": a["finished_thinking"], "tuned_finished": tuned[a["id"]]["finished_thinking"]}
+            for a in base_answers]
+
+
+def comparison_html(rows: list[dict], losses: dict) -> str:
+    import html
+
+    def cell(text):
+        return f"<td style='white-space:pre-wrap;vertical-align:top'>{html.escape(text)}</td>"
+
+    body = "".join(f"<tr>{cell(r['question'])}{cell(r['base'])}{cell(r['tuned'])}</tr>" for r in rows)
+    loss = (f"<p>Validation loss (CoT + response tokens): base {losses['base_val_loss']:.4f}, "
+            f"tuned {losses['tuned_val_loss']:.4f}</p>") if losses else ""
+    return ("<html><head><meta charset='utf-8'><title>Base vs tuned</title></head><body>"
+            f"<h2>Base vs fine-tuned answers</h2>{loss}<table border='1' style='border-collapse:collapse'>"
+            f"<tr><th>Question</th><th>Base model</th><th>Fine-tuned</th></tr>{body}</table></body></html>")

@@ -1,0 +1,145 @@
+"""The series' parameters and names, defined once: every notebook's `parameters` cell mirrors `Params`
+(a test checks they agree), and `Params.__post_init__` names the field of any bad value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from src_helpers import TEMPLATES
+
+
+DATASET_NAME = "FreedomIntelligence/medical-o1-reasoning-SFT"
+
+
+# Hub config -> file name in the dataset repo; a local folder in the same layout works offline.
+DATA_CONFIG_FILES = {
+    "en": "medical_o1_sft.json",
+    "zh": "medical_o1_sft_Chinese.json",
+    "en_mix": "medical_o1_sft_mix.json",
+    "zh_mix": "medical_o1_sft_mix_Chinese.json",
+}
+
+
+# The four distills, by the short name the README uses. Unsloth's copies hold the same weights as
+# deepseek-ai's; Unsloth swaps in its pre-quantised "-bnb-4bit" repo itself when load_in_4bit=True.
+MODELS = {
+    "llama-8b": "unsloth/DeepSeek-R1-Distill-Llama-8B",
+    "qwen-1.5b": "unsloth/DeepSeek-R1-Distill-Qwen-1.5B",
+    "qwen-7b": "unsloth/DeepSeek-R1-Distill-Qwen-7B",
+    "qwen-14b": "unsloth/DeepSeek-R1-Distill-Qwen-14B",
+}
+
+
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+BACKENDS = ("unsloth", "transformers", "cpu")
+
+
+PRECISIONS = ("auto", "fp16", "bf16")
+
+
+GGUF_QUANTIZATIONS = ("q4_k_m", "q8_0", "q5_k_m", "f16")  # those 05 accepts; llama.cpp names
+
+
+def check_gguf_quantizations(quantizations, name: str) -> None:
+    unknown = sorted(set(quantizations) - set(GGUF_QUANTIZATIONS))
+    if unknown:
+        raise ValueError(f"{name}: unknown {unknown}; choose from {list(GGUF_QUANTIZATIONS)}")
+
+
+def check_judge_base_url(url: str) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"judge_base_url must be an http(s) URL, got {url!r}")
+
+
+@dataclasses.dataclass
+class Params:
+    work_dir: str = "runs/medical-r1"
+    model_name: str = MODELS["llama-8b"]
+    backend: str = "auto"
+    max_seq_length: int = 2048
+    load_in_4bit: bool = True
+    dataset_name: str = DATASET_NAME
+    data_config: str = "en"
+    max_examples: int = 2000
+    val_size: int = 100
+    template: str = "r1_chat"
+    completion_only_loss: bool = True
+    seed: int = 3407
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    learning_rate: float = 2e-4
+    max_steps: int = 60
+    packing: bool = True
+    batch_size: int = 2
+    grad_accum: int = 2
+    warmup_steps: int = 5
+    weight_decay: float = 0.01
+    optim: str = "adamw_8bit"
+    eval_steps: int = 20
+    save_steps: int = 20
+    report_to: str = "auto"
+    max_new_tokens: int = 1024
+    temperature: float = 0.6
+    top_p: float = 0.95
+    do_sample: bool = True
+    gen_batch_size: int = 32
+    save_merged: bool = True
+    push_to_hub: bool = False
+    hub_repo_id: str = ""
+    hub_private: bool = True
+    install_requirements: str = "auto"
+    precision: str = "auto"
+    gpu_memory_cap_gib: float = 0
+    resume: bool = True
+    early_stopping_patience: int = 0
+    eval_data: str = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"
+    eval_items: int = 30
+    eval_greedy: bool = True
+    eval_max_new_tokens: int = 1024
+    rouge_items: int = 20
+    gguf_quantizations: list = dataclasses.field(default_factory=list)
+    judge_model: str = ""
+    judge_base_url: str = "https://api.openai.com/v1"
+
+    def __post_init__(self):
+        positive = ["max_seq_length", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
+                    "eval_steps", "save_steps", "max_new_tokens", "gen_batch_size"]
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.early_stopping_patience and self.save_steps % self.eval_steps:
+            raise ValueError(f"early_stopping_patience needs save_steps ({self.save_steps}) to be a multiple of "
+                             f"eval_steps ({self.eval_steps}), so the best checkpoint can be restored")
+        for name in ("max_examples", "val_size", "warmup_steps", "early_stopping_patience", "eval_items",
+                     "rouge_items"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {self.template!r}")
+        if self.data_config not in DATA_CONFIG_FILES:
+            raise ValueError(f"data_config must be one of {sorted(DATA_CONFIG_FILES)}, got {self.data_config!r}")
+        if self.backend not in ("auto", *BACKENDS):
+            raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be 'auto', 'fp16' or 'bf16', got {self.precision!r}")
+        if self.gpu_memory_cap_gib < 0:
+            raise ValueError(f"gpu_memory_cap_gib must be >= 0 (0 means no cap), got {self.gpu_memory_cap_gib!r}")
+        if self.report_to not in ("auto", "wandb", "none"):
+            raise ValueError(f"report_to must be 'auto', 'wandb' or 'none', got {self.report_to!r}")
+        check_gguf_quantizations(self.gguf_quantizations, "gguf_quantizations")
+        if self.judge_model:
+            check_judge_base_url(self.judge_base_url)
+        if self.push_to_hub and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.hub_repo_id):
+            raise ValueError(f"hub_repo_id must look like 'user/name' when push_to_hub is on, got {self.hub_repo_id!r}")

@@ -1,0 +1,231 @@
+"""Where the notebooks run: platform, GPU, the backend `auto` picks and why, precision, the pinned
+requirements, and running a notebook's script under torchrun or accelerate.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import pathlib
+import re
+
+from medical_r1 import REPO_ROOT
+from medical_r1.params import BACKENDS, PRECISIONS
+
+
+UNSLOTH_MIN_CAPABILITY = (7, 0)
+
+
+@dataclasses.dataclass
+class Runtime:
+    platform: str  # "kaggle", "colab" or "local"
+    cuda: bool
+    gpu_name: str | None
+    capability: tuple[int, int] | None
+    bf16: bool
+    torch_supports_gpu: bool  # torch was built with kernels for this GPU's architecture
+    unsloth_installed: bool
+    bitsandbytes_installed: bool
+
+    def describe(self) -> str:
+        gpu = f"{self.gpu_name} (compute capability {self.capability[0]}.{self.capability[1]}, bf16 " \
+              f"{'yes' if self.bf16 else 'no'})" if self.cuda else "no GPU"
+        return f"platform: {self.platform}; {gpu}"
+
+
+def detect_platform(environ=os.environ) -> str:
+    if "KAGGLE_KERNEL_RUN_TYPE" in environ or "KAGGLE_URL_BASE" in environ:
+        return "kaggle"
+    if "COLAB_RELEASE_TAG" in environ or "COLAB_GPU" in environ:
+        return "colab"
+    return "local"
+
+
+def detect_runtime() -> Runtime:
+    import importlib.util
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    name = capability = None
+    bf16 = supported = False
+    if cuda:
+        name = torch.cuda.get_device_name(0)
+        capability = tuple(torch.cuda.get_device_capability(0))
+        arch = f"sm_{capability[0]}{capability[1]}"
+        # torch lists the architectures it has kernels for; Kaggle's current torch has no sm_60 (P100).
+        supported = arch in torch.cuda.get_arch_list() or any(
+            a.startswith("compute_") and int(a[8:]) <= capability[0] * 10 + capability[1]
+            for a in torch.cuda.get_arch_list())
+        bf16 = bool(supported and torch.cuda.is_bf16_supported())
+    return Runtime(
+        platform=detect_platform(), cuda=cuda, gpu_name=name, capability=capability, bf16=bf16,
+        torch_supports_gpu=supported,
+        unsloth_installed=importlib.util.find_spec("unsloth") is not None,
+        bitsandbytes_installed=importlib.util.find_spec("bitsandbytes") is not None,
+    )
+
+
+def choose_backend(requested: str, runtime: Runtime) -> tuple[str, str]:
+    """Resolve "auto" to a backend and say why. Raises RuntimeError when no backend can run."""
+    if requested not in ("auto", *BACKENDS):
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
+    if runtime.cuda and not runtime.torch_supports_gpu:
+        cap = ".".join(map(str, runtime.capability))
+        raise RuntimeError(
+            f"This PyTorch has no kernels for {runtime.gpu_name} (compute capability {cap}). On Kaggle, open "
+            "Settings > Accelerator and choose 'GPU T4 x2', then run the notebook again.")
+    unsloth_ok = runtime.cuda and runtime.capability >= UNSLOTH_MIN_CAPABILITY and runtime.unsloth_installed
+    if requested == "auto":
+        if not runtime.cuda:
+            return "cpu", "no CUDA GPU: CPU in float32, no quantisation (for tests and the demo; slow)"
+        if unsloth_ok:
+            return "unsloth", f"CUDA GPU with compute capability >= 7.0 ({runtime.gpu_name}) and Unsloth installed"
+        why = "Unsloth is not installed" if runtime.capability >= UNSLOTH_MIN_CAPABILITY else \
+            "Unsloth needs compute capability >= 7.0"
+        return "transformers", f"{why}: plain transformers + PEFT with bitsandbytes 4-bit"
+    if requested == "unsloth" and not unsloth_ok:
+        raise RuntimeError("backend='unsloth' needs a CUDA GPU of compute capability >= 7.0 with unsloth "
+                           "installed; use backend='auto' to fall back to transformers + PEFT")
+    if requested == "transformers" and not runtime.cuda:
+        raise RuntimeError("backend='transformers' needs a CUDA GPU for bitsandbytes; use backend='cpu'")
+    return requested, f"asked for backend={requested!r}"
+
+
+def apply_precision(runtime: Runtime, precision: str) -> Runtime:
+    """"auto" keeps what the GPU supports (bf16 from Ampere on, fp16 on a T4); "fp16" forces T4 behaviour."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"PRECISION must be 'auto', 'fp16' or 'bf16', got {precision!r}")
+    if precision == "bf16" and runtime.cuda and not runtime.bf16:
+        raise ValueError(f"{runtime.gpu_name} has no bf16 support: use PRECISION = 'fp16' or 'auto'")
+    if precision == "fp16" and runtime.cuda:
+        return dataclasses.replace(runtime, bf16=False)
+    return runtime
+
+
+def cap_gpu_memory(gib: float) -> None:
+    """Let this process use at most `gib` GiB of GPU memory, so a big GPU shows what fits on a T4."""
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), 0)
+
+
+def setup_backend(requested: str = "auto", precision: str = "auto", memory_cap_gib: float = 0) -> tuple[Runtime, str]:
+    """Detect the runtime, pick the backend, and say which one and why (one line each)."""
+    runtime = apply_precision(detect_runtime(), precision)
+    backend, why = choose_backend(requested, runtime)
+    print(runtime.describe())
+    print(f"backend: {backend} ({why})")
+    if memory_cap_gib and runtime.cuda:
+        cap_gpu_memory(memory_cap_gib)
+        print(f"GPU memory capped at {memory_cap_gib} GiB for this process")
+    return runtime, backend
+
+
+def peak_gpu_memory_gib() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"peak_allocated_gib": None, "peak_reserved_gib": None}
+    return {"peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
+
+
+def compute_dtype(runtime: Runtime):
+    import torch
+
+    if not runtime.cuda:
+        return torch.float32
+    return torch.bfloat16 if runtime.bf16 else torch.float16
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, number of processes) under torchrun or accelerate launch; (0, 1) in a notebook."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return process_rank()[0] == 0
+
+
+def setup_script_run(namespace: dict, argv: list[str]) -> list[str]:
+    """For a notebook run as a script (python, torchrun, accelerate launch): apply `--NAME=value` arguments to
+    the parameters already in `namespace` (values read as Python literals, else as text), and silence
+    print() on every process but the first, so the output reads as one run. In a notebook it does nothing."""
+    applied = []
+    for arg in argv[1:]:
+        match = re.fullmatch(r"--([A-Z][A-Z0-9_]*)=(.*)", arg, re.S)
+        if not match:
+            continue
+        name, text = match.groups()
+        if name not in namespace:
+            raise ValueError(f"--{name}: not a parameter of this notebook")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        namespace[name] = value
+        applied.append(name)
+    if not is_main_process():
+        import sys
+
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    return applied
+
+
+REQUIREMENTS = REPO_ROOT / "requirements.txt"
+
+
+def parse_requirements(path=REQUIREMENTS) -> dict[str, str]:
+    """{package: version} from a requirements file of `name==version` lines. Without a checkout (the package
+    installed from its wheel on Kaggle, or from the repository on Colab), the same pins come from the
+    package's own metadata, which pyproject.toml fills from requirements.txt when the wheel is built."""
+    from importlib import metadata
+
+    path = pathlib.Path(path)
+    lines = path.read_text().splitlines() if path.exists() else metadata.requires("medical-r1") or []
+    pins = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def missing_requirements(path=REQUIREMENTS) -> list[str]:
+    """Pinned packages that are absent or at another version, as `name==version` specs."""
+    from importlib import metadata
+
+    missing = []
+    for name, version in parse_requirements(path).items():
+        try:
+            if metadata.version(name) != version:
+                missing.append(f"{name}=={version}")
+        except metadata.PackageNotFoundError:
+            missing.append(f"{name}=={version}")
+    return missing
+
+
+def install_requirements(mode: str = "auto", path=REQUIREMENTS) -> str:
+    """Install the pinned GPU stack where it is missing. mode: "auto" installs only on Kaggle or Colab
+    (a local machine keeps its own environment), "always", or "never"."""
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"INSTALL_REQUIREMENTS must be 'auto', 'always' or 'never', got {mode!r}")
+    missing = missing_requirements(path)
+    if not missing:
+        return "all pinned requirements present"
+    if mode == "never" or (mode == "auto" and detect_platform() == "local"):
+        return f"not installing ({mode}, {detect_platform()}); differs from requirements.txt: {', '.join(missing)}"
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+    return f"installed {', '.join(missing)}; restart the kernel if transformers was already imported"
+
+
+def runtime_record(runtime: Runtime, backend: str, secrets: dict) -> dict:
+    """What 00 saves: the runtime and which secrets were found (never their values)."""
+    return {**dataclasses.asdict(runtime), "backend": backend,
+            "secrets_found": {name: status.startswith("found") for name, status in secrets.items()}}

@@ -1,0 +1,300 @@
+"""What 03 needs around TRL's SFTTrainer: the SFTConfig settings that depend on the runtime, the guards
+(resume, NaN stop, out-of-memory advice) as callbacks and a context manager, and the training record.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import pathlib
+import time
+
+from medical_r1.artifacts import artifact, save_dir_atomic, write_json
+from medical_r1.data import records_to_dataset
+from medical_r1.display import plot_loss_curve
+from medical_r1.params import Params
+from medical_r1.runtime import Runtime, is_main_process, peak_gpu_memory_gib, process_rank
+from medical_r1.tracking import resolve_report_to, wandb_run_id, wandb_run_link
+
+
+def resolve_optimizer(optim: str, backend: str) -> str:
+    """8-bit AdamW needs bitsandbytes and a GPU; on CPU the same AdamW runs in 32-bit."""
+    return "adamw_torch" if backend == "cpu" and "8bit" in optim else optim
+
+
+def per_process_grad_accum(grad_accum: int, world_size: int | None = None) -> int:
+    """Accumulation steps per process that keep the effective batch of one process with GRAD_ACCUM: each of
+    the N processes takes its own micro-batches, so N processes need GRAD_ACCUM / N each."""
+    world_size = process_rank()[1] if world_size is None else world_size
+    if grad_accum % world_size:
+        raise ValueError(f"GRAD_ACCUM ({grad_accum}) must be a multiple of the number of processes ({world_size}) "
+                         f"to keep the effective batch; use GRAD_ACCUM = {world_size * max(1, grad_accum // world_size)}")
+    return grad_accum // world_size
+
+
+def weight_snapshot(model) -> dict:
+    """LoRA tensors copied whole; base tensors as a float64 (sum, sum of squares) fingerprint, so an 8B
+    model is not copied into RAM. Compared with weight_changes after training."""
+    import torch
+
+    snap = {}
+    with torch.no_grad():
+        for name, t in model.named_parameters():
+            if "lora_" in name:
+                snap[name] = t.detach().float().cpu().clone()
+            else:
+                total = squares = 0.0
+                for chunk in t.detach().reshape(-1).split(2**24):  # 128 MB of float64 at a time
+                    x = chunk.to(torch.float64)
+                    total += x.sum().item()
+                    squares += (x * x).sum().item()
+                snap[name] = (total, squares)
+    return snap
+
+
+def weight_changes(before: dict, model) -> dict:
+    """How many LoRA and base tensors changed since weight_snapshot (training should move only LoRA)."""
+    after = weight_snapshot(model)
+    lora = [n for n in before if "lora_" in n]
+    base = [n for n in before if "lora_" not in n]
+    lora_changed = [n for n in lora if not bool((after[n] == before[n]).all())]
+    base_changed = [n for n in base if after[n] != before[n]]
+    return {"lora_tensors": len(lora), "lora_tensors_changed": len(lora_changed),
+            "base_tensors": len(base), "base_tensors_changed": len(base_changed),
+            "base_changed_examples": base_changed[:5]}
+
+
+def runtime_training_args(backend: str, runtime: Runtime, optim: str) -> dict:
+    """The SFTConfig settings that depend on where training runs, not on what it learns: precision (fp16 on
+    a T4, bf16 from Ampere on), the optimizer's 8-bit form (32-bit AdamW on the CPU), CPU mode, pinned memory,
+    gradient checkpointing for the transformers backend (Unsloth does its own), and DDP's unused-parameter scan
+    (off: with LoRA every trainable tensor gets a gradient)."""
+    return {"fp16": runtime.cuda and not runtime.bf16, "bf16": runtime.cuda and runtime.bf16,
+            "optim": resolve_optimizer(optim, backend), "use_cpu": backend == "cpu",
+            "dataloader_pin_memory": runtime.cuda, "gradient_checkpointing": backend == "transformers",
+            "ddp_find_unused_parameters": False if process_rank()[1] > 1 else None}
+
+
+def training_callbacks(early_stopping_patience: int = 0) -> list:
+    """The guards 03 trains with: stop at the first NaN or infinite loss (before it is checkpointed), a clock
+    of the seconds each step took, and early stopping on validation loss when asked for."""
+    from transformers import EarlyStoppingCallback
+
+    callbacks = [stop_on_non_finite_loss(), step_clock()]
+    if early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    return callbacks
+
+
+def make_trainer(model, tokenizer, train_records, val_records, p: Params, backend: str, runtime: Runtime):
+    """The SFTTrainer that 03 builds in its cells, for the tests, benchmarks and GPU checks. A test checks that
+    03's SFTConfig call passes the same settings as this one."""
+    from trl import SFTConfig, SFTTrainer
+
+    report_to, why = resolve_report_to(p.report_to, p.work_dir)
+    print(why)
+    config = SFTConfig(
+        output_dir=str(artifact(p.work_dir, "checkpoints")),
+        max_steps=p.max_steps,
+        learning_rate=p.learning_rate,
+        per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size,
+        gradient_accumulation_steps=per_process_grad_accum(p.grad_accum),
+        warmup_steps=p.warmup_steps,
+        lr_scheduler_type="linear",
+        weight_decay=p.weight_decay,
+        seed=p.seed,
+        data_seed=p.seed,
+        max_length=p.max_seq_length,
+        packing=p.packing,
+        packing_strategy="bfd",
+        logging_steps=1,
+        logging_nan_inf_filter=False,
+        eval_strategy="steps" if val_records else "no",
+        eval_steps=p.eval_steps,
+        save_strategy="steps",
+        save_steps=p.save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=p.early_stopping_patience > 0,
+        metric_for_best_model="eval_loss" if p.early_stopping_patience else None,
+        greater_is_better=False,
+        report_to=report_to,
+        dataset_num_proc=None,
+        **runtime_training_args(backend, runtime, p.optim),
+    )
+    return SFTTrainer(model=model, args=config, processing_class=tokenizer,
+                      train_dataset=records_to_dataset(train_records),
+                      eval_dataset=records_to_dataset(val_records) if val_records else None,
+                      callbacks=training_callbacks(p.early_stopping_patience))
+
+
+def last_checkpoint(work_dir) -> str | None:
+    """The newest complete checkpoint under WORK_DIR/checkpoints, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = artifact(work_dir, "checkpoints")
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def resume_checkpoint(work_dir, resume: bool) -> str | None:
+    """The checkpoint trainer.train resumes from: the last one in WORK_DIR when RESUME is on (Kaggle stops a
+    session after 12 hours; rerunning 03 with the same WORK_DIR continues), else None."""
+    checkpoint = last_checkpoint(work_dir) if resume else None
+    print(f"resuming from {checkpoint}" if checkpoint else "starting from step 0")
+    return checkpoint
+
+
+def stop_on_non_finite_loss():
+    """A TrainerCallback that stops at the first NaN or infinite training loss, before that step is
+    checkpointed, so the last checkpoint on disk is the last good one; check_training_finished then raises
+    with the advice. (Defined here so that importing this module does not import transformers.)"""
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        bad_step = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                self.bad_step = state.global_step
+                control.should_training_stop = True
+                control.should_save = False
+            return control
+
+    return StopOnNonFiniteLoss()
+
+
+def step_clock():
+    """A TrainerCallback keeping the wall-clock seconds from the start of training to the end of each step,
+    after the GPU has finished the step: seconds per step without start-up."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.start, self.step_end_s = None, []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # this runs before the step's loss is read, which would wait for it
+            self.step_end_s.append(round(time.perf_counter() - self.start, 4))
+
+    return StepClock()
+
+
+def _callback(trainer, name: str):
+    return next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == name)
+
+
+def oom_advice(p: Params) -> str:
+    return (f"CUDA ran out of memory. Lower, in this order: BATCH_SIZE (now {p.batch_size}; 1 with GRAD_ACCUM "
+            f"{p.batch_size * p.grad_accum} keeps the effective batch), MAX_SEQ_LENGTH (now {p.max_seq_length}; "
+            f"1024 drops about 1.4% of the English rows), or the model size (unsloth/DeepSeek-R1-Distill-Qwen-7B "
+            f"or -1.5B). Restart the kernel after an out-of-memory error.")
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(p: Params):
+    """Around trainer.train(): reset the GPU's peak-memory counter (train_metrics reports training's own peak)
+    and turn CUDA's out-of-memory error into the settings to lower, with their values."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise RuntimeError(oom_advice(p)) from err
+
+
+def check_training_finished(trainer, p: Params) -> None:
+    """Raise, naming the step, the setting to lower and the last good checkpoint, when StopOnNonFiniteLoss
+    stopped training; nothing is saved after that."""
+    guard = _callback(trainer, "StopOnNonFiniteLoss")
+    if guard.bad_step is not None:
+        good = last_checkpoint(p.work_dir)
+        raise RuntimeError(
+            f"the training loss became NaN or infinite at step {guard.bad_step}; training stopped and no adapter "
+            f"was saved. Lower LEARNING_RATE (now {p.learning_rate:g}); in fp16 (T4) an overflow can also cause "
+            f"this. The last good checkpoint is {good or 'none (no checkpoint was written before that step)'}; "
+            f"delete {artifact(p.work_dir, 'checkpoints')} to start afresh.")
+
+
+def train(trainer, p: Params, resume: bool = True):
+    """03's training cell as one call, for the tests and scripts: resume, train, check."""
+    checkpoint = resume_checkpoint(p.work_dir, resume)
+    with out_of_memory_advice(p):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    check_training_finished(trainer, p)
+    return result
+
+
+def loss_history(trainer) -> dict:
+    train = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
+    clocks = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepClock"]
+    return {"train": train, "eval": evals, "step_end_s": clocks[-1].step_end_s if clocks else []}
+
+
+def summarize_losses(history: dict, window: int = 3) -> dict:
+    """First and last train losses, averaged over a few steps so one noisy batch does not decide."""
+    losses = [loss for _, loss in history["train"]]
+    if not losses:
+        raise RuntimeError("training logged no loss; check max_steps and logging_steps")
+    w = max(1, min(window, len(losses) // 2))
+    return {"first_loss": sum(losses[:w]) / w, "last_loss": sum(losses[-w:]) / w, "steps_logged": len(losses),
+            "all_finite": all(math.isfinite(x) for x in losses)}
+
+
+def describe_training(trainer, train: list, val: list) -> str:
+    a = trainer.args
+    effective = a.per_device_train_batch_size * a.gradient_accumulation_steps
+    precision = "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32"
+    optim = getattr(a.optim, "value", a.optim)
+    trainable = sum(t.numel() for t in trainer.model.parameters() if t.requires_grad)
+    if a.packing:
+        rows = len(trainer.train_dataset)
+        unit = (f"packed rows of up to {a.max_length} tokens ({len(train)} examples in {rows} rows, "
+                f"{len(train) / max(rows, 1):.1f} per row)")
+    else:
+        unit = "examples"
+    return (f"{len(train)} train / {len(val)} val examples; {a.max_steps} steps of {effective} {unit} "
+            f"({a.per_device_train_batch_size} x {a.gradient_accumulation_steps} accumulation); {precision}; "
+            f"optimizer {optim}; {trainable:,} trainable parameters; logging to {a.report_to or 'nothing'}")
+
+
+def train_record(p: Params, backend: str, history: dict, changes: dict, trainer_metrics: dict) -> dict:
+    return {"backend": backend, "model_name": p.model_name, **summarize_losses(history),
+            "eval_losses": history["eval"], "train_losses": history["train"],
+            "step_end_s": history.get("step_end_s", []), "weight_changes": changes,
+            "train_runtime_s": trainer_metrics.get("train_runtime"), **peak_gpu_memory_gib(),
+            "wandb": wandb_run_link(), "wandb_run_id": wandb_run_id(),
+            "params": {k: v for k, v in dataclasses.asdict(p).items() if k != "hub_repo_id"}}
+
+
+def save_training_outputs(work_dir, trainer, model, tokenizer, p: Params, backend: str, before: dict, result) -> dict:
+    """03's files (loss curve, adapter, train_metrics.json), written by the first process only: under DDP
+    every process holds the same adapter, and one writer leaves no half-written file."""
+    history = loss_history(trainer)
+    metrics = train_record(p, backend, history, weight_changes(before, model), result.metrics)
+    metrics["processes"] = process_rank()[1]
+    if is_main_process():
+        plot_loss_curve(history, artifact(work_dir, "loss_curve"))
+        save_adapter(model, tokenizer, artifact(work_dir, "adapter"))
+        write_json(artifact(work_dir, "train_metrics"), metrics)
+    return metrics
+
+
+def train_summary(metrics: dict) -> str:
+    c = metrics["weight_changes"]
+    wandb = f"; W&B: {metrics['wandb']}" if metrics.get("wandb") else ""
+    return (f"train loss {metrics['first_loss']:.4f} -> {metrics['last_loss']:.4f}{wandb}; "
+            f"LoRA tensors changed: {c['lora_tensors_changed']}/{c['lora_tensors']}; "
+            f"base tensors changed: {c['base_tensors_changed']}/{c['base_tensors']}")
+
+
+def save_adapter(model, tokenizer, path) -> pathlib.Path:
+    return save_dir_atomic(path, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
