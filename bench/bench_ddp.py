@@ -19,6 +19,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "scripts"), str(ROOT / 
 import bench_train  # noqa: E402
 import real_shapes  # noqa: E402
 import run_series  # noqa: E402
+
 from medical_r1 import artifacts  # noqa: E402
 
 TARGET_SPEEDUP = 1.8

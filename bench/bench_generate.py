@@ -16,12 +16,15 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "bench")]
 import bench_train  # noqa: E402
-from medical_r1 import artifacts  # noqa: E402
-from medical_r1 import benchmarks  # noqa: E402
+
+from medical_r1 import (
+    artifacts,  # noqa: E402
+    benchmarks,  # noqa: E402
+    generation,  # noqa: E402
+    params,  # noqa: E402
+)
 from medical_r1 import data as data_mod  # noqa: E402
-from medical_r1 import generation  # noqa: E402
 from medical_r1 import models as models_mod  # noqa: E402
-from medical_r1 import params  # noqa: E402
 from medical_r1 import runtime as rt_mod  # noqa: E402
 
 TARGET_SPEEDUP = 10.0

@@ -21,10 +21,12 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "gpu")]
-from medical_r1 import artifacts  # noqa: E402
+from medical_r1 import (
+    artifacts,  # noqa: E402
+    params,  # noqa: E402
+)
 from medical_r1 import data as data_mod  # noqa: E402
 from medical_r1 import models as models_mod  # noqa: E402
-from medical_r1 import params  # noqa: E402
 from medical_r1 import runtime as rt_mod  # noqa: E402
 from medical_r1 import training as training_mod  # noqa: E402
 

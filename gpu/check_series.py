@@ -15,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "gpu")]
 import real_shapes  # noqa: E402
 import run_series  # noqa: E402
+
 from medical_r1 import artifacts  # noqa: E402
 from medical_r1 import data as data_mod  # noqa: E402
 

@@ -49,7 +49,16 @@ def copy_reference():
 def build_tokenizer(out_dir):
     """The DeepSeek-R1-Distill-Qwen tokenizer as far as the public files allow: Qwen2.5 BPE, the distills'
     special tokens at their real ids, pad = eos, a BOS added on encode, and DeepSeek's chat template."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import PreTrainedTokenizerFast
 
     config = json.loads((REF / "tokenizer_config.json").read_text())

@@ -15,6 +15,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import dataclasses  # noqa: E402
+
 from medical_r1 import artifacts  # noqa: E402
 from medical_r1 import export as export_mod  # noqa: E402
 from medical_r1 import models as models_mod  # noqa: E402

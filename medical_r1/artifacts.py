@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from typing import Iterable
 
-
 ARTIFACTS = {
     "runtime": ("runtime.json", "00_setup_secrets"),
     "baseline_answers": ("answers/base.jsonl", "01_baseline_inference"),

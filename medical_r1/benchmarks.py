@@ -12,7 +12,6 @@ import re
 from medical_r1.generation import answer_base_and_tuned
 from src_helpers import split_thinking
 
-
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
                    "GPQA_Medical_test")
 

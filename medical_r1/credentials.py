@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-
 SECRET_NAMES = {"HF_TOKEN": "pushing to the Hugging Face Hub (and gated downloads)",
                 "WANDB_API_KEY": "logging the training run to Weights & Biases",
                 "JUDGE_API_KEY": "the optional LLM judge in 04 (any OpenAI-compatible endpoint)"}

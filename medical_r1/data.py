@@ -11,7 +11,6 @@ from medical_r1.artifacts import read_json, read_jsonl, require_artifact
 from medical_r1.params import DATA_CONFIG_FILES
 from src_helpers import encode_example, render_completion, render_prompt
 
-
 SFT_COLUMNS = ("Question", "Complex_CoT", "Response")
 
 

@@ -11,7 +11,6 @@ from medical_r1.params import MODELS
 from medical_r1.runtime import Runtime
 from src_helpers import encode_prompt
 
-
 PROBE_PROMPTS = ["A 45-year-old man has sudden chest pain.", "患者空腹血糖升高，应考虑什么？"]
 
 

@@ -7,7 +7,6 @@ import math
 
 from src_helpers import encode_prompt, split_thinking
 
-
 # The fixed question set that 01 (base) and 04 (tuned) both answer, so the two can be put side by side.
 QUESTIONS = [
     {"id": "en-stress-incontinence", "lang": "en", "question": (

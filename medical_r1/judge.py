@@ -11,7 +11,6 @@ from medical_r1.benchmarks import wilson_interval
 from medical_r1.credentials import resolve_secret
 from medical_r1.params import check_judge_base_url
 
-
 JUDGE_PROMPT = """You are grading two answers to a medical question against a reference answer.
 Judge medical correctness first, then completeness and clarity. Ignore length and style otherwise.
 

@@ -8,7 +8,6 @@ import re
 
 from src_helpers import TEMPLATES
 
-
 DATASET_NAME = "FreedomIntelligence/medical-o1-reasoning-SFT"
 
 

@@ -2,7 +2,6 @@
 """
 from __future__ import annotations
 
-
 from medical_r1.generation import answer_base_and_tuned
 from src_helpers import split_thinking
 

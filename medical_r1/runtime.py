@@ -12,7 +12,6 @@ import re
 from medical_r1 import REPO_ROOT
 from medical_r1.params import BACKENDS, PRECISIONS
 
-
 UNSLOTH_MIN_CAPABILITY = (7, 0)
 
 

@@ -13,7 +13,12 @@ from medical_r1.artifacts import artifact, save_dir_atomic, write_json
 from medical_r1.data import records_to_dataset
 from medical_r1.display import plot_loss_curve
 from medical_r1.params import Params
-from medical_r1.runtime import Runtime, is_main_process, peak_gpu_memory_gib, process_rank
+from medical_r1.runtime import (
+    Runtime,
+    is_main_process,
+    peak_gpu_memory_gib,
+    process_rank,
+)
 from medical_r1.tracking import resolve_report_to, wandb_run_id, wandb_run_link
 
 

@@ -5,13 +5,16 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from medical_r1 import artifacts  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from medical_r1 import (
+    artifacts,  # noqa: E402
+    params,  # noqa: E402
+)
 from medical_r1 import data as data_mod  # noqa: E402
 from medical_r1 import models as models_mod  # noqa: E402
-from medical_r1 import params  # noqa: E402
 from medical_r1 import runtime as rt_mod  # noqa: E402
 from medical_r1 import training as training_mod  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
 
 
 class DieAtStep(TrainerCallback):

@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 
+import src_helpers as sh
 from medical_r1 import data as data_mod
 from medical_r1 import models as models_mod
 from medical_r1 import runtime as rt_mod
-import src_helpers as sh
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import bench_train  # noqa: E402

@@ -3,9 +3,8 @@ import json
 
 import pytest
 
-from medical_r1 import benchmarks
+from medical_r1 import benchmarks, rouge
 from medical_r1 import data as data_mod
-from medical_r1 import rouge
 
 OPTIONS = {"A": "Acute cystitis", "B": "Acute pyelonephritis", "C": "Nephrolithiasis", "D": "Urethritis",
            "E": "Acute glomerulonephritis"}

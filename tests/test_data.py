@@ -3,10 +3,8 @@ import json
 
 import pytest
 
-from medical_r1 import artifacts
+from medical_r1 import artifacts, display, params
 from medical_r1 import data as data_mod
-from medical_r1 import display
-from medical_r1 import params
 
 
 def test_sample_data_sizes_and_schema():

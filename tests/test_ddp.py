@@ -10,8 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from medical_r1 import REPO_ROOT
-from medical_r1 import artifacts
+from medical_r1 import REPO_ROOT, artifacts
 from medical_r1 import runtime as rt_mod
 from medical_r1 import training as training_mod
 

@@ -8,16 +8,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from medical_r1 import REPO_ROOT
-from medical_r1 import artifacts
-from medical_r1 import credentials
+from medical_r1 import REPO_ROOT, artifacts, credentials, params, publish, tracking
 from medical_r1 import data as data_mod
 from medical_r1 import export as export_mod
 from medical_r1 import models as models_mod
-from medical_r1 import params
-from medical_r1 import publish
 from medical_r1 import runtime as rt_mod
-from medical_r1 import tracking
 from medical_r1 import training as training_mod
 
 WORKER = [sys.executable, str(REPO_ROOT / "tests" / "resume_worker.py")]

@@ -1,14 +1,13 @@
 """GGUF and the Ollama Modelfile: the template reproduces the training prompt; where GGUF cannot be made the
 report says why and nothing is left behind."""
+import pathlib
 import re
 
 import pytest
 
-import pathlib
-from medical_r1 import artifacts
-from medical_r1 import gguf
-from medical_r1 import runtime as rt_mod
 import src_helpers as sh
+from medical_r1 import artifacts, gguf
+from medical_r1 import runtime as rt_mod
 
 
 @pytest.mark.parametrize("template", sorted(sh.TEMPLATES))

@@ -6,10 +6,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from medical_r1 import artifacts
-from medical_r1 import judge
-from medical_r1 import params
-from medical_r1 import tracking
+from medical_r1 import artifacts, judge, params, tracking
 
 KEY = "judge-key-for-tests-only"
 

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from medical_r1 import REPO_ROOT
-from medical_r1 import artifacts
+from medical_r1 import REPO_ROOT, artifacts
 from medical_r1 import export as export_mod
 from medical_r1.runtime import parse_requirements
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import build_kaggle  # noqa: E402
+
 from medical_r1 import kaggle_folders  # noqa: E402
 
 

@@ -2,7 +2,6 @@
 the tutorial's library calls in the cells, one bootstrap cell, and a helper package of small modules."""
 import ast
 import dataclasses
-import importlib
 import json
 import re
 import subprocess

@@ -2,14 +2,9 @@
 
 import pytest
 
-from medical_r1 import REPO_ROOT
-from medical_r1 import artifacts
-from medical_r1 import credentials
-from medical_r1 import params
-from medical_r1 import publish
-from medical_r1 import runtime as rt_mod
-from medical_r1 import tracking
 import src_helpers as sh
+from medical_r1 import REPO_ROOT, artifacts, credentials, params, publish, tracking
+from medical_r1 import runtime as rt_mod
 
 
 def runtime(capability=None, supported=True, unsloth=True):

@@ -9,13 +9,9 @@ import sys
 
 import pytest
 
-from medical_r1 import REPO_ROOT
-from medical_r1 import artifacts
-from medical_r1 import benchmarks
+from medical_r1 import REPO_ROOT, artifacts, benchmarks, generation, params
 from medical_r1 import export as export_mod
-from medical_r1 import generation
 from medical_r1 import models as models_mod
-from medical_r1 import params
 from medical_r1 import runtime as rt_mod
 
 pytestmark = pytest.mark.notebooks

@@ -3,7 +3,6 @@ the bootstrap cell, run in a fresh virtual environment far from any checkout, in
 the attached Kaggle dataset, and says in one sentence what to do when there is neither a wheel nor a network."""
 import pathlib
 import subprocess
-import sys
 import venv
 
 import nbformat

@@ -2,8 +2,8 @@
 import pytest
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from medical_r1 import data as data_mod
 import src_helpers as sh
+from medical_r1 import data as data_mod
 
 TEMPLATES = sorted(sh.TEMPLATES)
 

@@ -2,12 +2,10 @@
 import pytest
 import torch
 
-from medical_r1 import artifacts
+from medical_r1 import artifacts, generation, params
 from medical_r1 import data as data_mod
 from medical_r1 import export as export_mod
-from medical_r1 import generation
 from medical_r1 import models as models_mod
-from medical_r1 import params
 from medical_r1 import runtime as rt_mod
 from medical_r1 import training as training_mod
 

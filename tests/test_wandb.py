@@ -5,9 +5,8 @@ import pytest
 
 from medical_r1 import data as data_mod
 from medical_r1 import models as models_mod
-from medical_r1 import params
+from medical_r1 import params, tracking
 from medical_r1 import runtime as rt_mod
-from medical_r1 import tracking
 from medical_r1 import training as training_mod
 
 
