@@ -12,6 +12,7 @@
 - export, gguf, publish: the merge and its check, GGUF files, the model card and the Hub push
 - display: figures and tables the notebooks show
 - kaggle_folders: `kaggle kernels push` folders and the helper wheel as a Kaggle dataset
+- sweep: grids of settings, one row per setting, the page that compares them
 
 Importing a module is cheap: torch, transformers, trl and unsloth are imported inside the functions that
 use them, so the first cell works before the install cell and on a machine without a GPU.

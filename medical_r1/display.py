@@ -8,7 +8,7 @@ import pathlib
 from medical_r1.runtime import is_main_process
 
 
-def _new_figure():
+def new_figure():
     import matplotlib
 
     matplotlib.use("Agg")  # headless: papermill, Kaggle's "Save & Run All", CI
@@ -17,7 +17,7 @@ def _new_figure():
     return plt.subplots(figsize=(7, 3.5))
 
 
-def _save_figure(fig, path) -> pathlib.Path:
+def save_figure(fig, path) -> pathlib.Path:
     """Write the PNG under a temporary name and rename it, like every other artifact."""
     import matplotlib.pyplot as plt
 
@@ -32,17 +32,17 @@ def _save_figure(fig, path) -> pathlib.Path:
 
 
 def plot_histogram(lengths: list[int], max_seq_length: int, path) -> pathlib.Path:
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     ax.hist(lengths, bins=min(50, max(5, len(lengths) // 4)), color="#4c72b0")
     ax.axvline(max_seq_length, color="#c44e52", linestyle="--", label=f"max_seq_length = {max_seq_length}")
     ax.set_xlabel("tokens per example (prompt + CoT + response + eos)")
     ax.set_ylabel("examples")
     ax.legend()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loss_curve(history: dict, path) -> pathlib.Path:
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     if history["train"]:
         ax.plot(*zip(*history["train"]), label="train loss", color="#4c72b0")
     if history["eval"]:
@@ -50,7 +50,7 @@ def plot_loss_curve(history: dict, path) -> pathlib.Path:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (CoT + response tokens)")
     ax.legend()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def stats_table(stats: dict):

@@ -151,7 +151,7 @@ def resume_checkpoint(work_dir, resume: bool) -> str | None:
 
 def stop_on_non_finite_loss():
     """A TrainerCallback that stops at the first NaN or infinite training loss, before that step is
-    checkpointed, so the last checkpoint on disk is the last good one; check_training_finished then raises
+    checkpointed, so the last checkpoint on disk is the last good one; training_guards then raises
     with the advice. (Defined here so that importing this module does not import transformers.)"""
     from transformers import TrainerCallback
 
@@ -202,9 +202,12 @@ def oom_advice(p: Params) -> str:
 
 
 @contextlib.contextmanager
-def out_of_memory_advice(p: Params):
-    """Around trainer.train(): reset the GPU's peak-memory counter (train_metrics reports training's own peak)
-    and turn CUDA's out-of-memory error into the settings to lower, with their values."""
+def training_guards(trainer, p: Params):
+    """Around trainer.train(): reset the GPU's peak-memory counter (train_metrics reports training's own peak),
+    turn CUDA's out-of-memory error into the settings to lower, and after a NaN or infinite loss (the callback
+    stopped training there) raise with the step, the setting to lower and the last good checkpoint, whatever
+    else went wrong on the way out (transformers' notebook progress bar fails on a run stopped at its first
+    step)."""
     import torch
 
     if torch.cuda.is_available():
@@ -213,11 +216,13 @@ def out_of_memory_advice(p: Params):
         yield
     except torch.OutOfMemoryError as err:
         raise RuntimeError(oom_advice(p)) from err
+    except Exception as err:
+        _raise_if_loss_was_not_finite(trainer, p, err)
+        raise
+    _raise_if_loss_was_not_finite(trainer, p)
 
 
-def check_training_finished(trainer, p: Params) -> None:
-    """Raise, naming the step, the setting to lower and the last good checkpoint, when StopOnNonFiniteLoss
-    stopped training; nothing is saved after that."""
+def _raise_if_loss_was_not_finite(trainer, p: Params, cause: BaseException | None = None) -> None:
     guard = _callback(trainer, "StopOnNonFiniteLoss")
     if guard.bad_step is not None:
         good = last_checkpoint(p.work_dir)
@@ -225,16 +230,14 @@ def check_training_finished(trainer, p: Params) -> None:
             f"the training loss became NaN or infinite at step {guard.bad_step}; training stopped and no adapter "
             f"was saved. Lower LEARNING_RATE (now {p.learning_rate:g}); in fp16 (T4) an overflow can also cause "
             f"this. The last good checkpoint is {good or 'none (no checkpoint was written before that step)'}; "
-            f"delete {artifact(p.work_dir, 'checkpoints')} to start afresh.")
+            f"delete {artifact(p.work_dir, 'checkpoints')} to start afresh.") from cause
 
 
 def train(trainer, p: Params, resume: bool = True):
-    """03's training cell as one call, for the tests and scripts: resume, train, check."""
+    """03's training cell as one call, for the tests and scripts: resume, train inside the guards."""
     checkpoint = resume_checkpoint(p.work_dir, resume)
-    with out_of_memory_advice(p):
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-    check_training_finished(trainer, p)
-    return result
+    with training_guards(trainer, p):
+        return trainer.train(resume_from_checkpoint=checkpoint)
 
 
 def loss_history(trainer) -> dict:
@@ -286,11 +289,22 @@ def save_training_outputs(work_dir, trainer, model, tokenizer, p: Params, backen
     history = loss_history(trainer)
     metrics = train_record(p, backend, history, weight_changes(before, model), result.metrics)
     metrics["processes"] = process_rank()[1]
+    metrics["train_tokens"] = tokens_trained(trainer)
     if is_main_process():
         plot_loss_curve(history, artifact(work_dir, "loss_curve"))
         save_adapter(model, tokenizer, artifact(work_dir, "adapter"))
         write_json(artifact(work_dir, "train_metrics"), metrics)
     return metrics
+
+
+def tokens_trained(trainer) -> int:
+    """Tokens the optimizer steps went through: rows per step (batch x accumulation x processes) x steps x the
+    mean row length of the (packed) training set. An estimate that costs nothing per step (counting exactly
+    would gather token counts across processes at every step)."""
+    a = trainer.args
+    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+    rows = trainer.state.global_step * a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+    return round(rows * sum(lengths) / max(len(lengths), 1))
 
 
 def train_summary(metrics: dict) -> str:

@@ -212,12 +212,11 @@ print(describe_training(trainer, train, val))
 # A NaN or infinite loss stops training with advice, and an out-of-memory error says what to lower.
 
 # %%
-from medical_r1.training import check_training_finished, out_of_memory_advice, resume_checkpoint
+from medical_r1.training import resume_checkpoint, training_guards
 
 checkpoint = resume_checkpoint(WORK_DIR, RESUME)
-with out_of_memory_advice(params):
+with training_guards(trainer, params):  # NaN loss and out-of-memory become advice; peak memory is measured
     result = trainer.train(resume_from_checkpoint=checkpoint)
-check_training_finished(trainer, params)
 
 # %% [markdown]
 # ## Did it learn?

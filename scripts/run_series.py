@@ -36,17 +36,21 @@ def load_recipe(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def run(recipe: dict, work_dir: pathlib.Path, only: list[str] | None = None) -> dict:
-    """Execute the notebooks (all, or those numbered in `only`) with the recipe's parameters."""
-    import papermill
-
-    work_dir = pathlib.Path(work_dir).resolve()
+def prepare(recipe: dict, work_dir: pathlib.Path) -> dict:
+    """Stay offline and build the tiny model when the recipe says so; return its parameters for work_dir."""
     if recipe.get("offline"):
         os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                           WANDB_MODE="disabled")
-    params = recipe_parameters(recipe, work_dir)
     if recipe.get("tiny_model") and not (work_dir / "tiny-model").exists():
         build_tiny_model(work_dir / "tiny-model", recipe["tiny_model"])
+    return recipe_parameters(recipe, work_dir)
+
+
+def execute(params: dict, work_dir: pathlib.Path, only: list[str] | None = None) -> dict:
+    """Execute the notebooks (all, or those numbered in `only`) with params, WORK_DIR set to work_dir."""
+    import papermill
+
+    params = {**params, "WORK_DIR": str(work_dir)}
     executed = work_dir / "executed"
     executed.mkdir(parents=True, exist_ok=True)
     declared = {nb: papermill.inspect_notebook(str(nb)) for nb in NOTEBOOKS}
@@ -65,6 +69,11 @@ def run(recipe: dict, work_dir: pathlib.Path, only: list[str] | None = None) -> 
         timings[nb.stem] = round(time.time() - start, 1)
         print(f"   done in {timings[nb.stem]} s", flush=True)
     return timings
+
+
+def run(recipe: dict, work_dir: pathlib.Path, only: list[str] | None = None) -> dict:
+    work_dir = pathlib.Path(work_dir).resolve()
+    return execute(prepare(recipe, work_dir), work_dir, only)
 
 
 def main():

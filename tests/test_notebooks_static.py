@@ -153,7 +153,7 @@ LIBRARY_CALLS = {
                           "token_table(", "format_rows("],
     "03_train": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.get_peft_model(", "r=LORA_R",
                  "lora_alpha=LORA_ALPHA", "lora_dropout=LORA_DROPOUT", "target_modules=", "SFTConfig(",
-                 "SFTTrainer(", "trainer.train(resume_from_checkpoint=checkpoint)", "out_of_memory_advice(",
+                 "SFTTrainer(", "trainer.train(resume_from_checkpoint=checkpoint)", "training_guards(",
                  "training_callbacks("],
     "04_compare": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.for_inference(model)",
                    "generate_answers(", "verdict_rows("],

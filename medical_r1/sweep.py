@@ -1,0 +1,213 @@
+"""Which settings hurt least? A grid of settings as data, one row per setting, one page for all of them.
+
+A grid file (recipes/sweeps/NAME.json) holds either `grid` (parameter -> list of values: every combination
+is a setting) or `settings` (a list of {"name", "parameters"}), or both, and optionally `parameters` that every
+setting shares (for example fewer benchmark items, so that a grid fits one Kaggle session). scripts/sweep.py runs 01 and 02 once
+per model, then 03 and 04 once per setting in its own folder on a copy of that model's data, so every row has
+the same validation split, benchmark items and seed. This module reads the grid, names the settings, turns a
+finished setting's files into its row, and draws the page.
+"""
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import pathlib
+import re
+
+from medical_r1.artifacts import artifact, read_json, write_json, write_text
+from medical_r1.display import new_figure, save_figure
+
+# Parameters that change what 02 produces: settings that differ in these need their own data preparation.
+DATA_PARAMETERS = ("MODEL_NAME", "DATASET_NAME", "DATA_CONFIG", "MAX_EXAMPLES", "VAL_SIZE", "TEMPLATE",
+                   "MAX_SEQ_LENGTH", "COMPLETION_ONLY_LOSS", "SEED")
+ROW_FILE = "sweep_row.json"  # in a setting's folder once it has finished, with its numbers or its error
+
+
+class GridError(ValueError):
+    pass
+
+
+def setting_name(parameters: dict) -> str:
+    """A folder name that says what the setting changes, e.g. learning_rate-2e-05_max_steps-60."""
+    parts = [f"{name.lower()}-{value}" for name, value in parameters.items()]
+    return re.sub(r"[^\w.+-]", "_", "_".join(parts)) or "defaults"
+
+
+def load_grid(path) -> dict:
+    """The grid file, validated: {"name", "description", "parameters", "settings": [{"name", "parameters"}]},
+    where the settings are the explicit ones followed by every combination of `grid`, and "parameters" are
+    those every setting shares (a setting's own win)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise GridError(f"no grid file {path}: see recipes/sweeps/ for the format")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise GridError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from err
+    settings = []
+    for i, setting in enumerate(spec.get("settings", [])):
+        if not isinstance(setting, dict) or not isinstance(setting.get("parameters"), dict):
+            raise GridError(f"{path}: settings[{i}] must be an object with a 'parameters' object")
+        settings.append({"name": setting.get("name") or setting_name(setting["parameters"]),
+                         "parameters": setting["parameters"]})
+    grid = spec.get("grid", {})
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise GridError(f"{path}: 'grid' must map parameter names to non-empty lists of values")
+    for values in itertools.product(*grid.values()) if grid else []:
+        parameters = dict(zip(grid, values))
+        settings.append({"name": setting_name(parameters), "parameters": parameters})
+    if not settings:
+        raise GridError(f"{path} defines no setting: give 'grid' or 'settings'")
+    names = [s["name"] for s in settings]
+    if len(set(names)) != len(names):
+        raise GridError(f"{path}: two settings share a name: {sorted(n for n in names if names.count(n) > 1)}")
+    shared = spec.get("parameters", {})
+    if not isinstance(shared, dict):
+        raise GridError(f"{path}: 'parameters' must be an object of the parameters every setting shares")
+    for s in [{"name": "parameters", "parameters": shared}, *settings]:
+        bad = [k for k in s["parameters"] if not re.fullmatch(r"[A-Z][A-Z0-9_]*", k)]
+        if bad:
+            raise GridError(f"{path}: setting {s['name']!r} sets {bad}; parameters are the notebooks' UPPER_CASE names")
+    return {"name": spec.get("name", path.stem), "description": spec.get("description", ""), "parameters": shared,
+            "settings": settings}
+
+
+def data_key(parameters: dict) -> str:
+    """The data preparation a setting needs (settings with the same key share 01's and 02's outputs)."""
+    return setting_name({k: parameters[k] for k in DATA_PARAMETERS if k in parameters})
+
+
+def count_rules(scored: list[dict], rules: tuple[str, ...]) -> int:
+    return sum(s["rule"] in rules for s in scored)
+
+
+def setting_row(name: str, parameters: dict, work_dir) -> dict:
+    """A finished setting's row, read from the files 03 and 04 wrote in its folder."""
+    verdict = read_json(artifact(work_dir, "verdict"))
+    overall = next(r for r in verdict["rows"] if r["benchmark"] == "all")
+    compare = read_json(artifact(work_dir, "compare_metrics"))
+    train = read_json(artifact(work_dir, "train_metrics"))
+    return {
+        "name": name, "parameters": parameters, "error": None, "items": overall["items"],
+        "base_accuracy": overall["base_accuracy"], "base_interval": overall["base_interval"],
+        "tuned_accuracy": overall["tuned_accuracy"], "tuned_interval": overall["tuned_interval"],
+        "difference": overall["difference"], "difference_interval": overall["difference_interval"],
+        "verdict": overall["verdict"],
+        "base_unfinished": count_rules(verdict["base"], ("unfinished",)),
+        "tuned_unfinished": count_rules(verdict["tuned"], ("unfinished",)),
+        "base_unreadable": count_rules(verdict["base"], ("empty", "unreadable")),
+        "tuned_unreadable": count_rules(verdict["tuned"], ("empty", "unreadable")),
+        "base_val_loss": compare["base_val_loss"], "tuned_val_loss": compare["tuned_val_loss"],
+        "train_runtime_s": train["train_runtime_s"], "train_tokens": train.get("train_tokens"),
+        "steps": train["steps_logged"], "wandb": train.get("wandb"),
+    }
+
+
+def error_row(name: str, parameters: dict, err: BaseException) -> dict:
+    """A setting that failed (NaN loss, out of memory, a bad value) is a row with its error, not the end."""
+    text = getattr(err, "evalue", None) or str(err)
+    kind = getattr(err, "ename", None) or type(err).__name__
+    first = (text.strip().splitlines() or [""])[0][:500]
+    return {"name": name, "parameters": parameters, "error": f"{kind}: {first}"}
+
+
+def save_row(work_dir, row: dict) -> pathlib.Path:
+    return write_json(pathlib.Path(work_dir) / ROW_FILE, row)
+
+
+def finished_row(work_dir) -> dict | None:
+    path = pathlib.Path(work_dir) / ROW_FILE
+    return read_json(path) if path.exists() else None
+
+
+def sorted_rows(rows: list[dict]) -> list[dict]:
+    """Finished settings by the paired difference, best first; failed ones last."""
+    done = sorted((r for r in rows if not r["error"]), key=lambda r: -r["difference"])
+    return done + [r for r in rows if r["error"]]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def sweep_html(grid: dict, rows: list[dict]) -> str:
+    head = ("<tr><th>setting</th><th>parameters</th><th>items</th><th>base accuracy [95%]</th>"
+            "<th>tuned accuracy [95%]</th><th>difference [95%]</th><th>unfinished (base / tuned)</th>"
+            "<th>unreadable (base / tuned)</th><th>val loss (base / tuned)</th><th>training s</th>"
+            "<th>tokens</th><th>verdict or error</th></tr>")
+    body = []
+    for r in sorted_rows(rows):
+        params = html.escape(", ".join(f"{k}={v}" for k, v in r["parameters"].items()))
+        if r["error"]:
+            body.append(f"<tr><td>{html.escape(r['name'])}</td><td>{params}</td>"
+                        f"<td colspan='9'></td><td style='color:#c44e52'>{html.escape(r['error'])}</td></tr>")
+            continue
+        lo, hi = r["difference_interval"]
+        body.append(
+            f"<tr><td>{html.escape(r['name'])}</td><td>{params}</td><td>{r['items']}</td>"
+            f"<td>{_pct(r['base_accuracy'])} [{_pct(r['base_interval'][0])}, {_pct(r['base_interval'][1])}]</td>"
+            f"<td>{_pct(r['tuned_accuracy'])} [{_pct(r['tuned_interval'][0])}, {_pct(r['tuned_interval'][1])}]</td>"
+            f"<td>{100 * r['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] points</td>"
+            f"<td>{r['base_unfinished']} / {r['tuned_unfinished']}</td>"
+            f"<td>{r['base_unreadable']} / {r['tuned_unreadable']}</td>"
+            f"<td>{r['base_val_loss']:.4f} / {r['tuned_val_loss']:.4f}</td><td>{r['train_runtime_s'] or 0:.0f}</td>"
+            f"<td>{r['train_tokens'] or '-'}</td><td>{html.escape(r['verdict'])}</td></tr>")
+    return ("<html><head><meta charset='utf-8'><title>Which settings hurt least?</title></head><body>"
+            f"<h2>Which settings hurt least? Sweep {html.escape(grid['name'])}</h2>"
+            f"<p>{html.escape(grid['description'])}</p><p>Benchmark accuracy over all benchmarks, base vs tuned, on "
+            "the same items for every setting; sorted by the paired difference, best first. Failed settings are "
+            f"listed last with their error.</p><img src='sweep.png'><table border='1' style='border-collapse:collapse'>"
+            f"{head}{''.join(body)}</table></body></html>")
+
+
+def plot_sweep(rows: list[dict], path) -> pathlib.Path:
+    """Tuned accuracy per setting with its 95% interval, against the base model's accuracy as a line."""
+    done = [r for r in sorted_rows(rows) if not r["error"]]
+    fig, ax = new_figure()
+    if done:
+        xs = range(len(done))
+        tuned = [r["tuned_accuracy"] for r in done]
+        errors = [[t - r["tuned_interval"][0] for t, r in zip(tuned, done)],
+                  [r["tuned_interval"][1] - t for t, r in zip(tuned, done)]]
+        ax.errorbar(xs, tuned, yerr=errors, fmt="o", color="#4c72b0", capsize=4, label="tuned (95% interval)")
+        ax.axhline(done[0]["base_accuracy"], color="#c44e52", linestyle="--", label="base model")
+        ax.set_xticks(list(xs), [r["name"] for r in done], rotation=20, ha="right", fontsize=7)
+        ax.set_xlim(-0.5, len(done) - 0.5)
+        ax.legend()
+    ax.set_ylabel("benchmark accuracy")
+    ax.set_ylim(0, 1)
+    return save_figure(fig, path)
+
+
+def write_page(out_dir, grid: dict, rows: list[dict]) -> pathlib.Path:
+    out_dir = pathlib.Path(out_dir)
+    write_json(out_dir / "sweep.json", {"grid": grid, "rows": sorted_rows(rows)})
+    plot_sweep(rows, out_dir / "sweep.png")
+    return write_text(out_dir / "sweep.html", sweep_html(grid, rows))
+
+
+def log_sweep_to_wandb(grid: dict, rows: list[dict], out_dir) -> str | None:
+    """With W&B on (WANDB_MODE not disabled, the wandb package present), one summary run in the sweep's
+    group holding the table; each setting's training run is in the same group (scripts/sweep.py sets
+    WANDB_RUN_GROUP). Returns the summary run's link."""
+    import importlib.util
+    import os
+
+    if os.environ.get("WANDB_MODE") == "disabled" or importlib.util.find_spec("wandb") is None:
+        return None
+    import wandb
+
+    columns = ["setting", "base_accuracy", "tuned_accuracy", "difference", "difference_low", "difference_high",
+               "tuned_unfinished", "tuned_unreadable", "tuned_val_loss", "train_runtime_s", "error"]
+    table = wandb.Table(columns=columns, data=[
+        [r["name"], r.get("base_accuracy"), r.get("tuned_accuracy"), r.get("difference"),
+         (r.get("difference_interval") or [None, None])[0], (r.get("difference_interval") or [None, None])[1],
+         r.get("tuned_unfinished"), r.get("tuned_unreadable"), r.get("tuned_val_loss"), r.get("train_runtime_s"),
+         r["error"]] for r in sorted_rows(rows)])
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "medical-r1"), group=grid["name"],
+                     name=f"{grid['name']}-summary", job_type="sweep-summary", dir=str(out_dir))
+    run.log({"sweep": table})
+    link = run.url or f"wandb sync {pathlib.Path(run.dir).parent}"
+    run.finish()
+    return link
