@@ -37,8 +37,16 @@ CONFIGS = {
                "completion_only_loss": False},
     "c_peft_bnb": {"backend": "transformers", "params": {"packing": False, "batch_size": 2, "grad_accum": 4},
                    "completion_only_loss": False},
+    # The bare Unsloth loop on (a)'s own batches: the same packed rows, position ids and labels from (a)'s
+    # trainer's dataloader, model(**batch).loss.backward() and an 8-bit AdamW step; no Trainer around it.
+    "r_raw_loop": {"backend": "unsloth", "params": {}, "completion_only_loss": True, "raw": True},
+    # The same loop without gradient checkpointing (as a bare loop runs unless it asks for it): every
+    # activation kept, no recomputation. Shows what checkpointing costs, in time and in memory.
+    "r_raw_loop_no_checkpointing": {"backend": "unsloth", "params": {}, "completion_only_loss": True, "raw": True,
+                                    "checkpointing": False},
 }
-TARGETS = {"a_over_c": 4.0, "a_over_b": 1.15, "peak_gib": 8.0, "mfu": 0.50}
+TARGETS = {"a_over_c": 4.0, "a_over_b": 1.15, "a_over_r": 0.9, "peak_gib": 8.0, "mfu": 0.40}
+PROFILED_STEPS = 2  # optimizer steps after the timed window, under torch.profiler
 
 
 def matmul_tflops(n: int = 8192, reps: int = 30) -> float:
@@ -132,13 +140,113 @@ def packed_loss_check(trainer, model, records) -> dict:
             "others_loss": others, "others_loss_after_rewriting_example_0": others_rewritten}
 
 
+def profile_summary(prof, steps: int, wall_s: float) -> dict:
+    """What a step spends: wall time against GPU busy time, host syncs, and the top CPU and GPU operations."""
+    events = prof.key_averages()
+    gpu_ms = sum(e.self_device_time_total for e in events) / 1000 / steps
+    count = {e.key: e.count for e in events}
+    return {"steps": steps, "wall_ms_per_step": 1000 * wall_s / steps, "gpu_busy_ms_per_step": gpu_ms,
+            "syncs_per_step": (count.get("cudaStreamSynchronize", 0) + count.get("cudaDeviceSynchronize", 0)) / steps,
+            "item_calls_per_step": count.get("aten::_local_scalar_dense", 0) / steps,
+            "top_cpu_ms_per_step": [(e.key[:90], round(e.self_cpu_time_total / 1000 / steps, 2), e.count // steps)
+                                    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]],
+            "top_gpu_ms_per_step": [(e.key[:90], round(e.self_device_time_total / 1000 / steps, 2), e.count // steps)
+                                    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]]}
+
+
+def profiler_callback(first_step: int, steps: int, results: dict):
+    """Profile optimizer steps first_step+1 .. first_step+steps of a Trainer run (after the timed window)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    class Profiled(TrainerCallback):
+        prof = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == first_step:
+                torch.cuda.synchronize()
+                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.prof.__enter__()
+                self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.prof is not None and state.global_step == first_step + steps:
+                torch.cuda.synchronize()
+                wall = time.perf_counter() - self.start
+                self.prof.__exit__(None, None, None)
+                results["profile"] = profile_summary(self.prof, steps, wall)
+                self.prof = None
+
+    return Profiled()
+
+
+def raw_loop(trainer, model, p, steps: int, clock_marks: list, results: dict, profile_from: int,
+             checkpointing=True) -> list:
+    """The bare loop over the trainer's own dataloader: forward, loss / accumulation, backward, 8-bit AdamW.
+    Appends the seconds since the start at the end of each optimizer step to clock_marks; profiles the steps
+    after profile_from. Returns the losses per optimizer step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    if torch.cuda.is_available():
+        from unsloth import FastLanguageModel
+
+        # What Unsloth's trainer does before it trains: switch on its (offloaded) gradient checkpointing. Without
+        # this the loop keeps every activation: faster, and far over a T4's memory.
+        FastLanguageModel.for_training(model, use_gradient_checkpointing=checkpointing)
+    model.train()
+    trainable = [t for t in model.parameters() if t.requires_grad]
+    if torch.cuda.is_available():
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
+    else:  # the CPU test of this loop
+        optimizer = torch.optim.AdamW(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
+    def epochs():  # as the Trainer does: the next epoch starts when the data run out
+        while True:
+            yield from trainer.get_train_dataloader()
+
+    batches = epochs()
+    device = next(model.parameters()).device
+    losses, prof = [], None
+    sync()
+    start = time.perf_counter()
+    for step in range(steps):
+        if step == profile_from:
+            sync()
+            prof_start = time.perf_counter()
+            prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            prof.__enter__()
+        total = torch.zeros((), device=device)
+        for _ in range(p.grad_accum):
+            batch = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in next(batches).items()}
+            loss = model(**batch).loss / p.grad_accum
+            loss.backward()
+            total += loss.detach()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        clock_marks.append(time.perf_counter() - start)
+        losses.append(total)
+        if prof is not None and step == profile_from + PROFILED_STEPS - 1:
+            prof.__exit__(None, None, None)
+            results["profile"] = profile_summary(prof, PROFILED_STEPS, time.perf_counter() - prof_start)
+            prof = None
+    return [x.item() for x in losses]
+
+
 def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.Path) -> dict:
     import torch
 
     spec = CONFIGS[name]
     tflops = matmul_tflops()
     runtime, backend = rt_mod.setup_backend(spec["backend"], "bf16")
-    p = params.Params(work_dir=f"/tmp/bench/{name}", model_name=model_dir, max_steps=warmup + measure,
+    p = params.Params(work_dir=f"/tmp/bench/{name}", model_name=model_dir, max_steps=warmup + measure + PROFILED_STEPS,
                   save_steps=10_000, eval_steps=10_000, report_to="none", warmup_steps=0, **spec["params"])
     load_start = time.perf_counter()
     model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, p.max_seq_length, p.load_in_4bit)
@@ -149,17 +257,24 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
     trainer = training_mod.make_trainer(model, tok, records, [], p, backend, runtime)
     counter = CountingCollator(trainer.data_collator, tok.bos_token_id, tok.convert_tokens_to_ids("<｜Assistant｜>"))
     trainer.data_collator = counter
-    clock = training_mod.step_clock()
-    trainer.add_callback(clock)
+    extra = {}
     torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    if spec.get("raw"):
+        marks = []
+        losses = raw_loop(trainer, model, p, p.max_steps, marks, extra, warmup + measure,
+                          checkpointing=spec.get("checkpointing", "unsloth"))
+    else:
+        clock = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepClock")
+        trainer.add_callback(profiler_callback(warmup + measure, PROFILED_STEPS, extra))
+        trainer.train()
+        marks = clock.step_end_s
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     peak = rt_mod.peak_gpu_memory_gib()
     window = counter.batches[warmup * p.grad_accum:(warmup + measure) * p.grad_accum]
-    seconds = clock.step_end_s[warmup + measure - 1] - clock.step_end_s[warmup - 1]
+    seconds = marks[warmup + measure - 1] - marks[warmup - 1]
     totals = {k: sum(b[k] for b in window) for k in ("positions", "real", "labels", "answer")}
     n_matmul = matmul_parameters(json.loads((pathlib.Path(model_dir) / "config.json").read_text()))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    result = {
+    result = {**extra,
         "config": name, "backend": backend, "packing": bool(trainer.args.packing),
         "padding_free": bool(getattr(trainer.args, "padding_free", False)), "batch_size": p.batch_size,
         "grad_accum": p.grad_accum, "completion_only_loss": spec["completion_only_loss"], "examples": len(records),
@@ -198,12 +313,13 @@ def table(results: dict, meta: dict) -> str:
 
 def verdicts(results: dict) -> dict:
     """Each target, the figure reached and whether it is met (None where a configuration failed)."""
-    a, b, c = (results.get(k, {}) for k in ("a_project", "b_seed", "c_peft_bnb"))
+    a, b, c, r = (results.get(k, {}) for k in ("a_project", "b_seed", "c_peft_bnb", "r_raw_loop"))
 
     def ratio(x, y):
         return x["answer_tokens_per_s"] / y["answer_tokens_per_s"] if "mfu" in x and "mfu" in y else None
 
-    figures = {"a_over_c": ratio(a, c), "a_over_b": ratio(a, b), "peak_gib": a.get("peak_reserved_gib"),
+    real = (a["real_tokens_per_s"] / r["real_tokens_per_s"]) if "mfu" in a and "mfu" in r else None
+    figures = {"a_over_c": ratio(a, c), "a_over_b": ratio(a, b), "a_over_r": real, "peak_gib": a.get("peak_reserved_gib"),
                "mfu": a.get("mfu")}
     return {k: {"value": v, "target": TARGETS[k],
                 "met": None if v is None else (v <= TARGETS[k] if k == "peak_gib" else v >= TARGETS[k])}

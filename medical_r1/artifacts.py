@@ -46,6 +46,7 @@ NOTEBOOK_INPUTS = {
     "03_train": ["02_format_dataset"],
     "04_compare": ["01_baseline_inference", "02_format_dataset", "03_train"],
     "05_export_push": ["02_format_dataset", "03_train", "04_compare"],
+    "06_chat": ["02_format_dataset", "03_train", "05_export_push"],
 }
 
 
@@ -116,8 +117,18 @@ def read_json(path):
 
 
 def read_jsonl(path) -> list[dict]:
+    """The rows of a JSON Lines file; a broken line raises ValueError naming the file and the line number."""
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno}); "
+                                 f"fix or remove that line") from err
+    return rows
 
 
 def write_text(path, text: str) -> pathlib.Path:

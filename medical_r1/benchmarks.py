@@ -9,7 +9,7 @@ import pathlib
 import random
 import re
 
-from medical_r1.generation import answer_base_and_tuned
+from medical_r1.generation import answer_base_and_tuned, generate_answers
 from src_helpers import split_thinking
 
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
@@ -73,53 +73,66 @@ def mc_question(item: dict) -> str:
     return f"Please answer the following multiple-choice question:\n{item['question']}\n{lines}"
 
 
-_ANSWER_IS = re.compile(
-    r"(?:[Aa]nswer\s*(?:is|would be|should be)?\s*(?:[Oo]ption\s*)?[:：]?\s*|答案(?:是|为|应为|选)?\s*[:：]?\s*)"
-    r"[\(\[（*\s]*([A-J])(?![A-Za-z])")
-
-
-_MARKED = re.compile(r"\*\*\s*\(?([A-J])\)?\s*(?:\*\*|[.:)])|[\(\[（]([A-J])[\)\]）]")
-
-
+# "the answer is c", "Answer: (B)", "correct option is d", "I'd go with b", "答案是 b", "选C", "故选 B". The letter
+# may be lower case here: the phrase says a letter follows. A lower-case "a" followed by a word is the article
+# ("the answer is a fracture"), and so is "I" in "I think".
+_LEAD_IN = (r"answer\s*(?:is|would be|should be|=)?\s*(?:option|choice|letter)?\s*[:：]?"
+            r"|(?:correct|right|best|final)\s+(?:option|choice)\s*(?:is|would be)?\s*[:：]?"
+            r"|(?:i would|i'd|i will|i'll)\s+(?:go with|choose|pick|select)(?:\s+option|\s+choice)?"
+            r"|答案(?:应该是|应为|是|为|选)?\s*[:：]?|正确选项(?:是|为)?\s*[:：]?"
+            r"|(?:应|故|所以|因此|最终|我)选(?:择)?(?:项)?(?:是|为)?\s*[:：]?|答\s*[:：]")
+_ANSWER_IS = re.compile(rf"(?:{_LEAD_IN})\s*[\(\[（*\s]*([A-Ja-j])(?![A-Za-z])", re.IGNORECASE)
+_MARKED = re.compile(r"\*\*\s*\(?([A-J])\)?\s*(?:\*\*|[.:)])|[\(\[（]([A-Ja-j])[\)\]）]")
 _LETTER = re.compile(r"(?<![A-Za-z])([A-J])(?![A-Za-z])")
+_ARTICLE_AFTER = re.compile(r"\s+[a-z']|'")  # "A patient", "a fracture", "I think", "I'd"
 
 
-def extract_choice(output: str, options: dict) -> tuple[str | None, str]:
+def _named_letter(match, answer: str, letters: set) -> str | None:
+    raw = next(g for g in match.groups() if g)
+    letter = raw.upper()
+    if letter not in letters:
+        return None
+    if raw in "aAI" and _ARTICLE_AFTER.match(answer[match.end():]):
+        return None
+    return letter
+
+
+def extract_choice(output: str, options: dict, similarity: bool = False) -> tuple[str | None, str]:
     """(letter, rule that found it). Only the text after the last </think> is read, so letters inside the
-    reasoning are never caught; an output without </think> ran out of tokens and counts as no answer.
-    Rules, in order: "answer is X" (also 答案是X, 正确答案), a bold or bracketed letter, a standalone
-    option letter (an "A" followed by a lower-case word is the article), the option's text, and only
-    then the option most similar to the answer."""
+    reasoning are never caught. Rules, in order: an answer phrase and a letter, upper or lower case ("the
+    answer is c", "Answer: (B)", 答案是 b, 选C); a bold or bracketed letter; a standalone capital option letter;
+    the text of exactly one option. An output without </think> ran out of tokens: (None, "unfinished"). An
+    answer that names no option is (None, "unreadable"), counted apart and never scored, unless `similarity`
+    is asked for: then it is read as the most similar option, with the rule "similarity" (reported apart)."""
     import difflib
 
     thinking, answer, finished = split_thinking(output)
     if not finished:
         return None, "unfinished"
-    if not answer:
-        return None, "empty"
     letters = set(options)
     for rule, pattern in (("answer_is", _ANSWER_IS), ("marked_letter", _MARKED)):
         for match in pattern.finditer(answer):
-            letter = next(g for g in match.groups() if g)
-            if letter in letters:  # upper case only: "the answer is a fracture" names no option
+            letter = _named_letter(match, answer, letters)
+            if letter:
                 return letter, rule
     for match in _LETTER.finditer(answer):
-        letter = match.group(1)
-        is_a_word = letter in "AI" and re.match(r"\s+[a-z']|'", answer[match.end():])  # "A patient", "I think"
-        if letter in letters and not is_a_word:
+        letter = _named_letter(match, answer, letters)
+        if letter:
             return letter, "standalone_letter"
     lowered = answer.lower()
     named = [k for k, v in options.items() if v.strip() and v.strip().lower() in lowered]
     if len(named) == 1:
         return named[0], "option_text"
-    best = max(options, key=lambda k: difflib.SequenceMatcher(None, lowered, options[k].lower()).ratio())
-    return best, "similarity"
+    if similarity and answer:
+        best = max(options, key=lambda k: difflib.SequenceMatcher(None, lowered, options[k].lower()).ratio())
+        return best, "similarity"
+    return None, "unreadable"
 
 
-def score_answers(items: list[dict], outputs: list[dict]) -> list[dict]:
+def score_answers(items: list[dict], outputs: list[dict], similarity: bool = False) -> list[dict]:
     scored = []
     for item, out in zip(items, outputs):
-        letter, rule = extract_choice(out["output"], item["options"])
+        letter, rule = extract_choice(out["output"], item["options"], similarity)
         scored.append({"id": item["id"], "benchmark": item["benchmark"], "gold": item["answer_idx"],
                        "pred": letter, "rule": rule, "correct": letter == item["answer_idx"]})
     return scored
@@ -148,32 +161,46 @@ def paired_bootstrap_difference(base: list[bool], tuned: list[bool], seed: int =
     return diffs[int(0.025 * rounds)], diffs[int(0.975 * rounds) - 1]
 
 
+def detectable_difference(n: int) -> float:
+    """The smallest accuracy difference a comparison on n items detects with 80% power at 95% confidence,
+    taking accuracies near 50% and independent errors (the worst case: the paired test does better when the
+    two models fail on the same items). A planning number: with 30 items it is 36 points, with 1,273 it is 6."""
+    return (1.96 + 0.84) * math.sqrt(2 * 0.25 / n) if n else 1.0
+
+
+def _model_counts(scored: list[dict]) -> dict:
+    n = len(scored)
+    correct = sum(s["correct"] for s in scored)
+    return {"correct": correct, "accuracy": correct / n, "interval": wilson_interval(correct, n),
+            "unfinished": sum(s["rule"] == "unfinished" for s in scored),
+            "unreadable": sum(s["rule"] == "unreadable" for s in scored),
+            "similarity": sum(s["rule"] == "similarity" for s in scored)}
+
+
 def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 0) -> list[dict]:
-    """Per benchmark and overall: accuracy base vs tuned with 95% intervals, and a plain sentence."""
+    """Per benchmark and overall, for each model: items, correct, unfinished, unreadable, accuracy with its
+    95% interval; then the paired difference with its bootstrap interval, the smallest difference the
+    comparison could detect, and a plain sentence. Unfinished and unreadable answers count as wrong and are
+    reported, never guessed."""
     rows = []
     names = sorted({s["benchmark"] for s in base_scored}) + ["all"]
+    tuned_by_id = {s["id"]: s for s in tuned_scored}
     for name in names:
         b = [s for s in base_scored if name in ("all", s["benchmark"])]
-        t = {s["id"]: s for s in tuned_scored}
-        t = [t[s["id"]] for s in b]
-        bc, tc = [s["correct"] for s in b], [s["correct"] for s in t]
+        t = [tuned_by_id[s["id"]] for s in b]
         n = len(b)
-        lo, hi = paired_bootstrap_difference(bc, tc, seed)
-        if lo > 0:
-            sentence = "fine-tuning helped"
-        elif hi < 0:
-            sentence = "fine-tuning hurt"
-        else:
-            sentence = "no detectable change"
-        rows.append({
-            "benchmark": name, "items": n,
-            "base_accuracy": sum(bc) / n, "base_interval": wilson_interval(sum(bc), n),
-            "tuned_accuracy": sum(tc) / n, "tuned_interval": wilson_interval(sum(tc), n),
-            "difference": (sum(tc) - sum(bc)) / n, "difference_interval": (lo, hi),
-            "base_no_answer": sum(s["pred"] is None for s in b), "tuned_no_answer": sum(s["pred"] is None for s in t),
-            "verdict": f"{sentence} (difference {100 * (sum(tc) - sum(bc)) / n:+.1f} points, 95% interval "
-                       f"{100 * lo:+.1f} to {100 * hi:+.1f}, {n} items)",
-        })
+        base, tuned = _model_counts(b), _model_counts(t)
+        lo, hi = paired_bootstrap_difference([s["correct"] for s in b], [s["correct"] for s in t], seed)
+        difference = tuned["accuracy"] - base["accuracy"]
+        sentence = "fine-tuning helped" if lo > 0 else "fine-tuning hurt" if hi < 0 else "no detectable change"
+        row = {"benchmark": name, "items": n, "difference": difference, "difference_interval": (lo, hi),
+               "detectable_difference": detectable_difference(n),
+               "verdict": f"{sentence} (difference {100 * difference:+.1f} points, 95% interval {100 * lo:+.1f} to "
+                          f"{100 * hi:+.1f}, {n} items)"}
+        for model, counts in (("base", base), ("tuned", tuned)):
+            row.update({f"{model}_{k}": v for k, v in counts.items()})
+            row[f"{model}_no_answer"] = counts["unfinished"] + counts["unreadable"]
+        rows.append(row)
     return rows
 
 
@@ -183,23 +210,64 @@ def verdict_html(rows: list[dict]) -> str:
     def pct(x):
         return f"{100 * x:.1f}%"
 
+    def model_cells(r, model):
+        return (f"<td>{r[f'{model}_correct']}</td><td>{r[f'{model}_unfinished']}</td><td>{r[f'{model}_unreadable']}"
+                + (f" (+{r[f'{model}_similarity']} by similarity)" if r[f"{model}_similarity"] else "") + "</td>"
+                f"<td>{pct(r[f'{model}_accuracy'])} [{pct(r[f'{model}_interval'][0])}, {pct(r[f'{model}_interval'][1])}]</td>")
+
     body = "".join(
-        f"<tr><td>{html.escape(r['benchmark'])}</td><td>{r['items']}</td>"
-        f"<td>{pct(r['base_accuracy'])} [{pct(r['base_interval'][0])}, {pct(r['base_interval'][1])}]</td>"
-        f"<td>{pct(r['tuned_accuracy'])} [{pct(r['tuned_interval'][0])}, {pct(r['tuned_interval'][1])}]</td>"
-        f"<td>{r['base_no_answer']} / {r['tuned_no_answer']}</td><td>{html.escape(r['verdict'])}</td></tr>"
-        for r in rows)
+        f"<tr><td>{html.escape(r['benchmark'])}</td><td>{r['items']}</td>{model_cells(r, 'base')}{model_cells(r, 'tuned')}"
+        f"<td>{100 * r['difference']:+.1f} [{100 * r['difference_interval'][0]:+.1f}, "
+        f"{100 * r['difference_interval'][1]:+.1f}]</td><td>{100 * r['detectable_difference']:.0f}</td>"
+        f"<td>{html.escape(r['verdict'])}</td></tr>" for r in rows)
+    per_model = "<th>correct</th><th>unfinished</th><th>unreadable</th><th>accuracy [95%]</th>"
     return ("<html><head><meta charset='utf-8'><title>Did fine-tuning help?</title></head><body>"
-            "<h2>Did fine-tuning help?</h2><table border='1' style='border-collapse:collapse'><tr><th>benchmark</th>"
-            "<th>items</th><th>base accuracy [95%]</th><th>tuned accuracy [95%]</th><th>no answer (base / tuned)</th>"
-            f"<th>verdict</th></tr>{body}</table></body></html>")
+            "<h2>Did fine-tuning help?</h2><p>Unfinished: still thinking when the token limit came. Unreadable: "
+            "the answer names no option. Both count as wrong and are never guessed. Detectable: the smallest "
+            "difference, in points, this many items detect with 80% power.</p>"
+            "<table border='1' style='border-collapse:collapse'><tr><th rowspan='2'>benchmark</th>"
+            "<th rowspan='2'>items</th><th colspan='4'>base model</th><th colspan='4'>fine-tuned</th>"
+            "<th rowspan='2'>difference, points [95%]</th><th rowspan='2'>detectable</th><th rowspan='2'>verdict</th>"
+            f"</tr><tr>{per_model}{per_model}</tr>{body}</table></body></html>")
 
 
 def run_benchmarks(model, tokenizer, eval_data: dict, template: str, max_new_tokens: int, greedy: bool,
-                   temperature: float, top_p: float, batch_size: int, seed: int, backend: str):
+                   temperature: float, top_p: float, batch_size: int, seed: int, backend: str,
+                   similarity: bool = False):
     """Answer every benchmark item with the adapter off (base) and on (tuned); score both the same way."""
     items = [item for name in sorted(eval_data) for item in eval_data[name]]
     questions = [{"id": item["id"], "question": mc_question(item)} for item in items]
     base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature,
                                         top_p, batch_size, seed, backend)
-    return score_answers(items, base), score_answers(items, tuned)
+    return score_answers(items, base, similarity), score_answers(items, tuned, similarity)
+
+
+def benchmark_plan(model, tokenizer, eval_data: dict, template: str, max_new_tokens: int, batch_size: int,
+                   backend: str, rouge_items: int = 0, warmup_tokens: int = 16) -> str:
+    """Before the long cell: this GPU's generation rate from a short timed warm-up (one batch of the real
+    prompts, `warmup_tokens` each), the time the benchmarks will take at most at that rate (every answer
+    running to max_new_tokens, base and tuned), and the interval width the chosen items give."""
+    import time
+
+    import torch
+
+    items = [item for name in sorted(eval_data) for item in eval_data[name]]
+    sample = [{"id": i["id"], "question": mc_question(i)} for i in items[:batch_size]]
+    generate_answers(model, tokenizer, sample[:1], template, 2, 0.6, 0.95, False, 1, 0, backend)  # compile, allocate
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    answers = generate_answers(model, tokenizer, sample, template, warmup_tokens, 0.6, 0.95, False, batch_size, 0,
+                               backend, min_new_tokens=warmup_tokens)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    rate = sum(a["new_tokens"] for a in answers) / (time.perf_counter() - start)
+    prompts = 2 * (len(items) + rouge_items)
+    hours = prompts * max_new_tokens / rate / 3600
+    per_benchmark = min(len(v) for v in eval_data.values())
+    half = lambda n: 1.96 * math.sqrt(0.25 / n)  # noqa: E731 (the 95% half-width at 50% accuracy)
+    return (f"measured {rate:,.0f} generated tokens/s at batch {len(sample)}; {prompts} answers (base and tuned: "
+            f"{len(items)} benchmark items, {rouge_items} ROUGE questions) of up to {max_new_tokens} tokens take at "
+            f"most {hours:.1f} h here. Intervals: +/-{100 * half(per_benchmark):.0f} points per benchmark "
+            f"({per_benchmark} items), +/-{100 * half(len(items)):.0f} overall ({len(items)}); the smallest "
+            f"difference this detects overall is about {100 * detectable_difference(len(items)):.0f} points.")

@@ -90,6 +90,10 @@ def format_rows(rows, tokenizer, template: str, max_seq_length: int, completion_
             "completion": render_completion(row["Complex_CoT"], row["Response"]) + tokenizer.eos_token,
             "input_ids": enc["input_ids"], "labels": enc["labels"], "prompt_len": enc["prompt_len"],
         })
+    if rows and not records:
+        shortest = min(len(encode_example(tokenizer, row, template, completion_only_loss)["input_ids"]) for row in rows)
+        raise ValueError(f"MAX_SEQ_LENGTH ({max_seq_length}) is shorter than every one of the {len(rows)} examples "
+                         f"(the shortest has {shortest} tokens), so none is left to train on: raise MAX_SEQ_LENGTH.")
     return records, dropped
 
 
@@ -116,7 +120,8 @@ def dataset_stats(records: list[dict]) -> dict:
 def split_train_val(records: list[dict], val_size: int, seed: int):
     """Deterministic split: the same rows go to val for the same seed, whatever the order of the calls."""
     if val_size >= len(records):
-        raise ValueError(f"val_size ({val_size}) must be smaller than the number of usable rows ({len(records)})")
+        raise ValueError(f"VAL_SIZE ({val_size}) leaves no example to train on: {len(records)} examples are usable; "
+                         f"lower VAL_SIZE or raise MAX_EXAMPLES.")
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     val_idx = set(order[:val_size])

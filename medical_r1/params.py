@@ -96,13 +96,16 @@ class Params:
     resume: bool = True
     early_stopping_patience: int = 0
     eval_data: str = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"
-    eval_items: int = 30
+    eval_items: int = 10
     eval_greedy: bool = True
     eval_max_new_tokens: int = 1024
-    rouge_items: int = 20
+    eval_similarity: bool = False
+    rouge_items: int = 10
     gguf_quantizations: list = dataclasses.field(default_factory=list)
     judge_model: str = ""
     judge_base_url: str = "https://api.openai.com/v1"
+    chat_model: str = "adapter"
+    share: str | bool = "auto"
 
     def __post_init__(self):
         positive = ["max_seq_length", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
@@ -135,6 +138,10 @@ class Params:
             raise ValueError(f"precision must be 'auto', 'fp16' or 'bf16', got {self.precision!r}")
         if self.gpu_memory_cap_gib < 0:
             raise ValueError(f"gpu_memory_cap_gib must be >= 0 (0 means no cap), got {self.gpu_memory_cap_gib!r}")
+        if self.chat_model not in ("adapter", "merged"):
+            raise ValueError(f"chat_model must be 'adapter' or 'merged', got {self.chat_model!r}")
+        if self.share not in ("auto", True, False):
+            raise ValueError(f"share must be 'auto', True or False, got {self.share!r}")
         if self.report_to not in ("auto", "wandb", "none"):
             raise ValueError(f"report_to must be 'auto', 'wandb' or 'none', got {self.report_to!r}")
         check_gguf_quantizations(self.gguf_quantizations, "gguf_quantizations")

@@ -40,10 +40,11 @@ DO_SAMPLE = True  # keep equal to 01's
 GEN_BATCH_SIZE = 32  # questions generated together (16x the one-at-a-time speed on an H200); lower it on out-of-memory
 SEED = 3407  # sampling seed, and which benchmark items are drawn
 EVAL_DATA = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"  # or a local file in its schema
-EVAL_ITEMS = 30  # items per benchmark (5 benchmarks); 0 uses all 8,381; more items, narrower intervals
+EVAL_ITEMS = 10  # items per benchmark (5 benchmarks; about an hour on a T4); 0 uses all 8,381; more items, narrower intervals
 EVAL_GREEDY = True  # greedy decoding for the benchmarks, so a rerun scores the same; False samples
-EVAL_MAX_NEW_TOKENS = 1024  # answers still thinking at this length count as "no answer", never guessed
-ROUGE_ITEMS = 20  # validation questions whose answers are scored by ROUGE-L against the reference
+EVAL_MAX_NEW_TOKENS = 1024  # answers still thinking at this length count as "unfinished", never guessed
+EVAL_SIMILARITY = False  # True reads an answer naming no option as its most similar option (counted apart)
+ROUGE_ITEMS = 10  # validation questions whose answers are scored by ROUGE-L against the reference
 JUDGE_MODEL = ""  # an LLM judge, e.g. "gpt-4o-mini", compares the ROUGE answers blind; empty keeps it off
 JUDGE_BASE_URL = "https://api.openai.com/v1"  # any OpenAI-compatible endpoint; the key is the JUDGE_API_KEY secret
 REPORT_TO = "auto"  # "auto" logs the verdict to 03's W&B run when WANDB_API_KEY is set; "wandb" or "none"
@@ -134,17 +135,26 @@ show_html(artifact(WORK_DIR, "comparison_html"))
 # %% [markdown]
 # ## Did fine-tuning help? Benchmark accuracy, base vs tuned
 # Each item is answered twice by the same loaded model, once with the adapter switched off. The letter is
-# read only after the last \`</think>\` ("answer is X", 答案是X, a bold or bracketed letter, a standalone
-# letter, the option's text, then the closest option), and the rule that fired is recorded. An answer
-# that never closed its thought counts as "no answer" and is reported separately.
+# read only after the last \`</think>\` ("the answer is c", 答案是 B, 选C, a bold or bracketed letter, a
+# standalone capital letter, or the text of exactly one option), and the rule that fired is recorded. An
+# answer that never closed its thought is "unfinished"; one that names no option is "unreadable". Both count
+# as wrong and are reported apart, never guessed.
+#
+# First, how long this will take here, measured on a short warm-up, and how wide the intervals will be.
+# To evaluate a whole benchmark (MedQA has 1,273 items), set `EVAL_ITEMS = 0`; see the README for the time.
+
+# %%
+from medical_r1.benchmarks import benchmark_plan, load_eval_data
+
+eval_data = load_eval_data(EVAL_DATA, EVAL_ITEMS, SEED)
+print(benchmark_plan(model, tokenizer, eval_data, template, EVAL_MAX_NEW_TOKENS, GEN_BATCH_SIZE, backend, ROUGE_ITEMS))
 
 # %%
 from medical_r1.artifacts import write_json
-from medical_r1.benchmarks import load_eval_data, run_benchmarks, verdict_html, verdict_rows
+from medical_r1.benchmarks import run_benchmarks, verdict_html, verdict_rows
 
-eval_data = load_eval_data(EVAL_DATA, EVAL_ITEMS, SEED)
 base_scored, tuned_scored = run_benchmarks(model, tokenizer, eval_data, template, EVAL_MAX_NEW_TOKENS, EVAL_GREEDY,
-                                           TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend)
+                                           TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend, EVAL_SIMILARITY)
 verdict = verdict_rows(base_scored, tuned_scored, SEED)
 write_json(artifact(WORK_DIR, "verdict"), {"rows": verdict, "base": base_scored, "tuned": tuned_scored})
 write_text(artifact(WORK_DIR, "verdict_html"), verdict_html(verdict))

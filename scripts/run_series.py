@@ -1,4 +1,4 @@
-"""Run the six notebooks in order with papermill, headless, and write the executed copies under WORK_DIR.
+"""Run the notebooks in order with papermill, headless, and write the executed copies under WORK_DIR.
 
     python scripts/run_series.py                                   # offline demo (CPU, tiny model, sample data)
     python scripts/run_series.py --recipe t4_llama8b --work-dir runs/llama8b   # the real run, on a GPU
@@ -40,7 +40,7 @@ def prepare(recipe: dict, work_dir: pathlib.Path) -> dict:
     """Stay offline and build the tiny model when the recipe says so; return its parameters for work_dir."""
     if recipe.get("offline"):
         os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                          WANDB_MODE="disabled")
+                          WANDB_MODE="disabled", GRADIO_ANALYTICS_ENABLED="False")
     if recipe.get("tiny_model") and not (work_dir / "tiny-model").exists():
         build_tiny_model(work_dir / "tiny-model", recipe["tiny_model"])
     return recipe_parameters(recipe, work_dir)

@@ -19,6 +19,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import run_series  # noqa: E402
+
 from medical_r1 import sweep  # noqa: E402
 from medical_r1.artifacts import artifact  # noqa: E402
 

@@ -61,3 +61,28 @@ def test_steady_seconds_per_step_leaves_out_the_first_steps():
     import bench_ddp
 
     assert bench_ddp.steady_seconds_per_step([30.0, 31.0, 32.0, 33.5, 35.0], skip=2) == pytest.approx(4.0 / 3)  # from the end of step 2 to the end of step 5
+
+
+def test_the_raw_loop_trains_on_the_trainers_own_batches(tiny_model_dir, en_rows):
+    """Configuration (r) of bench_train: its first loss equals the trainer's first logged loss on the same model,
+    so the two are timed on the same work."""
+    from medical_r1 import params
+    from medical_r1 import training as training_mod
+
+    rt = rt_mod.detect_runtime()
+    first = {}
+    for mode in ("trainer", "raw"):
+        p = params.Params(model_name=tiny_model_dir, max_steps=2, batch_size=2, grad_accum=1, warmup_steps=0,
+                          save_steps=100, eval_steps=100, report_to="none", work_dir=f"/tmp/raw-loop-test-{mode}")
+        model, tok = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+        model = models_mod.add_lora(model, "cpu", p)
+        records, _ = data_mod.format_rows(en_rows[:8], tok, "r1_chat", 2048)
+        trainer = training_mod.make_trainer(model, tok, records, [], p, "cpu", rt)
+        if mode == "raw":
+            marks = []
+            first[mode] = bench_train.raw_loop(trainer, model, p, 2, marks, {}, profile_from=99)[0]
+            assert len(marks) == 2 and marks[1] > marks[0] > 0
+        else:
+            trainer.train()
+            first[mode] = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
+    assert first["raw"] == pytest.approx(first["trainer"], rel=1e-4)

@@ -19,20 +19,63 @@ LABELLED = [
     ("...</think>\n\n**B. Acute pyelonephritis**\n\nWhite cell casts localise the infection to the kidney.", "B",
      "marked_letter"),
     ("...</think>\n\n**B**", "B", "marked_letter"),
-    ("...</think>\n\nI would choose (C) here.", "C", "marked_letter"),
+    ("...</think>\n\nI would choose (C) here.", "C", "answer_is"),
     ("...</think>\n\nA patient with white cell casts most likely has option B.", "B", "standalone_letter"),
     ("...</think>\n\nI think it is D, urethritis being unlikely.", "D", "standalone_letter"),
     ("...</think>\n\nB", "B", "standalone_letter"),
     ("...</think>\n\nThis is acute pyelonephritis, an infection of the kidney.", "B", "option_text"),
-    ("...</think>\n\nMost consistent with pyelonephritis of the upper tract.", "B", "similarity"),
+    ("...</think>\n\nMost consistent with pyelonephritis of the upper tract.", None, "unreadable"),
     ("The answer is A. But wait, casts mean kidney.</think>\n\nThe answer is B.", "B", "answer_is"),
     ("I keep going back and forth between A and B and", None, "unfinished"),
-    ("...</think>\n\n", None, "empty"),
+    ("...</think>\n\n", None, "unreadable"),
     ("……</think>\n\n答案是B。白细胞管型提示肾盂肾炎。", "B", "answer_is"),
     ("……</think>\n\n正确答案：C", "C", "answer_is"),
     ("……</think>\n\n综上，答案为 E", "E", "answer_is"),
     ("...</think>\n\nThe answer is a kidney infection: acute pyelonephritis.", "B", "option_text"),
 ]
+
+
+# Lower-case letters and other phrasings, in English and Chinese, each written by hand: (answer after
+# </think>, letter). Every one must be read as that option, whatever its case.
+PHRASINGS = [
+    ("the answer is c", "C"), ("The answer is c.", "C"), ("So the answer is: b", "B"), ("answer: d", "D"),
+    ("Answer: (b)", "B"), ("**Answer:** e", "E"), ("The answer would be a.", "A"), ("The answer is (a)", "A"),
+    ("The correct option is d.", "D"), ("The best choice is b", "B"), ("Final choice: c", "C"),
+    ("I'd go with b.", "B"), ("I would choose option e here.", "E"), ("I'll pick c", "C"),
+    ("The answer is option c, nephrolithiasis.", "C"), ("answer = b", "B"), ("THE ANSWER IS D", "D"),
+    ("Option A is tempting, but the answer is b", "B"), ("(c)", "C"), ("[b]", "B"), ("（d）", "D"),
+    ("答案是 b", "B"), ("答案是b。", "B"), ("答案：c", "C"), ("答案为 E", "E"), ("答案应为d", "D"),
+    ("最佳答案是 e", "E"), ("故选B", "B"), ("因此选 d。", "D"), ("所以选择 a", "A"), ("我选c", "C"),
+    ("答：a", "A"), ("正确选项是 b", "B"), ("选项A不对，答案是C", "C"), ("综上所述，答案选 d", "D"),
+]
+
+
+@pytest.mark.parametrize("answer, letter", PHRASINGS)
+def test_phrasings_in_any_case_name_their_option(answer, letter):
+    found, rule = benchmarks.extract_choice("...</think>\n\n" + answer, OPTIONS)
+    assert found == letter, (answer, found, rule)
+
+
+# Answers that name no option: unreadable, counted apart, never scored as if answered.
+NO_OPTION = ["The answer is a kidney infection.", "I think a kidney problem is likely.",
+             "It is an infection of the bladder.", "Most consistent with pyelonephritis.", "这是一种肾脏感染。",
+             "I am not sure.", "", "The answer is F."]
+
+
+@pytest.mark.parametrize("answer", NO_OPTION)
+def test_an_answer_naming_no_option_is_unreadable(answer):
+    assert benchmarks.extract_choice("...</think>\n\n" + answer, OPTIONS) == (None, "unreadable")
+
+
+def test_similarity_is_only_an_opt_in_and_reported_apart():
+    output = "...</think>\n\nMost consistent with pyelonephritis of the upper tract."
+    assert benchmarks.extract_choice(output, OPTIONS) == (None, "unreadable")
+    assert benchmarks.extract_choice(output, OPTIONS, similarity=True) == ("B", "similarity")
+    items = [{"id": "X/0", "benchmark": "X", "options": OPTIONS, "answer_idx": "B"}]
+    guessed = benchmarks.score_answers(items, [{"output": output}], similarity=True)
+    row = benchmarks.verdict_rows(guessed, guessed)[0]
+    assert row["base_correct"] == 1 and row["base_similarity"] == 1 and row["base_unreadable"] == 0
+    assert "by similarity" in benchmarks.verdict_html([row])
 
 
 @pytest.mark.parametrize("output, letter, rule", LABELLED)
@@ -78,7 +121,7 @@ def test_verdicts_helped_hurt_and_no_change():
     same = benchmarks.verdict_rows(base, base)
     assert all(r["verdict"].startswith("no detectable change") for r in same)
     page = benchmarks.verdict_html(list(rows.values()))
-    assert page.count("<tr>") == 4 and "fine-tuning hurt" in page
+    assert page.count("<tr>") == 2 + 3 and "fine-tuning hurt" in page  # two header rows, three benchmark rows
 
 
 def test_unfinished_outputs_are_counted_as_no_answer_not_guessed():
@@ -86,7 +129,28 @@ def test_unfinished_outputs_are_counted_as_no_answer_not_guessed():
     result = benchmarks.score_answers(items, [{"output": "still thinking about B"}])
     assert result[0]["pred"] is None and result[0]["rule"] == "unfinished" and not result[0]["correct"]
     rows = benchmarks.verdict_rows(result, result)
-    assert rows[0]["base_no_answer"] == 1
+    assert rows[0]["base_no_answer"] == 1 and rows[0]["base_unfinished"] == 1 and rows[0]["base_unreadable"] == 0
+
+
+def test_the_verdict_table_counts_each_kind_of_answer_per_model():
+    items = [{"id": f"X/{i}", "benchmark": "X", "options": OPTIONS, "answer_idx": "B"} for i in range(4)]
+    base = benchmarks.score_answers(items, [{"output": o} for o in [
+        "...</think>\n\nThe answer is b", "...</think>\n\nThe answer is c", "thinking...", "...</think>\n\nHmm."]])
+    tuned = benchmarks.score_answers(items, [{"output": o} for o in [
+        "...</think>\n\n答案是 B", "...</think>\n\n答案是 b", "...</think>\n\nB", "still thinking"]])
+    row = benchmarks.verdict_rows(base, tuned)[0]
+    assert (row["items"], row["base_correct"], row["base_unfinished"], row["base_unreadable"]) == (4, 1, 1, 1)
+    assert (row["tuned_correct"], row["tuned_unfinished"], row["tuned_unreadable"]) == (3, 1, 0)
+    assert row["base_accuracy"] == 0.25 and row["tuned_accuracy"] == 0.75 and row["difference"] == 0.5
+    assert row["detectable_difference"] == pytest.approx(2.8 * (0.5 / 4) ** 0.5)
+    page = benchmarks.verdict_html([row])
+    for header in ("correct", "unfinished", "unreadable", "accuracy [95%]", "detectable"):
+        assert f">{header}</th>" in page, header
+
+
+def test_detectable_difference_shrinks_with_items():
+    assert benchmarks.detectable_difference(30) == pytest.approx(0.36, abs=0.01)
+    assert benchmarks.detectable_difference(1273) == pytest.approx(0.055, abs=0.005)
 
 
 def test_sample_eval_file_loads_and_samples_deterministically():

@@ -79,8 +79,21 @@ def test_split_is_deterministic_and_disjoint():
     assert len(val) == 10 and len(train) == 40
     assert not {r["row"] for r in train} & {r["row"] for r in val}
     assert data_mod.split_train_val(records, 10, seed=1)[1] != val
-    with pytest.raises(ValueError, match="val_size"):
+    with pytest.raises(ValueError, match="VAL_SIZE"):
         data_mod.split_train_val(records, 50, seed=0)
+
+
+def test_a_broken_jsonl_line_is_named_with_its_file_and_number(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    good = json.dumps({"Question": "q", "Complex_CoT": "c", "Response": "r"})
+    path.write_text(f"{good}\n\n{good}\n{{\"Question\": \"q\", \"Complex_CoT\n{good}\n")
+    with pytest.raises(ValueError, match=rf"{path}, line 4: not valid JSON"):
+        data_mod.load_sft_rows(str(path), "en")
+
+
+def test_a_max_seq_length_that_drops_every_row_stops_with_the_setting_named(tokenizer, en_rows):
+    with pytest.raises(ValueError, match=r"MAX_SEQ_LENGTH \(16\) is shorter than every one of the 3 examples"):
+        data_mod.format_rows(en_rows[:3], tokenizer, "r1_chat", 16)
 
 
 def test_token_length_stats():

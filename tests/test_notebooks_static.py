@@ -19,7 +19,7 @@ import set_repository  # noqa: E402
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 NAMES = ["00_setup_secrets", "01_baseline_inference", "02_format_dataset", "03_train", "04_compare",
-         "05_export_push"]
+         "05_export_push", "06_chat"]
 
 
 def as_python(source: str) -> str:
@@ -32,7 +32,7 @@ def as_python(source: str) -> str:
 TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{20,}|(?<![A-Za-z0-9])[0-9a-f]{40}(?![0-9a-f])|sk-[A-Za-z0-9]{20,}")
 
 
-def test_the_six_notebooks_exist_with_their_scripts():
+def test_the_notebooks_exist_with_their_scripts():
     assert [nb.stem for nb in NOTEBOOKS] == NAMES
     for nb in NOTEBOOKS:
         assert nb.with_suffix(".py").exists(), f"{nb.name} has no paired py:percent script"
@@ -158,6 +158,8 @@ LIBRARY_CALLS = {
     "04_compare": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.for_inference(model)",
                    "generate_answers(", "verdict_rows("],
     "05_export_push": ["save_merged(", "verify_merge(", "merge_report(", "push_to_hub(", "check_disk_space("],
+    "06_chat": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.for_inference(model)", "build_chat_app(",
+                "app.launch(share=share_link(SHARE))"],
 }
 
 

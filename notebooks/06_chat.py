@@ -1,0 +1,103 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Chat with the tuned model
+#
+# Open a chat with the fine-tuned model: replies stream token by token, the thinking is folded under the
+# answer, and a switch puts the base model (the adapter off) beside it for the same question.
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/06_chat.ipynb)
+#
+# **Reads:** `WORK_DIR/adapter/` (03) or `merged_16bit/` (05), and `data/stats.json` (02, for the template).
+# **Writes:** nothing.
+# **Time on a T4 (an estimate; not yet measured on one):** a minute or two to load the 8B model; then about as
+# fast as 01's answers, one question at a time.
+#
+# Each question is rendered by the same template function as training and answered on its own (R1 distills
+# are trained single-turn). On Colab and Kaggle the chat gets a public `gradio.live` link (`SHARE = "auto"`):
+# anyone with the link can use your GPU while the notebook runs. Not medical advice.
+
+# %% tags=["parameters"]
+WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder
+BACKEND = "auto"  # "auto", "unsloth", "transformers" or "cpu"
+CHAT_MODEL = "adapter"  # "adapter" (base + LoRA, with the base-model switch) or "merged" (05's merged model)
+MAX_SEQ_LENGTH = 2048  # as in 03
+LOAD_IN_4BIT = True  # 4-bit weights: the 8B model fits a T4 (ignored on CPU)
+MAX_NEW_TOKENS = 1024  # the reply's length limit; R1 thinks at length before it answers
+TEMPERATURE = 0.6  # DeepSeek recommends 0.5-0.7 for the distills; 0 is greedy
+TOP_P = 0.95  # nucleus sampling, DeepSeek's recommended value
+SHARE = "auto"  # "auto" makes a public link on Colab and Kaggle only; True or False forces it
+INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
+
+# %%
+# The helpers: src_helpers.py (prompt templates, encoding) and the medical_r1 package. In a checkout of the
+# repository they are found where they are. Opened alone, the notebook installs them with pip: on Kaggle from
+# the wheel in the attached medical-r1-helpers dataset (offline), on Colab from the repository.
+import glob
+import importlib.util
+import subprocess
+import sys
+
+sys.path[:0] = [".", ".."]  # the repository root, whether the notebook runs from it or from notebooks/
+if importlib.util.find_spec("medical_r1") is None:
+    wheels = glob.glob("/kaggle/input/**/medical_r1-*.whl", recursive=True)
+    source = wheels[0] if wheels else "git+https://github.com/medical-r1/medical-r1-notebooks"
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]).returncode:
+        raise ModuleNotFoundError(
+            f"The medical_r1 helpers are not here and pip could not install them from {source}: on Kaggle attach "
+            "the medical-r1-helpers dataset (scripts/build_kaggle.py), on Colab turn the network on, or run "
+            "the notebook from a checkout of the repository.")
+    importlib.invalidate_caches()
+
+# %%
+from medical_r1.artifacts import read_json, require_artifact
+from medical_r1.params import Params
+from medical_r1.runtime import install_requirements, setup_backend
+
+print(install_requirements(INSTALL_REQUIREMENTS))
+Params(work_dir=WORK_DIR, backend=BACKEND, chat_model=CHAT_MODEL, max_new_tokens=MAX_NEW_TOKENS,
+       temperature=TEMPERATURE, top_p=TOP_P, share=SHARE)  # checks every value
+template = read_json(require_artifact(WORK_DIR, "data_stats"))["template"]
+model_dir = require_artifact(WORK_DIR, CHAT_MODEL)
+runtime, backend = setup_backend(BACKEND)
+
+# %% [markdown]
+# ## Load the model
+# The adapter folder loads its base model with the adapter on top, so the chat can switch the adapter off.
+
+# %%
+from medical_r1.models import language_model_loader
+from medical_r1.runtime import compute_dtype
+
+FastLanguageModel = language_model_loader(backend)
+model, tokenizer = FastLanguageModel.from_pretrained(
+    model_name=str(model_dir),
+    max_seq_length=MAX_SEQ_LENGTH,
+    dtype=compute_dtype(runtime),
+    load_in_4bit=LOAD_IN_4BIT,
+)
+FastLanguageModel.for_inference(model)
+
+# %% [markdown]
+# ## The chat
+# Type a question, in English or Chinese. "Additional inputs" holds the model switch (fine-tuned or base) and
+# the sampling settings, starting from the parameters above. Run this cell again for a fresh chat.
+
+# %%
+from medical_r1.chat import build_chat_app, share_link
+
+app = build_chat_app(model, tokenizer, template, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, can_switch=CHAT_MODEL == "adapter")
+app.launch(share=share_link(SHARE))

@@ -1,0 +1,80 @@
+"""06's chat, headless: the Gradio app on the tiny model with a saved adapter, called through Gradio's own Python
+client; the reply streams in, the thinking is folded apart from the answer at </think>, Chinese works, and
+the base-model switch turns the adapter off."""
+import socket
+
+import pytest
+
+from medical_r1 import chat, models, params
+from medical_r1 import runtime as rt_mod
+
+gradio = pytest.importorskip("gradio")
+
+
+def test_the_reply_is_split_at_think_into_a_fold_and_the_answer():
+    done = chat.format_reply("Kidney, because of casts.\n</think>\n\nAcute pyelonephritis.")
+    assert done.startswith("<details><summary>Thought for 4 words</summary>") and "casts." in done
+    assert done.endswith("</details>\n\nAcute pyelonephritis.")
+    still = chat.format_reply("Weighing cystitis against <b>")
+    assert still.startswith("<details><summary>Thinking…</summary>") and "&lt;b&gt;" in still
+    assert "</details>\n\n" not in still.rstrip("</details>")
+
+
+def test_share_is_public_only_on_colab_and_kaggle_unless_forced():
+    assert chat.share_link("auto", "colab") and chat.share_link("auto", "kaggle")
+    assert not chat.share_link("auto", "local")
+    assert chat.share_link(True, "local") and not chat.share_link(False, "colab")
+    with pytest.raises(ValueError, match="SHARE"):
+        chat.share_link("yes", "local")
+
+
+@pytest.fixture(scope="module")
+def adapter_model(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a LoRA adapter whose B matrices are not zero, saved and reloaded as 06 loads it."""
+    import torch
+
+    rt = rt_mod.detect_runtime()
+    model, tok = models.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+    model = models.add_lora(model, "cpu", params.Params(lora_r=4))
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if "lora_B" in name:
+                tensor.normal_(0, 0.5)
+    folder = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return models.load_model_and_tokenizer(str(folder), "cpu", rt, 2048)
+
+
+def test_the_base_switch_turns_the_adapter_off(adapter_model):
+    model, tok = adapter_model
+    tuned = list(chat.stream_reply(model, tok, "Chest pain?", "r1_chat", 6, 0.0, 1.0, use_adapter=True))[-1]
+    base = list(chat.stream_reply(model, tok, "Chest pain?", "r1_chat", 6, 0.0, 1.0, use_adapter=False))[-1]
+    assert tuned != base
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_app_answers_through_gradios_client_in_english_and_chinese(adapter_model, monkeypatch):
+    from gradio_client import Client
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    model, tok = adapter_model
+    app = chat.build_chat_app(model, tok, "r1_chat", 12, 0.6, 0.95)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        for question in ("A 3-year-old has fever and a rash. What is the diagnosis?", "患者空腹血糖升高，应考虑什么？"):
+            for which in chat.MODELS:
+                reply = client.predict(question, which, 0.6, 0.95, 12, api_name="/chat")
+                assert isinstance(reply, str) and reply.startswith("<details><summary>Thinking"), reply
+                job = client.submit(question, which, 0.0, 1.0, 12, api_name="/chat")
+                job.result()
+                assert len(job.outputs()) > 1  # streamed: more than one partial reply arrived
+    finally:
+        app.close()
