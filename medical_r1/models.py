@@ -158,12 +158,37 @@ def build_tiny_model(out_dir, arch: str = "qwen2", tokenizer_dir=TOKENIZER_FIXTU
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     spec = dict(TINY_CONFIGS[arch])
+    # Like the real models, the embedding has rows past the tokenizer's ids: a tokenizer loaded from a qwen2
+    # folder adds <|endoftext|> after them, and llama.cpp's converter refuses ids beyond the embedding.
+    vocab_size = (len(tokenizer) // 64 + 1) * 64
     config = AutoConfig.for_model(
-        spec.pop("model_type"), vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        spec.pop("model_type"), vocab_size=vocab_size, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **spec)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.temperature, model.generation_config.top_p = 0.6, 0.95
     model.generation_config.do_sample = True
+    save_dir_atomic(out_dir, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    return str(out_dir)
+
+
+def build_merged_tiny_model(out_dir, arch: str = "llama", seed: int = 0) -> str:
+    """A tiny model merged with a random (non-zero) LoRA adapter and saved in bfloat16, as 05 saves the merged
+    model on a GPU: what the GGUF checks convert."""
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base_dir = build_tiny_model(os.path.join(tmp, "base"), arch, seed=seed)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(seed + 1)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGET_MODULES, init_lora_weights=False)
+    model = get_peft_model(model, lora).merge_and_unload().to(torch.bfloat16)
+    with torch.no_grad():  # a sharper head: peaked next-token distributions, like a trained model's, show a mismatch
+        model.lm_head.weight.mul_(30)
     save_dir_atomic(out_dir, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
     return str(out_dir)

@@ -1,5 +1,6 @@
 """GGUF and the Ollama Modelfile: the template reproduces the training prompt; where GGUF cannot be made the
 report says why and nothing is left behind."""
+import functools
 import pathlib
 import re
 
@@ -7,6 +8,7 @@ import pytest
 
 import src_helpers as sh
 from medical_r1 import artifacts, gguf
+from medical_r1 import models as models_mod
 from medical_r1 import runtime as rt_mod
 
 
@@ -61,3 +63,67 @@ def test_gguf_files_get_a_modelfile_each(tmp_path, tokenizer, monkeypatch):
     assert names == ["Modelfile.model-q4_k_m", "Modelfile.model-q8_0", "model-q4_k_m.gguf", "model-q8_0.gguf"]
     modelfile = (artifacts.artifact(tmp_path, "gguf") / "Modelfile.model-q8_0").read_text()
     assert modelfile == gguf.ollama_modelfile(tokenizer, "model-q8_0.gguf", "zh_r1")  # the template 02 used
+
+
+@pytest.mark.parametrize("template", sorted(sh.TEMPLATES))
+def test_modelfile_template_rendered_as_ollama_gives_the_training_tokens(tokenizer, template):
+    modelfile = gguf.ollama_modelfile(tokenizer, "model-q8_0.gguf", template)
+    for question in ("A 45-year-old man has sudden chest pain. What is the first test?", "患者空腹血糖升高，应考虑什么？"):
+        text = gguf.render_modelfile_template(modelfile, [{"Role": "user", "Content": question}])
+        ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ids == sh.encode_prompt(tokenizer, question, template)
+    turns = [{"Role": "user", "Content": "q1"}, {"Role": "assistant", "Content": "a1"}, {"Role": "user", "Content": "q2"}]
+    text = gguf.render_modelfile_template(modelfile, turns, system="")
+    first = sh.render_prompt(tokenizer, "q1", template).removeprefix(tokenizer.bos_token)
+    assert text.startswith(first + "a1" + tokenizer.eos_token) and text.endswith(
+        sh.render_prompt(tokenizer, "q2", template).removeprefix(tokenizer.bos_token))
+
+
+@pytest.fixture(scope="module")
+def converter_dir(tmp_path_factory):
+    # llama.cpp's converter from the pinned llama-cpp-python's source on PyPI (the registry is reachable in CI)
+    return gguf.fetch_converter(tmp_path_factory.mktemp("llama-cpp"))
+
+
+def test_llama_cpp_converter_writes_the_merged_model(converter_dir, tmp_path):
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    merged = models_mod.build_merged_tiny_model(tmp_path / "merged", "llama")
+    files = {t: gguf.convert_to_gguf(merged, tmp_path / f"m-{t}.gguf", t, converter_dir, pre_tokenizer="gpt-2")
+             for t in ("f16", "q8_0")}
+    sys.path.insert(0, str(converter_dir / "gguf-py"))
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    hf = {k: v.float() for k, v in load_file(f"{merged}/model.safetensors").items()}
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    for outtype, path in files.items():
+        reader = GGUFReader(path)
+        field = functools.partial(lambda r, name: r.fields[name].contents(), reader)
+        assert field("general.architecture") == "llama" and field("tokenizer.ggml.pre") == "gpt-2"
+        assert field("tokenizer.ggml.bos_token_id") == tokenizer.bos_token_id
+        assert field("tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
+        assert field("tokenizer.ggml.tokens")[:len(tokenizer)] == tokenizer.convert_ids_to_tokens(range(len(tokenizer)))
+        tensors = {t.name: torch.from_numpy(dequantize(t.data, t.tensor_type).copy()).float().reshape(
+            [int(n) for n in reversed(t.shape)]) for t in reader.tensors}
+        assert len(tensors) == len(hf)
+        pairs = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
+                 "blk.1.ffn_down.weight": "model.layers.1.mlp.down_proj.weight",
+                 "blk.0.attn_v.weight": "model.layers.0.self_attn.v_proj.weight"}
+        for ours, theirs in pairs.items():
+            error = (tensors[ours] - hf[theirs]).abs().max().item() / hf[theirs].abs().max().item()
+            assert error < (1e-3 if outtype == "f16" else 1e-2), (outtype, ours, error)
+    assert sorted(p.name for p in tmp_path.glob("*.gguf")) == ["m-f16.gguf", "m-q8_0.gguf"]
+
+
+def test_a_converter_failure_names_it_and_leaves_no_file(converter_dir, tmp_path):
+    merged = models_mod.build_merged_tiny_model(tmp_path / "merged", "llama")
+    with pytest.raises(RuntimeError, match="pre-tokenizer was not recognized"):
+        gguf.convert_to_gguf(merged, tmp_path / "m.gguf", "f16", converter_dir)  # the fixture's hash is unknown
+    with pytest.raises(ValueError, match="outtype"):
+        gguf.convert_to_gguf(merged, tmp_path / "m.gguf", "q4_k_m", converter_dir)
+    assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".*part"))

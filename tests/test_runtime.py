@@ -140,6 +140,7 @@ def test_requirements_pins_are_parsed_and_shared_with_the_test_environment():
     cpu = rt_mod.parse_requirements(REPO_ROOT / "requirements-test.txt")
     for name in ("transformers", "trl", "peft", "datasets", "accelerate", "wandb"):
         assert gpu[name] == cpu[name], name
+    assert rt_mod.parse_requirements(REPO_ROOT / "requirements-gguf.txt")["sentencepiece"] == cpu["sentencepiece"]
     assert gpu["unsloth"] == "2026.10.9" and gpu["transformers"] <= "5.17.0" and gpu["datasets"] < "5"
     assert "not installing" in rt_mod.install_requirements("never") or "all pinned" in rt_mod.install_requirements("never")
     with pytest.raises(ValueError, match="INSTALL_REQUIREMENTS"):
