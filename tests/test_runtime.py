@@ -1,5 +1,7 @@
 """Backend choice, runtime detection, secrets and parameters, on CPU with faked device properties."""
 
+import os
+
 import pytest
 
 import src_helpers as sh
@@ -150,3 +152,13 @@ def test_requirements_pins_are_parsed_and_shared_with_the_test_environment():
 def test_split_thinking():
     assert sh.split_thinking("a </think> b </think>\n\nanswer") == ("a </think> b", "answer", True)
     assert sh.split_thinking("still thinking") == ("still thinking", "", False)
+
+
+def test_environment_block_sets_and_restores(monkeypatch):
+    from medical_r1 import generation
+
+    monkeypatch.setenv("UNSLOTH_DECODE_CUDA_GRAPHS", "0")
+    monkeypatch.delenv("MEDICAL_R1_UNSET", raising=False)
+    with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1", "MEDICAL_R1_UNSET": "x"}):
+        assert os.environ["UNSLOTH_DECODE_CUDA_GRAPHS"] == "1" and os.environ["MEDICAL_R1_UNSET"] == "x"
+    assert os.environ["UNSLOTH_DECODE_CUDA_GRAPHS"] == "0" and "MEDICAL_R1_UNSET" not in os.environ

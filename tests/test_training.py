@@ -123,3 +123,4 @@ def test_early_stopping_keeps_the_best_adapter_settings(tiny_model_dir, tmp_path
     trainer = training_mod.make_trainer(models_mod.add_lora(model, "cpu", p), tok, records[:4], records[4:], p, "cpu", rt)
     assert trainer.args.load_best_model_at_end and trainer.args.metric_for_best_model == "eval_loss"
     assert any(type(c).__name__ == "EarlyStoppingCallback" for c in trainer.callback_handler.callbacks)
+
