@@ -1,0 +1,140 @@
+"""Where does a DDP step lose time against one GPU? 03's trainer (make_trainer, the same SFTConfig) at the
+Qwen-1.5B shape, one process and two under torchrun at the same effective batch, with torch.profiler over two
+optimizer steps after warm-up. Per process: wall and GPU-busy ms per step, NCCL kernel time, host<->device
+copies (Unsloth's checkpoint offload), and the top kernels and host calls.
+
+On a 2-GPU machine, after bench_ddp.py has built the model and formatted the data (or with them built here):
+    NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 python bench/profile_ddp.py --out $OUT
+Writes profile_ddp.json.
+"""
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "scripts"), str(ROOT / "bench")]
+
+MODEL_DIR = "/tmp/models/qwen-1.5b"
+DATA_DIR = pathlib.Path("/tmp/ddp/formatted")
+
+
+def summarize(prof, steps: int, wall_s: float) -> dict:
+    events = prof.key_averages()
+    gpu = sorted(events, key=lambda e: -e.self_device_time_total)
+
+    def gpu_ms(match):
+        return sum(e.self_device_time_total for e in events if match(e.key)) / 1000 / steps
+
+    return {
+        "wall_ms_per_step": 1000 * wall_s / steps,
+        "gpu_busy_ms_per_step": sum(e.self_device_time_total for e in events) / 1000 / steps,
+        "nccl_ms_per_step": gpu_ms(lambda k: "nccl" in k.lower()),
+        "memcpy_dtoh_ms_per_step": gpu_ms(lambda k: "DtoH" in k or "Device -> Pageable" in k or "Device -> Pinned" in k),
+        "memcpy_htod_ms_per_step": gpu_ms(lambda k: "HtoD" in k or "Pageable -> Device" in k or "Pinned -> Device" in k),
+        "top_gpu": [(e.key[:90], round(e.self_device_time_total / 1000 / steps, 2), e.count // steps) for e in gpu[:15]],
+        "top_cpu": [(e.key[:90], round(e.self_cpu_time_total / 1000 / steps, 2), e.count // steps)
+                    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]],
+    }
+
+
+def worker(out: pathlib.Path, grad_accum: int, first: int, steps: int):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    from medical_r1 import models as models_mod
+    from medical_r1 import params, training
+    from medical_r1 import runtime as rt_mod
+    from medical_r1.data import load_formatted_data
+
+    rank, world = rt_mod.process_rank()
+    runtime, backend = rt_mod.setup_backend("unsloth", "bf16")
+    p = params.Params(model_name=MODEL_DIR, work_dir=f"/tmp/ddp/profile_work{world}", grad_accum=grad_accum,
+                      max_steps=first + steps, eval_steps=10_000, save_steps=10_000, report_to="none")
+    train, val = load_formatted_data(str(DATA_DIR), MODEL_DIR, p.max_seq_length)
+    model, tok = models_mod.load_model_and_tokenizer(MODEL_DIR, backend, runtime, p.max_seq_length)
+    model = models_mod.add_lora(model, backend, p)
+    trainer = training.make_trainer(model, tok, train, val, p, backend, runtime)
+    result = {}
+
+    class Profiled(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == first and not hasattr(self, "prof"):
+                torch.cuda.synchronize()
+                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self.prof.__enter__()
+                self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == first + steps:
+                torch.cuda.synchronize()
+                wall = time.perf_counter() - self.start
+                self.prof.__exit__(None, None, None)
+                result.update(summarize(self.prof, steps, wall))
+
+    micro_batches = []  # per micro-batch: its size and when it started
+    compute_loss = trainer.compute_loss
+
+    def timed_compute_loss(model, inputs, *args, **kwargs):
+        micro_batches.append({"tokens": int(inputs["input_ids"].numel()), "label_tokens": int((inputs["labels"] != -100).sum()),
+                              "shape": list(inputs["input_ids"].shape), "start": time.perf_counter()})
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = timed_compute_loss
+    trainer.add_callback(Profiled())
+    trainer.train()
+    result["micro_batches"] = [{k: v for k, v in m.items() if k != "start"} for m in micro_batches]
+    starts = [m["start"] for m in micro_batches]
+    result["seconds_between_micro_batches"] = [round(b - a, 4) for a, b in zip(starts, starts[1:])]
+    result.update(world_size=world, rank=rank, grad_accum_per_process=training.per_process_grad_accum(grad_accum),
+                  peak=rt_mod.peak_gpu_memory_gib())
+    (out / f"profile_{world}gpu_rank{rank}.json").write_text(json.dumps(result, indent=1))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=pathlib.Path, required=True)
+    parser.add_argument("--grad-accum", type=int, default=2)
+    parser.add_argument("--first", type=int, default=6, help="optimizer steps before the profiled ones")
+    parser.add_argument("--steps", type=int, default=2, help="profiled optimizer steps")
+    parser.add_argument("--worker", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        return worker(args.out, args.grad_accum, args.first, args.steps)
+    import real_shapes
+    import run_series
+
+    if not pathlib.Path(MODEL_DIR, "config.json").exists():
+        real_shapes.build_model("qwen-1.5b", MODEL_DIR)
+    if not DATA_DIR.exists():
+        run_series.run({"offline": True, "parameters": {
+            "MODEL_NAME": MODEL_DIR, "DATASET_NAME": str(real_shapes.REF / "data" / "medical_o1_sft.json"),
+            "DATA_CONFIG": "en", "MAX_EXAMPLES": 0, "VAL_SIZE": 16, "INSTALL_REQUIREMENTS": "never"}}, DATA_DIR,
+            only=["02"])
+    env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "8"}
+    worker_args = [__file__, "--worker", "--out", str(args.out), "--grad-accum", str(args.grad_accum),
+                   "--first", str(args.first), "--steps", str(args.steps)]
+    for launcher, visible in (([sys.executable], "0"),
+                              ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"], "0,1")):
+        subprocess.run([*launcher, *worker_args], env={**env, "CUDA_VISIBLE_DEVICES": visible}, check=False)
+    report = {name.stem: json.loads(name.read_text()) for name in sorted(args.out.glob("profile_*gpu_rank*.json"))}
+    (args.out / "profile_ddp.json").write_text(json.dumps(report, indent=1))
+    for name, r in report.items():
+        print(name, "tokens (labels) per micro-batch:", [(m["tokens"], m["label_tokens"]) for m in r.get("micro_batches", [])])
+        print("   seconds between micro-batches:", r.get("seconds_between_micro_batches"))
+        if "wall_ms_per_step" in r:
+            print(f"{name}: wall {r['wall_ms_per_step']:.0f} ms/step, GPU busy {r['gpu_busy_ms_per_step']:.0f}, "
+                  f"NCCL {r['nccl_ms_per_step']:.1f}, DtoH {r['memcpy_dtoh_ms_per_step']:.1f}, "
+                  f"HtoD {r['memcpy_htod_ms_per_step']:.1f}")
+            for row in r["top_gpu"][:8]:
+                print("   ", row)
+
+
+if __name__ == "__main__":
+    main()
