@@ -264,7 +264,7 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
         losses = raw_loop(trainer, model, p, p.max_steps, marks, extra, warmup + measure,
                           checkpointing=spec.get("checkpointing", "unsloth"))
     else:
-        clock = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepClock")
+        clock = training_mod.find_callback(trainer, "StepClock")
         trainer.add_callback(profiler_callback(warmup + measure, PROFILED_STEPS, extra))
         trainer.train()
         marks = clock.step_end_s

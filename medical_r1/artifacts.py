@@ -149,3 +149,8 @@ def save_dir_atomic(path, save) -> pathlib.Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def save_pretrained_atomic(path, model, tokenizer) -> pathlib.Path:
+    """A model and its tokenizer saved together into path by save_dir_atomic: whole, or not at all."""
+    return save_dir_atomic(path, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 
-from medical_r1.artifacts import artifact, read_json, require_artifact, save_dir_atomic
+from medical_r1.artifacts import artifact, read_json, require_artifact, save_pretrained_atomic
 from medical_r1.models import load_tokenizer
 from medical_r1.params import MODELS
 from medical_r1.runtime import Runtime
@@ -105,8 +105,7 @@ def save_merged(work_dir, runtime: Runtime) -> pathlib.Path:
     adapter_dir = require_artifact(work_dir, "adapter")
     model = load_16bit_with_adapter(merge_base_name(work_dir), adapter_dir, merge_dtype(runtime), merge=True)
     tokenizer = load_tokenizer(str(adapter_dir))
-    path = save_dir_atomic(artifact(work_dir, "merged"),
-                           lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    path = save_pretrained_atomic(artifact(work_dir, "merged"), model, tokenizer)
     return path  # the merged model is freed on return, before verify_merge loads two more copies in turn
 
 

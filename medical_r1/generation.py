@@ -55,8 +55,9 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
 
         FastLanguageModel.for_inference(model)
     model.eval()
-    # Unsloth's decode step replayed as CUDA graphs: bit for bit its eager step, 1.5x faster at batch 32 on an
-    # H100 (BENCHMARKS.md). Unsloth reads the switch at each generate call; off restores its eager step.
+    # Unsloth's decode step replayed as CUDA graphs: bit for bit its eager step, 1.85x faster at batch 32 on an
+    # H100 for the Llama-8B default (BENCHMARKS.md; Unsloth keeps the eager step for Qwen2). Unsloth reads the
+    # switch at each generate call.
     graphs = {"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if decode_graphs else "0"} if backend == "unsloth" else {}
     encoded = [encode_prompt(tokenizer, q["question"], template) for q in questions]
     order = sorted(range(len(questions)), key=lambda i: len(encoded[i]))

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from medical_r1 import REPO_ROOT
-from medical_r1.artifacts import read_json, require_artifact, save_dir_atomic
+from medical_r1.artifacts import read_json, require_artifact, save_pretrained_atomic
 from medical_r1.params import LORA_TARGET_MODULES, MODELS, Params
 from medical_r1.runtime import Runtime, compute_dtype
 from medical_r1.training import oom_advice
@@ -168,7 +168,7 @@ def build_tiny_model(out_dir, arch: str = "qwen2", tokenizer_dir=TOKENIZER_FIXTU
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.temperature, model.generation_config.top_p = 0.6, 0.95
     model.generation_config.do_sample = True
-    save_dir_atomic(out_dir, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    save_pretrained_atomic(out_dir, model, tokenizer)
     return str(out_dir)
 
 
@@ -190,5 +190,5 @@ def build_merged_tiny_model(out_dir, arch: str = "llama", seed: int = 0) -> str:
     model = get_peft_model(model, lora).merge_and_unload().to(torch.bfloat16)
     with torch.no_grad():  # a sharper head: peaked next-token distributions, like a trained model's, show a mismatch
         model.lm_head.weight.mul_(30)
-    save_dir_atomic(out_dir, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))
+    save_pretrained_atomic(out_dir, model, tokenizer)
     return str(out_dir)

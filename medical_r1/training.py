@@ -6,10 +6,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import pathlib
 import time
 
-from medical_r1.artifacts import artifact, save_dir_atomic, write_json
+from medical_r1.artifacts import artifact, save_pretrained_atomic, write_json
 from medical_r1.data import records_to_dataset
 from medical_r1.display import plot_loss_curve
 from medical_r1.params import Params
@@ -190,8 +189,9 @@ def step_clock():
     return StepClock()
 
 
-def _callback(trainer, name: str):
-    return next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == name)
+def find_callback(trainer, name: str):
+    """The trainer's callback of this class name (the guards are defined inside functions), or None."""
+    return next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == name), None)
 
 
 def oom_advice(p: Params) -> str:
@@ -223,7 +223,7 @@ def training_guards(trainer, p: Params):
 
 
 def _raise_if_loss_was_not_finite(trainer, p: Params, cause: BaseException | None = None) -> None:
-    guard = _callback(trainer, "StopOnNonFiniteLoss")
+    guard = find_callback(trainer, "StopOnNonFiniteLoss")
     if guard.bad_step is not None:
         good = last_checkpoint(p.work_dir)
         raise RuntimeError(
@@ -243,8 +243,8 @@ def train(trainer, p: Params, resume: bool = True):
 def loss_history(trainer) -> dict:
     train = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
-    clocks = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StepClock"]
-    return {"train": train, "eval": evals, "step_end_s": clocks[-1].step_end_s if clocks else []}
+    clock = find_callback(trainer, "StepClock")
+    return {"train": train, "eval": evals, "step_end_s": clock.step_end_s if clock else []}
 
 
 def summarize_losses(history: dict, window: int = 3) -> dict:
@@ -292,7 +292,7 @@ def save_training_outputs(work_dir, trainer, model, tokenizer, p: Params, backen
     metrics["train_tokens"] = tokens_trained(trainer)
     if is_main_process():
         plot_loss_curve(history, artifact(work_dir, "loss_curve"))
-        save_adapter(model, tokenizer, artifact(work_dir, "adapter"))
+        save_pretrained_atomic(artifact(work_dir, "adapter"), model, tokenizer)
         write_json(artifact(work_dir, "train_metrics"), metrics)
     return metrics
 
@@ -315,5 +315,3 @@ def train_summary(metrics: dict) -> str:
             f"base tensors changed: {c['base_tensors_changed']}/{c['base_tensors']}")
 
 
-def save_adapter(model, tokenizer, path) -> pathlib.Path:
-    return save_dir_atomic(path, lambda d: (model.save_pretrained(d), tokenizer.save_pretrained(d)))

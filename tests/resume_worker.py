@@ -43,7 +43,7 @@ def main():
     if args.kill_at:
         trainer.add_callback(DieAtStep(args.kill_at))
     training_mod.train(trainer, p)
-    training_mod.save_adapter(model, tok, artifacts.artifact(p.work_dir, "adapter"))
+    artifacts.save_pretrained_atomic(artifacts.artifact(p.work_dir, "adapter"), model, tok)
 
 
 if __name__ == "__main__":

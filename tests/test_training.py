@@ -24,7 +24,7 @@ def trained(tiny_model_dir, tmp_path_factory, en_rows, zh_rows):
     base_val_loss = generation.eval_loss(model, val)
     trainer = training_mod.make_trainer(model, tok, train, val, p, "cpu", rt)
     trainer.train()
-    training_mod.save_adapter(model, tok, artifacts.artifact(p.work_dir, "adapter"))
+    artifacts.save_pretrained_atomic(artifacts.artifact(p.work_dir, "adapter"), model, tok)
     artifacts.write_json(artifacts.artifact(p.work_dir, "train_metrics"), {"model_name": p.model_name})
     return {"p": p, "model": model, "tok": tok, "trainer": trainer, "before": before, "val": val,
             "base_val_loss": base_val_loss, "rt": rt}
