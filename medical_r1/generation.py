@@ -120,10 +120,11 @@ def base_vs_tuned_loss(model, val: list[dict]) -> dict:
 
 
 def answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature, top_p,
-                          batch_size, seed, backend):
+                          batch_size, seed, backend, decode_graphs: bool = True):
     """The same questions answered with the adapter switched off (the base model), then on."""
     settings = dict(template=template, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                    do_sample=not greedy, batch_size=batch_size, seed=seed, backend=backend)
+                    do_sample=not greedy, batch_size=batch_size, seed=seed, backend=backend,
+                    decode_graphs=decode_graphs)
     with model.disable_adapter():
         base = generate_answers(model, tokenizer, questions, **settings)
     return base, generate_answers(model, tokenizer, questions, **settings)

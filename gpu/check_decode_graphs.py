@@ -1,0 +1,57 @@
+"""04 and 01 as they generate now, with Unsloth's CUDA-graph decode step, on the Llama-8B shape: sampled answers
+(01's and 04's side-by-side questions), and base then tuned through answer_base_and_tuned (the adapter switched
+off and on between graph replays). Each must equal the eager step's output for the same seed.
+
+    python gpu/check_decode_graphs.py --model-dir /tmp/models/llama-8b --out $OUT
+"""
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "gpu")]
+
+from medical_r1 import generation, params  # noqa: E402
+from medical_r1 import models as models_mod  # noqa: E402
+from medical_r1 import runtime as rt_mod  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--out", type=pathlib.Path, required=True)
+    args = parser.parse_args()
+    import torch
+
+    runtime, backend = rt_mod.setup_backend("unsloth", "bf16")
+    model, tok = models_mod.load_model_and_tokenizer(args.model_dir, backend, runtime, 2048)
+    model = models_mod.add_lora(model, backend, params.Params(model_name=args.model_dir))
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():  # a trained adapter is not zero: base and tuned differ
+        if "lora_B" in name:
+            param.data.normal_(0, 0.02)
+    report = {"device": torch.cuda.get_device_name(0)}
+    for graphs in (False, True):
+        settings = dict(template="r1_chat", max_new_tokens=48, temperature=0.6, top_p=0.95, do_sample=True,
+                        batch_size=5, seed=3407, backend=backend, decode_graphs=graphs)
+        start = time.perf_counter()
+        sampled = generation.generate_answers(model, tok, generation.QUESTIONS, **settings)
+        base, tuned = generation.answer_base_and_tuned(model, tok, generation.QUESTIONS, "r1_chat", 48, True, 0.6,
+                                                       0.95, 5, 3407, backend, decode_graphs=graphs)
+        report["graphs" if graphs else "eager"] = {
+            "seconds": time.perf_counter() - start, "sampled": [a["output"] for a in sampled],
+            "base": [a["output"] for a in base], "tuned": [a["output"] for a in tuned]}
+    eager, graphs = report["eager"], report["graphs"]
+    report["sampled_equal"] = eager["sampled"] == graphs["sampled"]
+    report["base_equal"] = eager["base"] == graphs["base"]
+    report["tuned_equal"] = eager["tuned"] == graphs["tuned"]
+    report["base_differs_from_tuned"] = graphs["base"] != graphs["tuned"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode_graphs_check.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    print({k: v for k, v in report.items() if k.endswith(("equal", "tuned", "device"))})
+
+
+if __name__ == "__main__":
+    main()
