@@ -119,16 +119,19 @@ def fetch_converter(cache_dir, sdist=None) -> pathlib.Path:
     return save_dir_atomic(out, extract)
 
 
-def convert_to_gguf(model_dir, out_file, outtype: str, converter_dir, pre_tokenizer: str | None = None):
+def convert_to_gguf(model_dir, out_file, outtype: str, converter_dir, pre_tokenizer: str | None = None,
+                    vocab_only: bool = False):
     """One GGUF of a merged 16-bit model folder, written by llama.cpp's converter in a subprocess. The file
     appears only once it is whole. `pre_tokenizer` names llama.cpp's pre-tokenizer for a tokenizer the
-    converter does not recognise (the tests' GPT-2-style fixture is "gpt-2"); the real models need none."""
+    converter does not recognise (the tests' GPT-2-style fixture is "gpt-2"); the real models need none.
+    vocab_only writes the tokenizer alone (a folder with config and tokenizer files is enough)."""
     if outtype not in CONVERTER_OUTTYPES:
         raise ValueError(f"outtype must be one of {', '.join(CONVERTER_OUTTYPES)}, got {outtype!r}")
     out_file = pathlib.Path(out_file)
     part = out_file.with_name(f".{out_file.name}.part")
     done = subprocess.run([sys.executable, "-c", _RUN_CONVERTER, str(converter_dir), pre_tokenizer or "",
-                           str(model_dir), "--outfile", str(part), "--outtype", outtype], check=False, capture_output=True, text=True)
+                           str(model_dir), "--outfile", str(part), "--outtype", outtype,
+                           *(["--vocab-only"] if vocab_only else [])], check=False, capture_output=True, text=True)
     if done.returncode:
         part.unlink(missing_ok=True)
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]

@@ -105,11 +105,11 @@ def check_real_tokenizer(converter_dir, out_dir) -> dict:
     config = json.loads((folder / "config.json").read_text())
     config["architectures"] = ["Qwen2ForCausalLM"]
     (folder / "config.json").write_text(json.dumps(config))
-    path = pathlib.Path(out_dir) / "qwen-vocab.gguf"
-    done = gguf.subprocess.run([sys.executable, "-c", gguf._RUN_CONVERTER, str(converter_dir), "", str(folder),
-                                "--vocab-only", "--outfile", str(path)], check=False, capture_output=True, text=True)
-    if done.returncode:
-        return {"converted": False, "error": done.stderr.strip().splitlines()[-1]}
+    try:
+        path = gguf.convert_to_gguf(folder, pathlib.Path(out_dir) / "qwen-vocab.gguf", "f16", converter_dir,
+                                    vocab_only=True)
+    except RuntimeError as err:
+        return {"converted": False, "error": str(err)}
     llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     same = []
     for template in sorted(sh.TEMPLATES):

@@ -117,7 +117,10 @@ def test_llama_cpp_converter_writes_the_merged_model(converter_dir, tmp_path):
         for ours, theirs in pairs.items():
             error = (tensors[ours] - hf[theirs]).abs().max().item() / hf[theirs].abs().max().item()
             assert error < (1e-3 if outtype == "f16" else 1e-2), (outtype, ours, error)
-    assert sorted(p.name for p in tmp_path.glob("*.gguf")) == ["m-f16.gguf", "m-q8_0.gguf"]
+    vocab = GGUFReader(gguf.convert_to_gguf(merged, tmp_path / "vocab.gguf", "f16", converter_dir, "gpt-2",
+                                            vocab_only=True))
+    assert not vocab.tensors and len(vocab.fields["tokenizer.ggml.tokens"].contents()) == len(hf["lm_head.weight"])
+    assert sorted(p.name for p in tmp_path.glob("*.gguf")) == ["m-f16.gguf", "m-q8_0.gguf", "vocab.gguf"]
 
 
 def test_a_converter_failure_names_it_and_leaves_no_file(converter_dir, tmp_path):
