@@ -22,12 +22,15 @@ import bench_train  # noqa: E402
 from medical_r1 import (
     artifacts,  # noqa: E402
     benchmarks,  # noqa: E402
+    export,  # noqa: E402
     generation,  # noqa: E402
     params,  # noqa: E402
 )
 from medical_r1 import data as data_mod  # noqa: E402
 from medical_r1 import models as models_mod  # noqa: E402
 from medical_r1 import runtime as rt_mod  # noqa: E402
+from src_helpers import encode_prompt  # noqa: E402
+
 
 def eval_questions(n: int) -> list[dict]:
     """n prompts in 04's format, from the repo's sample of the HuatuoGPT-o1 eval file (cycled when n is larger)."""
@@ -59,46 +62,62 @@ def timed_generation(model, tok, questions, batch_size, new_tokens, backend="uns
             **rt_mod.peak_gpu_memory_gib()}
 
 
+def raw_generate(model, tok, questions, new_tokens, **extra):
+    """One greedy model.generate call on a left-padded batch, as generate_answers makes it, with extra kwargs."""
+    import torch
+
+    encoded = [encode_prompt(tok, q["question"], "r1_chat") for q in questions]
+    width = max(map(len, encoded))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in encoded], device="cuda")
+    mask = (torch.arange(width, device="cuda")[None, :] >= torch.tensor([width - len(e) for e in encoded],
+                                                                          device="cuda")[:, None]).long()
+    with torch.no_grad():
+        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                              do_sample=False, pad_token_id=tok.pad_token_id, **extra)
+
+
+def load_4bit_with_adapter(model_dir, precision="bf16", memory_cap_gib=0, max_seq_length=4096, adapter_std=0.0):
+    """(model, tokenizer, backend) as 04 runs it: the 4-bit base with a LoRA adapter, through Unsloth.
+    adapter_std > 0 draws LoRA's B from N(0, adapter_std) (seed 0): a trained adapter is not zero, and with a
+    zero one the base and the tuned model, or a wrong merge, could not differ."""
+    import torch
+
+    runtime, backend = rt_mod.setup_backend("unsloth", precision, memory_cap_gib=memory_cap_gib)
+    model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, max_seq_length)
+    model = models_mod.add_lora(model, backend, params.Params(model_name=model_dir))
+    if adapter_std:
+        torch.manual_seed(0)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.data.normal_(0, adapter_std)
+    return model, tok, backend
+
+
 def first_step_logits(model, tok, questions, steps, graphs):
     """Greedy logits of the first decode steps for a left-padded batch, as generate_answers makes it, with
     Unsloth's eager decode step (04 before) or its CUDA-graph replay (04 now)."""
     import torch
     from unsloth import FastLanguageModel
 
-    from src_helpers import encode_prompt
-
     FastLanguageModel.for_inference(model)
-    encoded = [encode_prompt(tok, q["question"], "r1_chat") for q in questions]
-    width = max(map(len, encoded))
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in encoded], device="cuda")
-    mask = (ids != tok.pad_token_id).long()
-    with torch.no_grad(), generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}):
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
-                             do_sample=False, pad_token_id=tok.pad_token_id, output_logits=True,
-                             return_dict_in_generate=True)
-    return torch.stack(out.logits, 1).float(), out.sequences[:, width:]
+    with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}):
+        out = raw_generate(model, tok, questions, steps, output_logits=True, return_dict_in_generate=True)
+    return torch.stack(out.logits, 1).float(), out.sequences[:, -steps:]
 
 
-def compare_logits(reference, candidate) -> dict:
-    (ref, ref_tokens), (cand, cand_tokens) = reference, candidate
-    return {"max_abs_diff": (ref - cand).abs().max().item(), "max_abs_logit": ref.abs().max().item(),
-            "relative": ((ref - cand).abs().max() / ref.abs().max()).item(),
-            "argmax_equal_every_step": bool((ref.argmax(-1) == cand.argmax(-1)).all()),
-            "greedy_tokens_equal": bool(torch_equal(ref_tokens, cand_tokens))}
-
-
-def torch_equal(a, b):
+def compare_first_steps(reference, candidate) -> dict:
+    """05's logit comparison (largest difference, relative to the largest logit; argmax agreement) of two
+    first_step_logits results, and whether their greedy tokens are equal."""
     import torch
 
-    return torch.equal(a.cpu(), b.cpu())
+    (ref, ref_tokens), (cand, cand_tokens) = reference, candidate
+    return {**export.compare_logits([ref], [cand]), "greedy_tokens_equal": torch.equal(ref_tokens.cpu(), cand_tokens.cpu())}
 
 
 def t4_cap_run(model_dir, new_tokens, out):
     """The default batch at new_tokens output tokens each, under a 15 GiB cap in float16 (what a T4 has), on
     the 4-bit path a T4 runs: does it fit? Peak memory recorded."""
-    runtime, backend = rt_mod.setup_backend("unsloth", "fp16", memory_cap_gib=15)
-    model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, 4096)
-    model = models_mod.add_lora(model, backend, params.Params(model_name=model_dir))
+    model, tok, _ = load_4bit_with_adapter(model_dir, "fp16", memory_cap_gib=15)
     batch = params.Params().gen_batch_size
     try:
         row = timed_generation(model, tok, eval_questions(batch), batch, new_tokens, graphs=True, warm=False)
@@ -136,13 +155,7 @@ def main():
     if args.t4_cap:
         return t4_cap_run(model_dir, args.t4_new_tokens, args.out)
     started = time.perf_counter()
-    runtime, backend = rt_mod.setup_backend("unsloth", "bf16")
-    model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, 4096)
-    model = models_mod.add_lora(model, backend, params.Params(model_name=model_dir))
-    torch.manual_seed(0)
-    for name, param in model.named_parameters():  # a trained adapter is not zero: make the merge matter
-        if "lora_B" in name:
-            param.data.normal_(0, 0.02)
+    model, tok, _ = load_4bit_with_adapter(model_dir, adapter_std=0.02)
     runs, rows = {}, []
     if args.loop_questions:
         rows.append(("one_at_a_time", lambda: timed_generation(model, tok, eval_questions(args.loop_questions), 1,
@@ -166,7 +179,7 @@ def main():
             runs[f"new_batched_{b}"]["speedup_vs_old_same_batch"] = (
                 runs[f"new_batched_{b}"]["tokens_per_s"] / runs[f"old_batched_{b}"]["tokens_per_s"])
     questions = eval_questions(8)
-    checks = {"graphs_vs_eager_first_8_steps": compare_logits(first_step_logits(model, tok, questions, 8, False),
+    checks = {"graphs_vs_eager_first_8_steps": compare_first_steps(first_step_logits(model, tok, questions, 8, False),
                                                               first_step_logits(model, tok, questions, 8, True))}
     print(checks, flush=True)
     model = None  # free the GPU for the capped run

@@ -20,7 +20,6 @@ from medical_r1 import models as models_mod  # noqa: E402
 from medical_r1 import params  # noqa: E402
 from medical_r1 import runtime as rt_mod  # noqa: E402
 from medical_r1.generation import generate_answers  # noqa: E402
-from src_helpers import encode_prompt  # noqa: E402
 
 
 def timed(fn):
@@ -32,20 +31,6 @@ def timed(fn):
     result = fn()
     torch.cuda.synchronize()
     return result, time.perf_counter() - start
-
-
-def raw_generate(model, tok, questions, new_tokens, **extra):
-    """One model.generate call on a left-padded batch, as generate_answers makes it, with extra kwargs."""
-    import torch
-
-    encoded = [encode_prompt(tok, q["question"], "r1_chat") for q in questions]
-    width = max(map(len, encoded))
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in encoded], device="cuda")
-    mask = (torch.arange(width, device="cuda")[None, :] >= torch.tensor([width - len(e) for e in encoded],
-                                                                          device="cuda")[:, None]).long()
-    with torch.no_grad():
-        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False, pad_token_id=tok.pad_token_id, **extra)
 
 
 def main():
@@ -78,8 +63,8 @@ def main():
         model.eval()
     for name, extra in [("dynamic_cache", {}), ("static_cache", {"cache_implementation": "static"})]:
         try:
-            raw_generate(model, tok, qs[:2], 8, **extra)
-            _, s = timed(lambda: raw_generate(model, tok, qs, args.new_tokens, **extra))
+            bench_generate.raw_generate(model, tok, qs[:2], 8, **extra)
+            _, s = timed(lambda: bench_generate.raw_generate(model, tok, qs, args.new_tokens, **extra))
             report["runs"][f"{name}_32"] = {"tokens_per_s": 32 * args.new_tokens / s, **rt_mod.peak_gpu_memory_gib()}
             print(f"{name} batch 32: {32 * args.new_tokens / s:.0f} tok/s", flush=True)
         except Exception as err:  # noqa: BLE001 (a probe: record what failed and go on)
@@ -89,7 +74,7 @@ def main():
 
     steps = 32
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        _, s = timed(lambda: raw_generate(model, tok, qs, steps))
+        _, s = timed(lambda: bench_generate.raw_generate(model, tok, qs, steps))
     events = prof.key_averages()
     cuda_us = sum(e.self_device_time_total for e in events)
     report["profile_batch_32"] = {"decode_steps": steps, "wall_ms_per_step": 1000 * s / steps,

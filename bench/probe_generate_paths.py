@@ -27,26 +27,15 @@ FAMILIES = {
 }
 
 
-def questions(n):
-    import bench_generate
-
-    return bench_generate.eval_questions(n)
-
-
 def run_family(family: str, model_dir: str, new_tokens: int, out: pathlib.Path):
+    import bench_generate
     import torch
 
     from medical_r1 import params
-    from medical_r1 import runtime as rt_mod
-    from medical_r1.generation import generate_answers
 
     results = {}
     if family == "unsloth":
-        from medical_r1 import models as models_mod
-
-        runtime, backend = rt_mod.setup_backend("unsloth", "bf16")
-        model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, 2048)
-        model = models_mod.add_lora(model, backend, params.Params(model_name=model_dir))
+        model, tok, backend = bench_generate.load_4bit_with_adapter(model_dir, max_seq_length=2048)
     else:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -64,24 +53,10 @@ def run_family(family: str, model_dir: str, new_tokens: int, out: pathlib.Path):
     for name, batch, opts in FAMILIES[family]:
         key = f"{name}_{batch}"
         try:
-            if family == "unsloth":
-                from unsloth.models import _decode_graphs
-
-                _decode_graphs.ENABLED = bool(opts.get("graphs"))
             extra = {"cache_implementation": "static"} if opts.get("static") else {}
-            qs = questions(batch)
-            generate_answers(model, tok, qs[:2], "r1_chat", 8, 0.6, 0.95, False, 2, 0, backend, **extra)
-            generate_answers(model, tok, qs, "r1_chat", 8, 0.6, 0.95, False, batch, 0, backend, **extra)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            answers = generate_answers(model, tok, qs, "r1_chat", new_tokens, 0.6, 0.95, False, batch, 0, backend,
-                                       min_new_tokens=new_tokens, **extra)
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            tokens = sum(a["new_tokens"] for a in answers)
-            results[key] = {"tokens_per_s": tokens / seconds, "seconds": seconds, "tokens": tokens,
-                            **rt_mod.peak_gpu_memory_gib()}
+            results[key] = bench_generate.timed_generation(
+                model, tok, bench_generate.eval_questions(batch), batch, new_tokens, backend,
+                graphs=bool(opts.get("graphs")), **extra)
         except Exception as err:  # noqa: BLE001 (a probe: record what failed and go on)
             traceback.print_exc()
             results[key] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}

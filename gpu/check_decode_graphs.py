@@ -11,11 +11,10 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "gpu")]
+sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "bench")]
+import bench_generate  # noqa: E402
 
-from medical_r1 import generation, params  # noqa: E402
-from medical_r1 import models as models_mod  # noqa: E402
-from medical_r1 import runtime as rt_mod  # noqa: E402
+from medical_r1 import generation  # noqa: E402
 
 
 def main():
@@ -25,13 +24,7 @@ def main():
     args = parser.parse_args()
     import torch
 
-    runtime, backend = rt_mod.setup_backend("unsloth", "bf16")
-    model, tok = models_mod.load_model_and_tokenizer(args.model_dir, backend, runtime, 2048)
-    model = models_mod.add_lora(model, backend, params.Params(model_name=args.model_dir))
-    torch.manual_seed(0)
-    for name, param in model.named_parameters():  # a trained adapter is not zero: base and tuned differ
-        if "lora_B" in name:
-            param.data.normal_(0, 0.02)
+    model, tok, backend = bench_generate.load_4bit_with_adapter(args.model_dir, max_seq_length=2048, adapter_std=0.02)
     report = {"device": torch.cuda.get_device_name(0)}
     for graphs in (False, True):
         settings = dict(template="r1_chat", max_new_tokens=48, temperature=0.6, top_p=0.95, do_sample=True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import threading
 
+from medical_r1.params import check_share
 from medical_r1.runtime import detect_platform
 from src_helpers import encode_prompt
 
@@ -16,10 +17,9 @@ MODELS = ("fine-tuned", "base")  # the switch in the chat; "base" is the same mo
 def share_link(share: str, platform: str | None = None) -> bool:
     """SHARE = "auto" opens a public gradio.live link on Colab and Kaggle, where a local address cannot be
     reached from your browser, and not on your own machine; True or False forces it."""
+    check_share(share, "SHARE")
     if share == "auto":
         return (platform or detect_platform()) in ("colab", "kaggle")
-    if not isinstance(share, bool):
-        raise ValueError(f"SHARE must be 'auto', True or False, got {share!r}")
     return share
 
 

@@ -78,6 +78,11 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def _last_line(stderr: str) -> str:
+    """A failed command's own last word: the error line Python and pip end with."""
+    return (stderr.strip().splitlines() or ["no message"])[-1]
+
+
 def llama_cpp_version() -> str:
     return parse_requirements(GGUF_REQUIREMENTS)["llama-cpp-python"]
 
@@ -99,7 +104,7 @@ def fetch_converter(cache_dir, sdist=None) -> pathlib.Path:
                                   f"llama-cpp-python=={version}", "-d", str(cache_dir)], check=False, capture_output=True, text=True)
             if got.returncode or not sdist.exists():
                 raise RuntimeError(f"Could not download llama-cpp-python=={version}'s source from the package "
-                                   f"registry ({(got.stderr.strip().splitlines() or ['no message'])[-1]}); "
+                                   f"registry ({_last_line(got.stderr)}); "
                                    "download it elsewhere and pass the .tar.gz as sdist")
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
 
@@ -134,8 +139,7 @@ def convert_to_gguf(model_dir, out_file, outtype: str, converter_dir, pre_tokeni
                            *(["--vocab-only"] if vocab_only else [])], check=False, capture_output=True, text=True)
     if done.returncode:
         part.unlink(missing_ok=True)
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise RuntimeError(f"llama.cpp's converter failed on {model_dir}: {last}")
+        raise RuntimeError(f"llama.cpp's converter failed on {model_dir}: {_last_line(done.stderr)}")
     os.replace(part, out_file)
     return out_file
 

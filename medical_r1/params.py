@@ -48,6 +48,11 @@ def check_gguf_quantizations(quantizations, name: str) -> None:
         raise ValueError(f"{name}: unknown {unknown}; choose from {list(GGUF_QUANTIZATIONS)}")
 
 
+def check_share(share, name: str) -> None:
+    if share != "auto" and not isinstance(share, bool):
+        raise ValueError(f"{name} must be 'auto', True or False, got {share!r}")
+
+
 def check_judge_base_url(url: str) -> None:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"judge_base_url must be an http(s) URL, got {url!r}")
@@ -140,8 +145,7 @@ class Params:
             raise ValueError(f"gpu_memory_cap_gib must be >= 0 (0 means no cap), got {self.gpu_memory_cap_gib!r}")
         if self.chat_model not in ("adapter", "merged"):
             raise ValueError(f"chat_model must be 'adapter' or 'merged', got {self.chat_model!r}")
-        if self.share not in ("auto", True, False):
-            raise ValueError(f"share must be 'auto', True or False, got {self.share!r}")
+        check_share(self.share, "share")
         if self.report_to not in ("auto", "wandb", "none"):
             raise ValueError(f"report_to must be 'auto', 'wandb' or 'none', got {self.report_to!r}")
         check_gguf_quantizations(self.gguf_quantizations, "gguf_quantizations")

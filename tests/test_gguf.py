@@ -1,6 +1,5 @@
 """GGUF and the Ollama Modelfile: the template reproduces the training prompt; where GGUF cannot be made the
 report says why and nothing is left behind."""
-import functools
 import pathlib
 import re
 
@@ -79,6 +78,11 @@ def test_modelfile_template_rendered_as_ollama_gives_the_training_tokens(tokeniz
         sh.render_prompt(tokenizer, "q2", template).removeprefix(tokenizer.bos_token))
 
 
+def reader_field(reader):
+    """name -> the value of that GGUF metadata field."""
+    return lambda name: reader.fields[name].contents()
+
+
 @pytest.fixture(scope="module")
 def converter_dir(tmp_path_factory):
     # llama.cpp's converter from the pinned llama-cpp-python's source on PyPI (the registry is reachable in CI)
@@ -103,7 +107,7 @@ def test_llama_cpp_converter_writes_the_merged_model(converter_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(merged)
     for outtype, path in files.items():
         reader = GGUFReader(path)
-        field = functools.partial(lambda r, name: r.fields[name].contents(), reader)
+        field = reader_field(reader)
         assert field("general.architecture") == "llama" and field("tokenizer.ggml.pre") == "gpt-2"
         assert field("tokenizer.ggml.bos_token_id") == tokenizer.bos_token_id
         assert field("tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
