@@ -5,7 +5,9 @@ copies (Unsloth's checkpoint offload), and the top kernels and host calls.
 
 On a 2-GPU machine, after bench_ddp.py has built the model and formatted the data (or with them built here):
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 python bench/profile_ddp.py --out $OUT
-Writes profile_ddp.json.
+Writes profile_ddp.json, with the (GPU bus id, pid) of every process nvidia-smi saw on a GPU during each run.
+--no-profiler times the steps alone; --logging-steps N logs every N steps without the progress bar, to see what
+the first process's per-step logging costs both.
 """
 import argparse
 import json
@@ -41,10 +43,9 @@ def summarize(prof, steps: int, wall_s: float) -> dict:
     }
 
 
-def worker(out: pathlib.Path, grad_accum: int, first: int, steps: int):
+def worker(out: pathlib.Path, grad_accum: int, first: int, steps: int, profiled: bool, logging_steps: int):
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from transformers import TrainerCallback
 
     from medical_r1 import models as models_mod
     from medical_r1 import params, training
@@ -58,23 +59,35 @@ def worker(out: pathlib.Path, grad_accum: int, first: int, steps: int):
     train, val = load_formatted_data(str(DATA_DIR), MODEL_DIR, p.max_seq_length)
     model, tok = models_mod.load_model_and_tokenizer(MODEL_DIR, backend, runtime, p.max_seq_length)
     model = models_mod.add_lora(model, backend, p)
+    from transformers import TrainerCallback  # after Unsloth's import (in the loader), as in 03
+
     trainer = training.make_trainer(model, tok, train, val, p, backend, runtime)
-    result = {}
+    if logging_steps != 1:  # the experiment: less host work per step on the first process alone
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.args.logging_steps = logging_steps
+        trainer.remove_callback(ProgressCallback)
+    result = {"pid": os.getpid(), "cuda_current_device": torch.cuda.current_device(), "profiled": profiled,
+              "logging_steps": trainer.args.logging_steps}
 
     class Profiled(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == first and not hasattr(self, "prof"):
+            if state.global_step == first and not hasattr(self, "start"):
                 torch.cuda.synchronize()
-                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-                self.prof.__enter__()
+                if profiled:
+                    self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                    self.prof.__enter__()
                 self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == first + steps:
                 torch.cuda.synchronize()
                 wall = time.perf_counter() - self.start
-                self.prof.__exit__(None, None, None)
-                result.update(summarize(self.prof, steps, wall))
+                if profiled:
+                    self.prof.__exit__(None, None, None)
+                    result.update(summarize(self.prof, steps, wall))
+                else:
+                    result["wall_ms_per_step"] = 1000 * wall / steps
 
     micro_batches = []  # per micro-batch: its size and when it started
     compute_loss = trainer.compute_loss
@@ -95,17 +108,31 @@ def worker(out: pathlib.Path, grad_accum: int, first: int, steps: int):
     (out / f"profile_{world}gpu_rank{rank}.json").write_text(json.dumps(result, indent=1))
 
 
+def gpu_processes() -> set:
+    """(GPU bus id, pid) for every process nvidia-smi sees with a context on a GPU."""
+    listed = subprocess.run(["nvidia-smi", "--query-compute-apps=gpu_bus_id,pid", "--format=csv,noheader"],
+                            capture_output=True, text=True, check=False).stdout
+    return {tuple(x.strip() for x in line.split(",")) for line in listed.splitlines() if "," in line}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=pathlib.Path, required=True)
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--first", type=int, default=6, help="optimizer steps before the profiled ones")
     parser.add_argument("--steps", type=int, default=2, help="profiled optimizer steps")
+    parser.add_argument("--no-profiler", action="store_true", help="time the steps only (the profiler slows the host)")
+    parser.add_argument("--logging-steps", type=int, default=1,
+                        help="log every N steps, without the progress bar (03 logs every step)")
     parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--prepare", action="store_true", help="build the model and format the data, then stop")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.worker:
-        return worker(args.out, args.grad_accum, args.first, args.steps)
+        return worker(args.out, args.grad_accum, args.first, args.steps, not args.no_profiler, args.logging_steps)
+    if not args.prepare:  # in a child process, so that this one holds no GPU context while the runs are watched
+        subprocess.run([sys.executable, __file__, "--prepare", "--out", str(args.out)], check=True)
+        return launch(args)
     import real_shapes
     import run_series
 
@@ -116,19 +143,31 @@ def main():
             "MODEL_NAME": MODEL_DIR, "DATASET_NAME": str(real_shapes.REF / "data" / "medical_o1_sft.json"),
             "DATA_CONFIG": "en", "MAX_EXAMPLES": 0, "VAL_SIZE": 16, "INSTALL_REQUIREMENTS": "never"}}, DATA_DIR,
             only=["02"])
+
+
+def launch(args):
     env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "8"}
     worker_args = [__file__, "--worker", "--out", str(args.out), "--grad-accum", str(args.grad_accum),
-                   "--first", str(args.first), "--steps", str(args.steps)]
+                   "--first", str(args.first), "--steps", str(args.steps), "--logging-steps", str(args.logging_steps),
+                   *(["--no-profiler"] if args.no_profiler else [])]
+    placement = {}
     for launcher, visible in (([sys.executable], "0"),
                               ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"], "0,1")):
-        subprocess.run([*launcher, *worker_args], env={**env, "CUDA_VISIBLE_DEVICES": visible}, check=False)
+        run = subprocess.Popen([*launcher, *worker_args], env={**env, "CUDA_VISIBLE_DEVICES": visible})
+        while run.poll() is None:  # which processes hold a context on which GPU, sampled while training runs
+            time.sleep(3)
+            placement.setdefault(visible, set()).update(gpu_processes())
     report = {name.stem: json.loads(name.read_text()) for name in sorted(args.out.glob("profile_*gpu_rank*.json"))}
+    report["gpu_processes"] = {k: sorted(v) for k, v in placement.items()}
     (args.out / "profile_ddp.json").write_text(json.dumps(report, indent=1))
+    print("GPU (bus id) and pid of every process with a context there:", report["gpu_processes"])
     for name, r in report.items():
-        print(name, "tokens (labels) per micro-batch:", [(m["tokens"], m["label_tokens"]) for m in r.get("micro_batches", [])])
+        if name == "gpu_processes":
+            continue
+        print(name, f"pid {r.get('pid')} on cuda:{r.get('cuda_current_device')}, wall {r.get('wall_ms_per_step', 0):.0f} ms/step;", "tokens (labels) per micro-batch:", [(m["tokens"], m["label_tokens"]) for m in r.get("micro_batches", [])])
         print("   seconds between micro-batches:", r.get("seconds_between_micro_batches"))
-        if "wall_ms_per_step" in r:
+        if "gpu_busy_ms_per_step" in r:
             print(f"{name}: wall {r['wall_ms_per_step']:.0f} ms/step, GPU busy {r['gpu_busy_ms_per_step']:.0f}, "
                   f"NCCL {r['nccl_ms_per_step']:.1f}, DtoH {r['memcpy_dtoh_ms_per_step']:.1f}, "
                   f"HtoD {r['memcpy_htod_ms_per_step']:.1f}")

@@ -49,8 +49,8 @@ def detect_runtime() -> Runtime:
     name = capability = None
     bf16 = supported = False
     if cuda:
-        name = torch.cuda.get_device_name(0)
-        capability = tuple(torch.cuda.get_device_capability(0))
+        name = torch.cuda.get_device_name()
+        capability = tuple(torch.cuda.get_device_capability())
         arch = f"sm_{capability[0]}{capability[1]}"
         # torch lists the architectures it has kernels for; Kaggle's current torch has no sm_60 (P100).
         supported = arch in torch.cuda.get_arch_list() or any(
@@ -106,12 +106,25 @@ def cap_gpu_memory(gib: float) -> None:
     """Let this process use at most `gib` GiB of GPU memory, so a big GPU shows what fits on a T4."""
     import torch
 
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), 0)
+    total = torch.cuda.get_device_properties().total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total))
+
+
+def bind_process_gpu() -> None:
+    """Under torchrun or accelerate launch, make this process's own GPU (LOCAL_RANK) the current one before
+    anything touches CUDA. Left to accelerate (which binds it later, in the trainer), the first CUDA calls of every
+    process (the runtime check, Unsloth's import) open a context on GPU 0 as well, and the first process then
+    shares its GPU with the others (seen with nvidia-smi on two H200s: bench/profile_ddp.py)."""
+    import torch
+
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and torch.cuda.is_available():
+        torch.cuda.set_device(int(local_rank))
 
 
 def setup_backend(requested: str = "auto", precision: str = "auto", memory_cap_gib: float = 0) -> tuple[Runtime, str]:
     """Detect the runtime, pick the backend, and say which one and why (one line each)."""
+    bind_process_gpu()
     runtime = apply_precision(detect_runtime(), precision)
     backend, why = choose_backend(requested, runtime)
     print(runtime.describe())

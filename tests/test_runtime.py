@@ -55,6 +55,31 @@ def test_detect_runtime_sees_a_faked_p100_without_kernels(monkeypatch):
         rt_mod.choose_backend("auto", rt)
 
 
+@pytest.mark.parametrize("local_rank, expected", [("1", ["set_device 1", "detect"]), (None, ["detect"])])
+def test_each_process_makes_its_own_gpu_current_before_any_cuda_call(monkeypatch, local_rank, expected):
+    """Under torchrun the second process's first CUDA calls (the runtime check, Unsloth's import) otherwise open a
+    context on GPU 0 too: nvidia-smi saw it there on two H200s. In a notebook (no LOCAL_RANK) nothing is bound."""
+    import torch
+
+    calls = []
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(f"set_device {i}"))
+    real_detect = rt_mod.detect_runtime
+
+    def detect():
+        calls.append("detect")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        return real_detect()
+
+    monkeypatch.setattr(rt_mod, "detect_runtime", detect)
+    runtime, backend = rt_mod.setup_backend("cpu")
+    assert calls == expected and backend == "cpu"
+
+
 def test_detect_runtime_on_this_machine():
     rt = rt_mod.detect_runtime()
     assert rt.platform == "local"
