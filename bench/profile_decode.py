@@ -19,17 +19,28 @@ import bench_generate  # noqa: E402
 from medical_r1 import generation  # noqa: E402
 
 
-def profiled_generate(model, tok, questions, new_tokens):
-    """(wall s, {kernel or op name: [GPU ms, calls]}) of one greedy generate call under torch.profiler."""
+def profiled_generate(model, tok, questions, new_tokens, trace=None):
+    """(wall s, {kernel or op name: [GPU ms, calls]}) of one greedy generate call under torch.profiler;
+    with `trace`, the timeline (ops with their input shapes) is written there as gzipped Chrome-trace JSON."""
+    import gzip
+    import os
+    import tempfile
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=bool(trace)) as prof:
         start = time.perf_counter()
         bench_generate.raw_generate(model, tok, questions, new_tokens)
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
+    if trace:
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as raw:
+            prof.export_chrome_trace(raw.name)
+        with open(raw.name, "rb") as src, gzip.open(trace, "wb") as dst:
+            dst.write(src.read())
+        os.unlink(raw.name)
     gpu = {e.key: [e.self_device_time_total / 1000, e.count] for e in prof.key_averages() if e.self_device_time_total > 0}
     return wall, gpu
 
@@ -51,6 +62,8 @@ def main():
     parser.add_argument("--out", type=pathlib.Path, required=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=65, help="tokens per row in the profiled call")
+    parser.add_argument("--trace-tokens", type=int, default=0,
+                        help="also write the eager step's timeline for a call of this many tokens (decode_trace.json.gz)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
@@ -67,6 +80,9 @@ def main():
             long = profiled_generate(model, tok, questions, args.new_tokens)
         report[name] = per_step(long, short, args.new_tokens - 1)
         print(name, json.dumps(report[name], indent=1), flush=True)
+    if args.trace_tokens:
+        with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "0"}):
+            profiled_generate(model, tok, questions, args.trace_tokens, trace=args.out / "decode_trace.json.gz")
     (args.out / "profile_decode.json").write_text(json.dumps(report, indent=1))
 
 
