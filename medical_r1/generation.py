@@ -42,11 +42,11 @@ def environment(variables: dict):
 
 
 def standard_layout(hidden):
-    """The same values in the standard row-major layout (a view where it already is one, else a copy).
-    [batch, 1, hidden] states that are a view of [1, batch, hidden], as Unsloth's decode step passes them to the
-    output head, or a [:, -1:] slice of the prompt's states, make torch's linear run as a batched product with
-    the weight broadcast to every row (aten::matmul folds only rows laid out one after another), so the head's
-    weights are read once per row instead of once."""
+    """The same values in the standard row-major layout (a view where the rows allow it, else a copy).
+    [batch, 1, hidden] states whose rows do not lie one after another in memory (a view of [1, batch, hidden],
+    a [:, -1:] slice of the prompt's states, or what Unsloth's decode step passes to the output head) make
+    torch's linear run as a batched product with the weight broadcast to every row (aten::matmul folds only
+    rows laid out one after another), so the head's weights are read once per row instead of once."""
     return hidden.reshape(-1, hidden.shape[-1]).contiguous().view(hidden.shape)
 
 
