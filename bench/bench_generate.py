@@ -1,7 +1,8 @@
 """04's generation, old path against new in one run, at equal output tokens (min_new_tokens = max_new_tokens):
 generate_answers on the 4-bit model plus a LoRA adapter with Unsloth's inference mode (as 04 runs it), greedy,
-04's own multiple-choice prompts; rows old_batched_B (Unsloth's eager decode step) and new_batched_B (its
-CUDA-graph decode step, 04's path now). Also checks the two give the same logits for the first decode steps,
+04's own multiple-choice prompts; rows old_batched_B (Unsloth's eager decode step, the head's input as it
+comes: 04 before), graphs_only_batched_B (the CUDA-graph decode step alone) and new_batched_B (graph step and the
+head's input re-laid out: 04's path now). Also checks the two give the same logits for the first decode steps,
 and runs the default batch at --t4-new-tokens under a 15 GiB cap in float16 (in its own process).
 --loop-questions N adds the tutorials' one-question-per-call loop.
 
@@ -10,10 +11,12 @@ On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.
 Prints a table and writes generate_bench.json and t4_cap.json.
 """
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
 import time
+from unittest import mock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "bench")]
@@ -39,15 +42,26 @@ def eval_questions(n: int) -> list[dict]:
     return [{"id": f"{i}", "question": benchmarks.mc_question(items[i % len(items)])} for i in range(n)]
 
 
+HEAD_RELAYOUT = generation.head_reads_weights_once  # kept: timed_generation patches the module's name
+
+
+def head_relayout(model, on: bool):
+    """generate_answers' re-layout of the output head's input, or (off) 04's head call before it."""
+    return HEAD_RELAYOUT(model) if on else contextlib.nullcontext()
+
+
 def timed_generation(model, tok, questions, batch_size, new_tokens, backend="unsloth", graphs=False,
-                     warm=True, **generate_kwargs) -> dict:
+                     warm=True, relayout=True, **generate_kwargs) -> dict:
     """Tokens/s of generate_answers on these questions at equal output tokens (min_new_tokens = max_new_tokens);
-    graphs turns on Unsloth's CUDA-graph decode step. A warm-up call with the same shapes comes first."""
+    graphs turns on Unsloth's CUDA-graph decode step, relayout=False leaves the head's input as it comes (04's
+    path before both: graphs=False, relayout=False). A warm-up call with the same shapes comes first."""
     import torch
 
-    run = lambda n: generation.generate_answers(model, tok, questions, "r1_chat", n, 0.6, 0.95, False,  # noqa: E731
-                                                batch_size, 0, backend, min_new_tokens=n, decode_graphs=graphs,
-                                                **generate_kwargs)
+    def run(n):
+        with mock.patch.object(generation, "head_reads_weights_once", lambda m: head_relayout(m, relayout)):
+            return generation.generate_answers(model, tok, questions, "r1_chat", n, 0.6, 0.95, False, batch_size, 0,
+                                               backend, min_new_tokens=n, decode_graphs=graphs, **generate_kwargs)
+
     if warm:
         run(new_tokens if generate_kwargs.get("cache_implementation") == "static" else 8)
     torch.cuda.synchronize()
@@ -93,14 +107,15 @@ def load_4bit_with_adapter(model_dir, precision="bf16", memory_cap_gib=0, max_se
     return model, tok, backend
 
 
-def first_step_logits(model, tok, questions, steps, graphs):
+def first_step_logits(model, tok, questions, steps, graphs, relayout):
     """Greedy logits of the first decode steps for a left-padded batch, as generate_answers makes it, with
-    Unsloth's eager decode step (04 before) or its CUDA-graph replay (04 now)."""
+    Unsloth's eager decode step and the head's input as it comes (04 before) or with its CUDA-graph replay and
+    the head's input re-laid out (04 now)."""
     import torch
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_inference(model)
-    with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}):
+    with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}), head_relayout(model, relayout):
         out = raw_generate(model, tok, questions, steps, output_logits=True, return_dict_in_generate=True)
     return torch.stack(out.logits, 1).float(), out.sequences[:, -steps:]
 
@@ -162,7 +177,10 @@ def main():
                                                                  args.new_tokens)))
     for b in args.batch_sizes:
         rows.append((f"old_batched_{b}", lambda b=b: timed_generation(model, tok, eval_questions(b), b,
-                                                                      args.new_tokens, graphs=False)))
+                                                                      args.new_tokens, graphs=False, relayout=False)))
+        rows.append((f"graphs_only_batched_{b}", lambda b=b: timed_generation(model, tok, eval_questions(b), b,
+                                                                              args.new_tokens, graphs=True,
+                                                                              relayout=False)))
         rows.append((f"new_batched_{b}", lambda b=b: timed_generation(model, tok, eval_questions(b), b,
                                                                       args.new_tokens, graphs=True)))
     for name, fn in rows:
@@ -179,8 +197,11 @@ def main():
             runs[f"new_batched_{b}"]["speedup_vs_old_same_batch"] = (
                 runs[f"new_batched_{b}"]["tokens_per_s"] / runs[f"old_batched_{b}"]["tokens_per_s"])
     questions = eval_questions(8)
-    checks = {"graphs_vs_eager_first_8_steps": compare_first_steps(first_step_logits(model, tok, questions, 8, False),
-                                                              first_step_logits(model, tok, questions, 8, True))}
+    before = first_step_logits(model, tok, questions, 8, graphs=False, relayout=False)
+    checks = {"graphs_vs_eager_first_8_steps": compare_first_steps(
+                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=False)),
+              "new_vs_old_first_8_steps": compare_first_steps(
+                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True))}
     print(checks, flush=True)
     model = None  # free the GPU for the capped run
     torch.cuda.empty_cache()
