@@ -141,42 +141,54 @@ def packed_loss_check(trainer, model, records) -> dict:
 
 
 def profile_summary(prof, steps: int, wall_s: float) -> dict:
-    """What a step spends: wall time against GPU busy time, host syncs, and the top CPU and GPU operations."""
+    """What a step spends: wall time against GPU busy time, host syncs, NCCL kernels (under DDP), host<->device
+    copies (Unsloth's checkpoint offload), and the top CPU and GPU operations."""
     events = prof.key_averages()
-    gpu_ms = sum(e.self_device_time_total for e in events) / 1000 / steps
     count = {e.key: e.count for e in events}
-    return {"steps": steps, "wall_ms_per_step": 1000 * wall_s / steps, "gpu_busy_ms_per_step": gpu_ms,
+
+    def gpu_ms(match=lambda key: True):
+        return sum(e.self_device_time_total for e in events if match(e.key)) / 1000 / steps
+
+    return {"steps": steps, "wall_ms_per_step": 1000 * wall_s / steps, "gpu_busy_ms_per_step": gpu_ms(),
             "syncs_per_step": (count.get("cudaStreamSynchronize", 0) + count.get("cudaDeviceSynchronize", 0)) / steps,
             "item_calls_per_step": count.get("aten::_local_scalar_dense", 0) / steps,
+            "nccl_ms_per_step": gpu_ms(lambda k: "nccl" in k.lower()),
+            "memcpy_dtoh_ms_per_step": gpu_ms(lambda k: "DtoH" in k or "Device -> Pageable" in k or "Device -> Pinned" in k),
+            "memcpy_htod_ms_per_step": gpu_ms(lambda k: "HtoD" in k or "Pageable -> Device" in k or "Pinned -> Device" in k),
             "top_cpu_ms_per_step": [(e.key[:90], round(e.self_cpu_time_total / 1000 / steps, 2), e.count // steps)
                                     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]],
             "top_gpu_ms_per_step": [(e.key[:90], round(e.self_device_time_total / 1000 / steps, 2), e.count // steps)
                                     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]]}
 
 
-def profiler_callback(first_step: int, steps: int, results: dict):
-    """Profile optimizer steps first_step+1 .. first_step+steps of a Trainer run (after the timed window)."""
+def profiler_callback(first_step: int, steps: int, results: dict, profiled: bool = True):
+    """Profile optimizer steps first_step+1 .. first_step+steps of a Trainer run (after the timed window) into
+    results["profile"]; profiled=False times them only (the profiler slows the host about 2x)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
     class Profiled(TrainerCallback):
-        prof = None
+        prof = start = None
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == first_step:
+            if state.global_step == first_step and self.start is None:
                 torch.cuda.synchronize()
-                self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-                self.prof.__enter__()
+                if profiled:
+                    self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                    self.prof.__enter__()
                 self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if self.prof is not None and state.global_step == first_step + steps:
+            if self.start is not None and state.global_step == first_step + steps:
                 torch.cuda.synchronize()
                 wall = time.perf_counter() - self.start
-                self.prof.__exit__(None, None, None)
-                results["profile"] = profile_summary(self.prof, steps, wall)
-                self.prof = None
+                if self.prof is None:
+                    results["profile"] = {"steps": steps, "wall_ms_per_step": 1000 * wall / steps}
+                else:
+                    self.prof.__exit__(None, None, None)
+                    results["profile"] = profile_summary(self.prof, steps, wall)
+                    self.prof = None
 
     return Profiled()
 

@@ -24,28 +24,9 @@ MODEL_DIR = "/tmp/models/qwen-1.5b"
 DATA_DIR = pathlib.Path("/tmp/ddp/formatted")
 
 
-def summarize(prof, steps: int, wall_s: float) -> dict:
-    events = prof.key_averages()
-    gpu = sorted(events, key=lambda e: -e.self_device_time_total)
-
-    def gpu_ms(match):
-        return sum(e.self_device_time_total for e in events if match(e.key)) / 1000 / steps
-
-    return {
-        "wall_ms_per_step": 1000 * wall_s / steps,
-        "gpu_busy_ms_per_step": sum(e.self_device_time_total for e in events) / 1000 / steps,
-        "nccl_ms_per_step": gpu_ms(lambda k: "nccl" in k.lower()),
-        "memcpy_dtoh_ms_per_step": gpu_ms(lambda k: "DtoH" in k or "Device -> Pageable" in k or "Device -> Pinned" in k),
-        "memcpy_htod_ms_per_step": gpu_ms(lambda k: "HtoD" in k or "Pageable -> Device" in k or "Pinned -> Device" in k),
-        "top_gpu": [(e.key[:90], round(e.self_device_time_total / 1000 / steps, 2), e.count // steps) for e in gpu[:15]],
-        "top_cpu": [(e.key[:90], round(e.self_cpu_time_total / 1000 / steps, 2), e.count // steps)
-                    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]],
-    }
-
-
 def worker(out: pathlib.Path, grad_accum: int, first: int, steps: int, profiled: bool, logging_steps: int):
+    import bench_train
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     from medical_r1 import models as models_mod
     from medical_r1 import params, training
@@ -59,8 +40,6 @@ def worker(out: pathlib.Path, grad_accum: int, first: int, steps: int, profiled:
     train, val = load_formatted_data(str(DATA_DIR), MODEL_DIR, p.max_seq_length)
     model, tok = models_mod.load_model_and_tokenizer(MODEL_DIR, backend, runtime, p.max_seq_length)
     model = models_mod.add_lora(model, backend, p)
-    from transformers import TrainerCallback  # after Unsloth's import (in the loader), as in 03
-
     trainer = training.make_trainer(model, tok, train, val, p, backend, runtime)
     if logging_steps != 1:  # the experiment: less host work per step on the first process alone
         from transformers.trainer_callback import ProgressCallback
@@ -69,25 +48,6 @@ def worker(out: pathlib.Path, grad_accum: int, first: int, steps: int, profiled:
         trainer.remove_callback(ProgressCallback)
     result = {"pid": os.getpid(), "cuda_current_device": torch.cuda.current_device(), "profiled": profiled,
               "logging_steps": trainer.args.logging_steps}
-
-    class Profiled(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == first and not hasattr(self, "start"):
-                torch.cuda.synchronize()
-                if profiled:
-                    self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-                    self.prof.__enter__()
-                self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == first + steps:
-                torch.cuda.synchronize()
-                wall = time.perf_counter() - self.start
-                if profiled:
-                    self.prof.__exit__(None, None, None)
-                    result.update(summarize(self.prof, steps, wall))
-                else:
-                    result["wall_ms_per_step"] = 1000 * wall / steps
 
     micro_batches = []  # per micro-batch: its size and when it started
     compute_loss = trainer.compute_loss
@@ -98,7 +58,7 @@ def worker(out: pathlib.Path, grad_accum: int, first: int, steps: int, profiled:
         return compute_loss(model, inputs, *args, **kwargs)
 
     trainer.compute_loss = timed_compute_loss
-    trainer.add_callback(Profiled())
+    trainer.add_callback(bench_train.profiler_callback(first, steps, result, profiled))  # after Unsloth's import
     trainer.train()
     result["micro_batches"] = [{k: v for k, v in m.items() if k != "start"} for m in micro_batches]
     starts = [m["start"] for m in micro_batches]
@@ -165,13 +125,14 @@ def launch(args):
     for name, r in report.items():
         if name == "gpu_processes":
             continue
-        print(name, f"pid {r.get('pid')} on cuda:{r.get('cuda_current_device')}, wall {r.get('wall_ms_per_step', 0):.0f} ms/step;", "tokens (labels) per micro-batch:", [(m["tokens"], m["label_tokens"]) for m in r.get("micro_batches", [])])
+        prof = r.get("profile", {})
+        print(name, f"pid {r.get('pid')} on cuda:{r.get('cuda_current_device')}, wall {prof.get('wall_ms_per_step', 0):.0f} "
+              f"ms/step;", "tokens (labels) per micro-batch:", [(m["tokens"], m["label_tokens"]) for m in r.get("micro_batches", [])])
         print("   seconds between micro-batches:", r.get("seconds_between_micro_batches"))
-        if "gpu_busy_ms_per_step" in r:
-            print(f"{name}: wall {r['wall_ms_per_step']:.0f} ms/step, GPU busy {r['gpu_busy_ms_per_step']:.0f}, "
-                  f"NCCL {r['nccl_ms_per_step']:.1f}, DtoH {r['memcpy_dtoh_ms_per_step']:.1f}, "
-                  f"HtoD {r['memcpy_htod_ms_per_step']:.1f}")
-            for row in r["top_gpu"][:8]:
+        if "gpu_busy_ms_per_step" in prof:
+            print(f"{name}: GPU busy {prof['gpu_busy_ms_per_step']:.0f} ms/step, NCCL {prof['nccl_ms_per_step']:.1f}, "
+                  f"DtoH {prof['memcpy_dtoh_ms_per_step']:.1f}, HtoD {prof['memcpy_htod_ms_per_step']:.1f}")
+            for row in prof["top_gpu_ms_per_step"][:8]:
                 print("   ", row)
 
 
