@@ -11,12 +11,10 @@ On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.
 Prints a table and writes generate_bench.json and t4_cap.json.
 """
 import argparse
-import contextlib
 import json
 import pathlib
 import sys
 import time
-from unittest import mock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "bench")]
@@ -42,14 +40,6 @@ def eval_questions(n: int) -> list[dict]:
     return [{"id": f"{i}", "question": benchmarks.mc_question(items[i % len(items)])} for i in range(n)]
 
 
-HEAD_RELAYOUT = generation.head_reads_weights_once  # kept: timed_generation patches the module's name
-
-
-def head_relayout(model, on: bool):
-    """generate_answers' re-layout of the output head's input, or (off) 04's head call before it."""
-    return HEAD_RELAYOUT(model) if on else contextlib.nullcontext()
-
-
 def timed_generation(model, tok, questions, batch_size, new_tokens, backend="unsloth", graphs=False,
                      warm=True, relayout=True, **generate_kwargs) -> dict:
     """Tokens/s of generate_answers on these questions at equal output tokens (min_new_tokens = max_new_tokens);
@@ -57,10 +47,9 @@ def timed_generation(model, tok, questions, batch_size, new_tokens, backend="uns
     path before both: graphs=False, relayout=False). A warm-up call with the same shapes comes first."""
     import torch
 
-    def run(n):
-        with mock.patch.object(generation, "head_reads_weights_once", lambda m: head_relayout(m, relayout)):
-            return generation.generate_answers(model, tok, questions, "r1_chat", n, 0.6, 0.95, False, batch_size, 0,
-                                               backend, min_new_tokens=n, decode_graphs=graphs, **generate_kwargs)
+    run = lambda n: generation.generate_answers(model, tok, questions, "r1_chat", n, 0.6, 0.95, False,  # noqa: E731
+                                                batch_size, 0, backend, min_new_tokens=n, decode_graphs=graphs,
+                                                head_relayout=relayout, **generate_kwargs)
 
     if warm:
         run(new_tokens if generate_kwargs.get("cache_implementation") == "static" else 8)
@@ -115,7 +104,8 @@ def first_step_logits(model, tok, questions, steps, graphs, relayout):
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_inference(model)
-    with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}), head_relayout(model, relayout):
+    with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}), \
+            generation.head_reads_weights_once(model, relayout):
         out = raw_generate(model, tok, questions, steps, output_logits=True, return_dict_in_generate=True)
     return torch.stack(out.logits, 1).float(), out.sequences[:, -steps:]
 

@@ -51,11 +51,14 @@ def standard_layout(hidden):
 
 
 @contextlib.contextmanager
-def head_reads_weights_once(model):
+def head_reads_weights_once(model, active: bool = True):
     """For the block, the output head gets its input in the standard layout (see standard_layout). Traced on an
     H100 at the Llama-8B shape, batch 32: the head took 13.7 ms of each 55 ms graph decode step as that batched
     product; the same product on standard-layout states takes 0.4-0.5 ms (bench/probe_lm_head.py,
-    BENCHMARKS.md)."""
+    BENCHMARKS.md). active=False leaves the head as it is (the benchmarks' old path)."""
+    if not active:
+        yield
+        return
     head = model.get_output_embeddings()
     handle = head.register_forward_pre_hook(lambda module, args: (standard_layout(args[0]), *args[1:]))
     try:
@@ -66,11 +69,12 @@ def head_reads_weights_once(model):
 
 def generate_answers(model, tokenizer, questions: list[dict], template: str, max_new_tokens: int,
                      temperature: float, top_p: float, do_sample: bool, batch_size: int, seed: int,
-                     backend: str, min_new_tokens: int = 0, decode_graphs: bool = True,
+                     backend: str, min_new_tokens: int = 0, decode_graphs: bool = True, head_relayout: bool = True,
                      **generate_kwargs) -> list[dict]:
     """Answer each question with the training prompt (left-padded batches, sorted by length).
     min_new_tokens > 0 forbids stopping earlier (benchmarks use it to compare at equal output tokens);
-    generate_kwargs go to model.generate (a cache implementation, for instance)."""
+    decode_graphs and head_relayout switch this function's two speed-ups (off: the path before them, for the
+    benchmarks); generate_kwargs go to model.generate (a cache implementation, for instance)."""
     import torch
 
     if backend == "unsloth":
@@ -94,7 +98,7 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
         ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
-        with torch.no_grad(), environment(graphs), head_reads_weights_once(model):
+        with torch.no_grad(), environment(graphs), head_reads_weights_once(model, head_relayout):
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
                                  min_new_tokens=min_new_tokens or None, **sampling, **generate_kwargs)
