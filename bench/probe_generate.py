@@ -15,6 +15,7 @@ import traceback
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "bench")]
 import bench_generate  # noqa: E402
+import bench_train  # noqa: E402
 
 from medical_r1 import models as models_mod  # noqa: E402
 from medical_r1 import params  # noqa: E402
@@ -76,14 +77,8 @@ def main():
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         _, s = timed(lambda: bench_generate.raw_generate(model, tok, qs, steps))
     events = prof.key_averages()
-    cuda_us = sum(e.self_device_time_total for e in events)
-    report["profile_batch_32"] = {"decode_steps": steps, "wall_ms_per_step": 1000 * s / steps,
-                                  "gpu_busy_ms_per_step": cuda_us / 1000 / steps,
-                                  "kernels_per_step": sum(e.count for e in events if e.self_device_time_total > 0) / steps,
-                                  "top_gpu": [(e.key[:80], round(e.self_device_time_total / 1000 / steps, 3), e.count // steps)
-                                              for e in sorted(events, key=lambda e: -e.self_device_time_total)[:15]],
-                                  "top_cpu": [(e.key[:80], round(e.self_cpu_time_total / 1000 / steps, 3), e.count // steps)
-                                              for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]]}
+    report["profile_batch_32"] = {"decode_steps": steps, **bench_train.profile_summary(prof, steps, s),
+                                  "kernels_per_step": sum(e.count for e in events if e.self_device_time_total > 0) / steps}
     print(json.dumps(report["profile_batch_32"], indent=1), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"probe_generate{'_hf' if args.skip_batches else ''}.json").write_text(json.dumps(report, indent=1))
