@@ -1,9 +1,11 @@
 """04's generation, old path against new in one run, at equal output tokens (min_new_tokens = max_new_tokens):
 generate_answers on the 4-bit model plus a LoRA adapter with Unsloth's inference mode (as 04 runs it), greedy,
-04's own multiple-choice prompts; rows old_batched_B (Unsloth's eager decode step, the head's input as it
-comes: 04 before), graphs_only_batched_B (the CUDA-graph decode step alone) and new_batched_B (graph step and the
-head's input re-laid out: 04's path now). Also checks the two give the same logits for the first decode steps,
-and runs the default batch at --t4-new-tokens under a 15 GiB cap in float16 (in its own process).
+04's own multiple-choice prompts. Rows per batch B: old_batched_B (Unsloth's eager decode step, the head's input
+as it comes, Unsloth's attention core: 04 before), graphs_relayout_batched_B (the CUDA-graph decode step and the
+head's input re-laid out, Unsloth's attention core), new_batched_B (all three: 04's path now); graphs_only and
+relayout_only rows on request (--only-rows). Each row captures its own decode graphs. Also compares the first
+decode steps' logits of each path with the old one, records what layout the head receives, and runs the
+default batch at --t4-new-tokens under a 15 GiB cap in float16 (in its own process).
 --loop-questions N adds the tutorials' one-question-per-call loop.
 
 On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.md):
@@ -41,16 +43,20 @@ def eval_questions(n: int) -> list[dict]:
 
 
 def timed_generation(model, tok, questions, batch_size, new_tokens, backend="unsloth", graphs=False,
-                     warm=True, relayout=True, **generate_kwargs) -> dict:
+                     warm=True, relayout=True, grouped=True, fused=True, **generate_kwargs) -> dict:
     """Tokens/s of generate_answers on these questions at equal output tokens (min_new_tokens = max_new_tokens);
-    graphs turns on Unsloth's CUDA-graph decode step, relayout=False leaves the head's input as it comes (04's
-    path before both: graphs=False, relayout=False). A warm-up call with the same shapes comes first."""
+    graphs turns on Unsloth's CUDA-graph decode step, relayout=False leaves the head's input as it comes,
+    grouped=False keeps Unsloth's attention core (04's path before: all three False), fused=False takes the
+    grouped core's float32 math variant. A warm-up call with the same shapes comes first."""
     import torch
 
-    run = lambda n: generation.generate_answers(model, tok, questions, "r1_chat", n, 0.6, 0.95, False,  # noqa: E731
-                                                batch_size, 0, backend, min_new_tokens=n, decode_graphs=graphs,
-                                                head_relayout=relayout, **generate_kwargs)
+    def run(n):
+        with generation.grouped_decode_attention(grouped and graphs, fused):
+            return generation.generate_answers(model, tok, questions, "r1_chat", n, 0.6, 0.95, False, batch_size, 0,
+                                               backend, min_new_tokens=n, decode_graphs=graphs,
+                                               head_relayout=relayout, grouped_attention=False, **generate_kwargs)
 
+    drop_captured_decode_steps(model)
     if warm:
         run(new_tokens if generate_kwargs.get("cache_implementation") == "static" else 8)
     torch.cuda.synchronize()
@@ -62,7 +68,23 @@ def timed_generation(model, tok, questions, batch_size, new_tokens, backend="uns
     tokens = sum(a["new_tokens"] for a in answers)
     return {"batch_size": batch_size, "questions": len(questions), "new_tokens": tokens, "seconds": seconds,
             "tokens_per_s": tokens / seconds, "tokens_per_question": tokens / len(questions),
-            **rt_mod.peak_gpu_memory_gib()}
+            **rt_mod.peak_gpu_memory_gib(), "decode_graphs": decode_graph_stats(model)}
+
+
+def drop_captured_decode_steps(model):
+    """Unsloth keys a captured decode step by batch size, not by the hooks around it: without this, a row
+    replays the step an earlier row captured (the first GPU run of this benchmark measured the head
+    re-layout that way, i.e. not at all). Each row captures its own."""
+    from unsloth.models import _decode_graphs
+
+    _decode_graphs.invalidate(model)
+
+
+def decode_graph_stats(model) -> dict:
+    """Unsloth's counters of captured and replayed decode steps (to show a row ran the path it names)."""
+    from unsloth.models import _decode_graphs
+
+    return next((_decode_graphs.stats(m) for m in model.modules() if "_unsloth_decode_graphs" in m.__dict__), {})
 
 
 def raw_generate(model, tok, questions, new_tokens, **extra):
@@ -96,18 +118,82 @@ def load_4bit_with_adapter(model_dir, precision="bf16", memory_cap_gib=0, max_se
     return model, tok, backend
 
 
-def first_step_logits(model, tok, questions, steps, graphs, relayout):
+def first_step_logits(model, tok, questions, steps, graphs, relayout, grouped=False, fused=True, forced=None):
     """Greedy logits of the first decode steps for a left-padded batch, as generate_answers makes it, with
-    Unsloth's eager decode step and the head's input as it comes (04 before) or with its CUDA-graph replay and
-    the head's input re-laid out (04 now)."""
+    Unsloth's eager or CUDA-graph decode step, the head's input as it comes or re-laid out, Unsloth's attention
+    core or the grouped one (04 before: all off; 04 now: all on). forced: [batch, steps] tokens to feed back
+    instead of the path's own choices (teacher forcing), so that two paths' logits are compared on the same
+    inputs at every step: a random-weight model's near-flat logits make greedy choices flip at rounding, and
+    from there two free runs see different text."""
     import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+    from unsloth import FastLanguageModel
+
+    class Force(LogitsProcessor):
+        def __init__(self):
+            self.step = 0
+
+        def __call__(self, input_ids, scores):
+            only = torch.full_like(scores, float("-inf"))
+            only.scatter_(1, forced[:, self.step:self.step + 1].to(scores.device), 0.0)
+            self.step += 1
+            return only
+
+    extra = {"logits_processor": LogitsProcessorList([Force()])} if forced is not None else {}
+    FastLanguageModel.for_inference(model)
+    drop_captured_decode_steps(model)
+    with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}), \
+            generation.head_reads_weights_once(model, relayout), generation.grouped_decode_attention(grouped, fused):
+        out = raw_generate(model, tok, questions, steps, output_logits=True, return_dict_in_generate=True, **extra)
+    return torch.stack(out.logits, 1).float(), out.sequences[:, -steps:]
+
+
+def head_input_layouts(model, tok, questions, graphs) -> list:
+    """(shape, strides) of what the output head receives in a short generate call as 04 makes it (the first
+    entry is the prefill), with the eager or the CUDA-graph decode step; recorded before any re-layout."""
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_inference(model)
-    with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}), \
-            generation.head_reads_weights_once(model, relayout):
-        out = raw_generate(model, tok, questions, steps, output_logits=True, return_dict_in_generate=True)
-    return torch.stack(out.logits, 1).float(), out.sequences[:, -steps:]
+    drop_captured_decode_steps(model)
+    seen = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: seen.append([list(args[0].shape), list(args[0].stride())]))
+    try:
+        with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}):
+            raw_generate(model, tok, questions, 4)
+    finally:
+        handle.remove()
+    return seen
+
+
+def grouped_core_check(batch=32, kv_heads=8, groups=4, length=700, head_dim=128) -> dict:
+    """generation.grouped_query_decode_attention on this GPU in bfloat16 against the attention Unsloth's core
+    computes (K and V repeated per query group, float32 math), on random values laid out as Unsloth's decode
+    cache, with left padding: the largest difference, relative to the largest output."""
+    import math
+    import types
+
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    paged = torch.randn(length + 64, 2, batch, kv_heads, head_dim, generator=g, device="cuda").bfloat16()
+    attn = types.SimpleNamespace(paged_attention_K=paged[:, 0], paged_attention_V=paged[:, 1])
+    queries = torch.randn(batch, 1, kv_heads * groups, head_dim, generator=g, device="cuda").bfloat16().transpose(1, 2)
+    keep = torch.arange(length, device="cuda")[None, :] >= torch.arange(batch, device="cuda")[:, None] * 7
+    got = generation.grouped_query_decode_attention(attn, queries, length, keep[:, None, None, :]).float()
+    keys = attn.paged_attention_K[:length].permute(1, 2, 0, 3).float().repeat_interleave(groups, 1)
+    values = attn.paged_attention_V[:length].permute(1, 2, 0, 3).float().repeat_interleave(groups, 1)
+    scores = (queries.float() @ keys.transpose(-1, -2) / math.sqrt(head_dim)).masked_fill(~keep[:, None, None, :],
+                                                                                         float("-inf"))
+    want = scores.softmax(-1) @ values
+    diff = (got - want).abs().max().item()
+    return {"max_abs_diff": diff, "relative_diff": diff / want.abs().max().item()}
+
+
+# Largest logit difference between two bfloat16 paths, relative to the largest logit, that still counts as
+# "the same within rounding": bfloat16 rounds at 0.4% relative, and a changed reduction order in each of 32
+# layers may compound a few such roundings.
+BF16_LOGIT_TOLERANCE = 0.02
 
 
 def compare_first_steps(reference, candidate) -> dict:
@@ -116,7 +202,13 @@ def compare_first_steps(reference, candidate) -> dict:
     import torch
 
     (ref, ref_tokens), (cand, cand_tokens) = reference, candidate
-    return {**export.compare_logits([ref], [cand]), "greedy_tokens_equal": torch.equal(ref_tokens.cpu(), cand_tokens.cpu())}
+    check = export.compare_logits([ref], [cand])
+    scale = ref.abs().max().item()
+    check["relative_diff_per_step"] = [round((ref[:, k] - cand[:, k]).abs().max().item() / scale, 5)
+                                       for k in range(ref.shape[1])]
+    check["tolerance"] = BF16_LOGIT_TOLERANCE
+    check["within_tolerance"] = check["relative_diff"] <= check["tolerance"]
+    return {**check, "greedy_tokens_equal": torch.equal(ref_tokens.cpu(), cand_tokens.cpu())}
 
 
 def t4_cap_run(model_dir, new_tokens, out):
@@ -148,6 +240,8 @@ def main():
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 64])
     parser.add_argument("--t4-cap", action="store_true", help="(internal) the 15 GiB run, in its own process")
     parser.add_argument("--t4-new-tokens", type=int, default=1024)
+    parser.add_argument("--only-rows", nargs="*", help="run only these rows (names as in the table)")
+    parser.add_argument("--skip-t4-cap", action="store_true", help="leave out the 15 GiB run")
     parser.add_argument("--deadline-s", type=float, default=420, help="skip the remaining rows after this")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -165,14 +259,16 @@ def main():
     if args.loop_questions:
         rows.append(("one_at_a_time", lambda: timed_generation(model, tok, eval_questions(args.loop_questions), 1,
                                                                  args.new_tokens)))
+    switches = {"old": (False, False, False, True), "graphs_only": (True, False, False, True),
+                "relayout_only": (False, True, False, True), "graphs_relayout": (True, True, False, True),
+                "new_float32_core": (True, True, True, False), "new": (True, True, True, True)}
+    default_rows = ("old", "graphs_relayout", "new_float32_core", "new")
     for b in args.batch_sizes:
-        rows.append((f"old_batched_{b}", lambda b=b: timed_generation(model, tok, eval_questions(b), b,
-                                                                      args.new_tokens, graphs=False, relayout=False)))
-        rows.append((f"graphs_only_batched_{b}", lambda b=b: timed_generation(model, tok, eval_questions(b), b,
-                                                                              args.new_tokens, graphs=True,
-                                                                              relayout=False)))
-        rows.append((f"new_batched_{b}", lambda b=b: timed_generation(model, tok, eval_questions(b), b,
-                                                                      args.new_tokens, graphs=True)))
+        for kind, (graphs, relayout, grouped, fused) in switches.items():
+            name = f"{kind}_batched_{b}"
+            if name in (args.only_rows or []) or (not args.only_rows and kind in default_rows):
+                rows.append((name, lambda b=b, g=graphs, r=relayout, q=grouped, f=fused: timed_generation(
+                    model, tok, eval_questions(b), b, args.new_tokens, graphs=g, relayout=r, grouped=q, fused=f)))
     for name, fn in rows:
         if time.perf_counter() - started > args.deadline_s:
             runs[name] = {"skipped": "deadline"}
@@ -186,12 +282,32 @@ def main():
         if "tokens_per_s" in runs.get(f"new_batched_{b}", {}) and "tokens_per_s" in runs.get(f"old_batched_{b}", {}):
             runs[f"new_batched_{b}"]["speedup_vs_old_same_batch"] = (
                 runs[f"new_batched_{b}"]["tokens_per_s"] / runs[f"old_batched_{b}"]["tokens_per_s"])
+    default_old = runs.get(f"old_batched_{params.Params().gen_batch_size}", {}).get("tokens_per_s")
+    for r in runs.values():
+        if default_old and "tokens_per_s" in r:
+            r["vs_old_default_batch"] = r["tokens_per_s"] / default_old
     questions = eval_questions(8)
+    grouped_core = grouped_core_check()
+    print("grouped core vs float32 reference", grouped_core, flush=True)
     before = first_step_logits(model, tok, questions, 8, graphs=False, relayout=False)
+    forced = before[1]
     checks = {"graphs_vs_eager_first_8_steps": compare_first_steps(
-                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=False)),
+                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=False, forced=forced)),
+              "relayout_vs_old_first_8_steps": compare_first_steps(
+                  before, first_step_logits(model, tok, questions, 8, graphs=False, relayout=True, forced=forced)),
+              "graphs_relayout_vs_old_first_8_steps": compare_first_steps(
+                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, forced=forced)),
+              "new_float32_core_vs_old_first_8_steps": compare_first_steps(
+                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True,
+                                            fused=False, forced=forced)),
               "new_vs_old_first_8_steps": compare_first_steps(
-                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True))}
+                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True,
+                                            forced=forced)),
+              "new_vs_old_free_running_first_8_steps": compare_first_steps(
+                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True))}
+    checks["grouped_core_vs_float32_reference"] = grouped_core
+    checks["head_input_layouts"] = {"eager": head_input_layouts(model, tok, questions, graphs=False),
+                                    "graphs": head_input_layouts(model, tok, questions, graphs=True)}
     print(checks, flush=True)
     model = None  # free the GPU for the capped run
     torch.cuda.empty_cache()
@@ -199,20 +315,21 @@ def main():
                        "shape": args.shape, "new_tokens_per_question": args.new_tokens},
               "runs": runs, "checks": checks}
     artifacts.write_json(args.out / "generate_bench.json", report)
-    subprocess.run([sys.executable, __file__, "--model-dir", model_dir, "--out", str(args.out), "--t4-cap",
-                    "--t4-new-tokens", str(args.t4_new_tokens)], check=False, env=os.environ)
-    cap = args.out / "t4_cap.json"
-    report["t4_cap"] = json.loads(cap.read_text()) if cap.exists() else {"error": "the capped run wrote nothing"}
+    if not args.skip_t4_cap:
+        subprocess.run([sys.executable, __file__, "--model-dir", model_dir, "--out", str(args.out), "--t4-cap",
+                        "--t4-new-tokens", str(args.t4_new_tokens)], check=False, env=os.environ)
+        cap = args.out / "t4_cap.json"
+        report["t4_cap"] = json.loads(cap.read_text()) if cap.exists() else {"error": "the capped run wrote nothing"}
     artifacts.write_json(args.out / "generate_bench.json", report)
-    print("| mode | batch | output tokens | s | tokens/s | peak alloc / reserved GiB |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | batch | output tokens | s | tokens/s | vs old at the default batch | peak alloc / reserved GiB |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in runs.items():
         if "tokens_per_s" in r:
             print(f"| {name} | {r['batch_size']} | {r['new_tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.0f} | "
                   f"{r['peak_allocated_gib']:.2f} / {r['peak_reserved_gib']:.2f} |")
         else:
             print(f"| {name} | {r} |")
-    print(json.dumps({"checks": checks, "t4_cap": report["t4_cap"]}))
+    print(json.dumps({"checks": checks, "t4_cap": report.get("t4_cap")}))
 
 
 if __name__ == "__main__":

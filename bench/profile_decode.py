@@ -1,6 +1,7 @@
 """What bounds 04's decode step once Unsloth replays it as CUDA graphs? At the Llama-8B shape, 4-bit + LoRA
 (random non-zero B) as 04 runs it, greedy, one left-padded batch of 04's prompts: per decode step, the wall
-time, the GPU's busy time and its largest kernels, with the eager step and with the graph step. The prefill is
+time, the GPU's busy time and its largest kernels, with the eager step, the graph step, and the graph step with the head's input re-laid out and the grouped
+attention core (04 now). The prefill is
 taken out by profiling a one-token generate of the same batch and subtracting it.
 
     python bench/profile_decode.py --model-dir /tmp/models/llama-8b --out $OUT
@@ -62,6 +63,9 @@ def main():
     parser.add_argument("--out", type=pathlib.Path, required=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=65, help="tokens per row in the profiled call")
+    parser.add_argument("--modes", nargs="*", default=["eager", "graphs", "new"],
+                        help="eager: 04 before; graphs: the CUDA-graph step alone; graphs_relayout: and the head's input "
+                             "re-laid out; new: and the grouped attention core (04 now)")
     parser.add_argument("--trace-tokens", type=int, default=0,
                         help="also write the eager step's timeline for a call of this many tokens (decode_trace.json.gz)")
     args = parser.parse_args()
@@ -73,8 +77,13 @@ def main():
     FastLanguageModel.for_inference(model)
     questions = bench_generate.eval_questions(args.batch)
     report = {"device": torch.cuda.get_device_name(0), "batch": args.batch, "new_tokens": args.new_tokens}
-    for name, graphs in (("eager", "0"), ("graphs", "1")):
-        with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": graphs}):
+    modes = {"eager": ("0", False, False), "graphs": ("1", False, False), "graphs_relayout": ("1", True, False),
+             "new": ("1", True, True)}
+    for name in args.modes:
+        graphs, relayout, grouped = modes[name]
+        bench_generate.drop_captured_decode_steps(model)
+        with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": graphs}), \
+                generation.head_reads_weights_once(model, relayout), generation.grouped_decode_attention(grouped):
             bench_generate.raw_generate(model, tok, questions, args.new_tokens)  # warm-up: compile, capture
             short = profiled_generate(model, tok, questions, 1)
             long = profiled_generate(model, tok, questions, args.new_tokens)

@@ -80,10 +80,12 @@ def build_tokenizer(out_dir):
     return tok
 
 
-def build_model(shape: str, out_dir):
+def build_model(shape: str, out_dir, layers: int = 0):
     """Save a random model of the real shape (bf16) with the rebuilt tokenizer. The Llama-8B shape gets the
     Qwen vocabulary (151,936 rows instead of 128,256: +0.2B parameters in embedding and head), since the
-    Llama-3 tokenizer files are not available here; that makes its figures slightly pessimistic."""
+    Llama-3 tokenizer files are not available here; that makes its figures slightly pessimistic.
+    layers > 0 keeps the widths and stacks only that many layers (numerical checks: a deep random network
+    amplifies rounding differences until they say nothing about a change's correctness)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -93,6 +95,8 @@ def build_model(shape: str, out_dir):
         raw.pop(key, None)
     raw.update(vocab_size=max(raw["vocab_size"], 151936), bos_token_id=tok.bos_token_id,
                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if layers:
+        raw["num_hidden_layers"] = layers
     config = AutoConfig.for_model(raw.pop("model_type"), **raw)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):

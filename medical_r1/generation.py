@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 
 from src_helpers import encode_prompt, split_thinking
 
@@ -54,8 +55,9 @@ def standard_layout(hidden):
 def head_reads_weights_once(model, active: bool = True):
     """For the block, the output head gets its input in the standard layout (see standard_layout). Traced on an
     H100 at the Llama-8B shape, batch 32: the head took 13.7 ms of each 55 ms graph decode step as that batched
-    product; the same product on standard-layout states takes 0.4-0.5 ms (bench/probe_lm_head.py,
-    BENCHMARKS.md). active=False leaves the head as it is (the benchmarks' old path)."""
+    product (its input: rows 14,336 elements apart, the MLP's scratch buffer); with this, the graph step at
+    batch 32 went from 616 to 823 tokens/s, the eager step at batch 128 from 812 to 1,260 (BENCHMARKS.md).
+    active=False leaves the head as it is (the benchmarks' old path)."""
     if not active:
         yield
         return
@@ -67,14 +69,76 @@ def head_reads_weights_once(model, active: bool = True):
         handle.remove()
 
 
+def grouped_query_decode_attention(attn, queries, kv_len: int, keep_mask, fused: bool = True):
+    """softmax(Q K^T / sqrt(d)) V for one new token per row over the first kv_len rows of an Unsloth attention
+    module's decode cache (paged_attention_K / _V, laid out [length, batch, kv_heads, head_dim]), without
+    repeating K and V for each query head. Each KV head's query heads become the rows of one query, so one
+    fused attention call reads the cache once. Unsloth's own core (torch SDPA with enable_gqa and a mask) falls
+    to SDPA's math path, which repeats K and V per query group and upcasts them to float32 at every layer and
+    step: traced at batch 128 on an H100 that was most of the decode step (BENCHMARKS.md).
+    queries [batch, heads, 1, head_dim]; keep_mask: None or a bool keep mask [batch, 1, 1, kv_len] (a 2-D
+    padding mask or an additive 4-D mask are converted as Unsloth does). Returns [batch, heads, 1, head_dim].
+    fused=False computes what SDPA's math path computes (float32, both factors scaled by the square root of the
+    scale), op for op, on the grouped queries instead of the repeated K and V."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    keys = attn.paged_attention_K[:kv_len].permute(1, 2, 0, 3)
+    values = attn.paged_attention_V[:kv_len].permute(1, 2, 0, 3)
+    batch, kv_heads, _, head_dim = keys.shape
+    heads = queries.shape[1]
+    grouped = queries.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    if keep_mask is not None and keep_mask.dim() == 2:
+        keep_mask = keep_mask[:, None, None, :].bool()
+    elif keep_mask is not None and keep_mask.dtype.is_floating_point:
+        keep_mask = keep_mask.eq(0)
+    if not fused:
+        root_scale = (1 / math.sqrt(head_dim)) ** 0.5
+        scores = (grouped.float() * root_scale) @ (keys.float() * root_scale).transpose(-1, -2)
+        if keep_mask is not None:
+            scores = scores.masked_fill(~keep_mask, float("-inf"))
+        return (scores.softmax(-1) @ values.float()).to(queries.dtype).reshape(batch, heads, 1, head_dim)
+    # The memory-efficient kernel: fused, float32 inside, any mask and cache strides, no per-shape setup. Left to
+    # choose, torch took cuDNN's kernel on an H100, which builds a plan for every new cache length (slower than
+    # Unsloth's core at batch 32) and gave other logits (BENCHMARKS.md). Math is the CPU's fallback (tests).
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=keep_mask)
+    return out.reshape(batch, heads, 1, head_dim)
+
+
+@contextlib.contextmanager
+def grouped_decode_attention(active: bool = True, fused: bool = True):
+    """For the block, the attention of Unsloth's CUDA-graph decode step (which runs between the captured
+    segments, Llama family) is grouped_query_decode_attention. Batch 1 and sliding windows keep Unsloth's core.
+    Same values within rounding, not bit for bit (a fused kernel instead of float32 math): checked on the
+    Llama-8B shape in bench/bench_generate.py. Does nothing where Unsloth is not loaded (CPU)."""
+    llama = sys.modules.get("unsloth.models.llama")
+    original = getattr(llama, "_decode_attention_core", None)
+    if not active or original is None:
+        yield
+        return
+
+    def core(attn, queries, kv_len, keep_mask, batch, *args):
+        window = getattr(attn.config, "sliding_window", None)
+        if batch == 1 or (window is not None and kv_len > window):
+            return original(attn, queries, kv_len, keep_mask, batch, *args)
+        return grouped_query_decode_attention(attn, queries, kv_len, keep_mask, fused), None, None
+
+    llama._decode_attention_core = core
+    try:
+        yield
+    finally:
+        llama._decode_attention_core = original
+
+
 def generate_answers(model, tokenizer, questions: list[dict], template: str, max_new_tokens: int,
                      temperature: float, top_p: float, do_sample: bool, batch_size: int, seed: int,
                      backend: str, min_new_tokens: int = 0, decode_graphs: bool = True, head_relayout: bool = True,
-                     **generate_kwargs) -> list[dict]:
+                     grouped_attention: bool = True, **generate_kwargs) -> list[dict]:
     """Answer each question with the training prompt (left-padded batches, sorted by length).
     min_new_tokens > 0 forbids stopping earlier (benchmarks use it to compare at equal output tokens);
-    decode_graphs and head_relayout switch this function's two speed-ups (off: the path before them, for the
-    benchmarks); generate_kwargs go to model.generate (a cache implementation, for instance)."""
+    decode_graphs, head_relayout and grouped_attention switch this function's three speed-ups (off: the path
+    before them, for the benchmarks); generate_kwargs go to model.generate (a cache implementation, for instance)."""
     import torch
 
     if backend == "unsloth":
@@ -82,9 +146,10 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
 
         FastLanguageModel.for_inference(model)
     model.eval()
-    # Unsloth's decode step replayed as CUDA graphs: bit for bit its eager step, 1.85x faster at batch 32 on an
-    # H100 for the Llama-8B default (BENCHMARKS.md; Unsloth keeps the eager step for Qwen2). Unsloth reads the
-    # switch at each generate call.
+    # Unsloth's decode step replayed as CUDA graphs (bit for bit its eager step), the head reading its weights
+    # once, and the grouped attention core: together 3.5x-4.4x the old path at batch 32 on an H100 for the
+    # Llama-8B default (BENCHMARKS.md). Unsloth keeps the eager step, and its own core, for Qwen2; the head
+    # fix applies there too. Unsloth reads the graph switch at each generate call.
     graphs = {"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if decode_graphs else "0"} if backend == "unsloth" else {}
     encoded = [encode_prompt(tokenizer, q["question"], template) for q in questions]
     order = sorted(range(len(questions)), key=lambda i: len(encoded[i]))
@@ -98,7 +163,8 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
         ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
-        with torch.no_grad(), environment(graphs), head_reads_weights_once(model, head_relayout):
+        with torch.no_grad(), environment(graphs), head_reads_weights_once(model, head_relayout), \
+                grouped_decode_attention(grouped_attention and decode_graphs):
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
                                  min_new_tokens=min_new_tokens or None, **sampling, **generate_kwargs)
