@@ -56,6 +56,10 @@ def timed_generation(model, tok, questions, batch_size, new_tokens, backend="uns
                                                backend, min_new_tokens=n, decode_graphs=graphs,
                                                head_relayout=relayout, grouped_attention=False, **generate_kwargs)
 
+    auto = ""
+    if not batch_size:
+        longest = max(len(encode_prompt(tok, q["question"], "r1_chat")) for q in questions)
+        batch_size, auto = generation.auto_batch_size(model, longest, new_tokens)
     drop_captured_decode_steps(model)
     if warm:
         run(new_tokens if generate_kwargs.get("cache_implementation") == "static" else 8)
@@ -68,7 +72,7 @@ def timed_generation(model, tok, questions, batch_size, new_tokens, backend="uns
     tokens = sum(a["new_tokens"] for a in answers)
     return {"batch_size": batch_size, "questions": len(questions), "new_tokens": tokens, "seconds": seconds,
             "tokens_per_s": tokens / seconds, "tokens_per_question": tokens / len(questions),
-            **rt_mod.peak_gpu_memory_gib(), "decode_graphs": decode_graph_stats(model)}
+            **rt_mod.peak_gpu_memory_gib(), "decode_graphs": decode_graph_stats(model), "auto_batch": auto}
 
 
 def drop_captured_decode_steps(model):
@@ -212,12 +216,13 @@ def compare_first_steps(reference, candidate) -> dict:
 
 
 def t4_cap_run(model_dir, new_tokens, out):
-    """The default batch at new_tokens output tokens each, under a 15 GiB cap in float16 (what a T4 has), on
-    the 4-bit path a T4 runs: does it fit? Peak memory recorded."""
+    """The default batch (GEN_BATCH_SIZE = 0: chosen from free memory) at new_tokens output tokens each, under a
+    15 GiB cap in float16 (what a T4 has), on the 4-bit path a T4 runs: does it fit? Peak memory recorded."""
     model, tok, _ = load_4bit_with_adapter(model_dir, "fp16", memory_cap_gib=15)
-    batch = params.Params().gen_batch_size
+    batch = params.Params().gen_batch_size  # 0: chosen from the memory left under the cap, as 04 does
+    questions = eval_questions(2 * generation.AUTO_BATCH_SIZES[-1])
     try:
-        row = timed_generation(model, tok, eval_questions(batch), batch, new_tokens, graphs=True, warm=False)
+        row = timed_generation(model, tok, questions, batch, new_tokens, graphs=True, warm=False)
     except Exception as err:  # noqa: BLE001 (recorded: an out-of-memory here is the finding)
         row = {"error": f"{type(err).__name__}: {str(err)[:300]}", **rt_mod.peak_gpu_memory_gib()}
     row.update(cap_gib=15, dtype="float16", path="4-bit + LoRA, Unsloth CUDA-graph decode")
@@ -237,11 +242,12 @@ def main():
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--new-tokens", type=int, default=256, help="output tokens per question, in every mode")
     parser.add_argument("--loop-questions", type=int, default=0, help="questions for the one-at-a-time loop")
-    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 64])
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 0], help="0: chosen as 04 does (auto)")
     parser.add_argument("--t4-cap", action="store_true", help="(internal) the 15 GiB run, in its own process")
     parser.add_argument("--t4-new-tokens", type=int, default=1024)
     parser.add_argument("--only-rows", nargs="*", help="run only these rows (names as in the table)")
     parser.add_argument("--skip-t4-cap", action="store_true", help="leave out the 15 GiB run")
+    parser.add_argument("--skip-checks", action="store_true", help="leave out the logit and layout checks")
     parser.add_argument("--deadline-s", type=float, default=420, help="skip the remaining rows after this")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -265,10 +271,11 @@ def main():
     default_rows = ("old", "graphs_relayout", "new_float32_core", "new")
     for b in args.batch_sizes:
         for kind, (graphs, relayout, grouped, fused) in switches.items():
-            name = f"{kind}_batched_{b}"
+            name = f"{kind}_batched_{b or 'auto'}"
             if name in (args.only_rows or []) or (not args.only_rows and kind in default_rows):
                 rows.append((name, lambda b=b, g=graphs, r=relayout, q=grouped, f=fused: timed_generation(
-                    model, tok, eval_questions(b), b, args.new_tokens, graphs=g, relayout=r, grouped=q, fused=f)))
+                    model, tok, eval_questions(b or generation.AUTO_BATCH_SIZES[0]), b, args.new_tokens, graphs=g,
+                    relayout=r, grouped=q, fused=f)))
     for name, fn in rows:
         if time.perf_counter() - started > args.deadline_s:
             runs[name] = {"skipped": "deadline"}
@@ -279,36 +286,38 @@ def main():
             runs[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
         print(name, runs[name], flush=True)
     for b in args.batch_sizes:
-        if "tokens_per_s" in runs.get(f"new_batched_{b}", {}) and "tokens_per_s" in runs.get(f"old_batched_{b}", {}):
+        if b and "tokens_per_s" in runs.get(f"new_batched_{b}", {}) and "tokens_per_s" in runs.get(f"old_batched_{b}", {}):
             runs[f"new_batched_{b}"]["speedup_vs_old_same_batch"] = (
                 runs[f"new_batched_{b}"]["tokens_per_s"] / runs[f"old_batched_{b}"]["tokens_per_s"])
-    default_old = runs.get(f"old_batched_{params.Params().gen_batch_size}", {}).get("tokens_per_s")
+    default_old = runs.get(f"old_batched_{generation.AUTO_BATCH_SIZES[-1]}", {}).get("tokens_per_s")
     for r in runs.values():
         if default_old and "tokens_per_s" in r:
-            r["vs_old_default_batch"] = r["tokens_per_s"] / default_old
-    questions = eval_questions(8)
-    grouped_core = grouped_core_check()
-    print("grouped core vs float32 reference", grouped_core, flush=True)
-    before = first_step_logits(model, tok, questions, 8, graphs=False, relayout=False)
-    forced = before[1]
-    checks = {"graphs_vs_eager_first_8_steps": compare_first_steps(
-                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=False, forced=forced)),
-              "relayout_vs_old_first_8_steps": compare_first_steps(
-                  before, first_step_logits(model, tok, questions, 8, graphs=False, relayout=True, forced=forced)),
-              "graphs_relayout_vs_old_first_8_steps": compare_first_steps(
-                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, forced=forced)),
-              "new_float32_core_vs_old_first_8_steps": compare_first_steps(
-                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True,
-                                            fused=False, forced=forced)),
-              "new_vs_old_first_8_steps": compare_first_steps(
-                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True,
-                                            forced=forced)),
-              "new_vs_old_free_running_first_8_steps": compare_first_steps(
-                  before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True))}
-    checks["grouped_core_vs_float32_reference"] = grouped_core
-    checks["head_input_layouts"] = {"eager": head_input_layouts(model, tok, questions, graphs=False),
-                                    "graphs": head_input_layouts(model, tok, questions, graphs=True)}
-    print(checks, flush=True)
+            r["vs_old_batched_32"] = r["tokens_per_s"] / default_old
+    checks = {}
+    if not args.skip_checks:
+        questions = eval_questions(8)
+        grouped_core = grouped_core_check()
+        print("grouped core vs float32 reference", grouped_core, flush=True)
+        before = first_step_logits(model, tok, questions, 8, graphs=False, relayout=False)
+        forced = before[1]
+        checks = {"graphs_vs_eager_first_8_steps": compare_first_steps(
+                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=False, forced=forced)),
+                  "relayout_vs_old_first_8_steps": compare_first_steps(
+                      before, first_step_logits(model, tok, questions, 8, graphs=False, relayout=True, forced=forced)),
+                  "graphs_relayout_vs_old_first_8_steps": compare_first_steps(
+                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, forced=forced)),
+                  "new_float32_core_vs_old_first_8_steps": compare_first_steps(
+                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True,
+                                                fused=False, forced=forced)),
+                  "new_vs_old_first_8_steps": compare_first_steps(
+                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True,
+                                                forced=forced)),
+                  "new_vs_old_free_running_first_8_steps": compare_first_steps(
+                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True))}
+        checks["grouped_core_vs_float32_reference"] = grouped_core
+        checks["head_input_layouts"] = {"eager": head_input_layouts(model, tok, questions, graphs=False),
+                                        "graphs": head_input_layouts(model, tok, questions, graphs=True)}
+        print(checks, flush=True)
     model = None  # free the GPU for the capped run
     torch.cuda.empty_cache()
     report = {"meta": {"device": torch.cuda.get_device_name(0), **bench_train.package_versions(),
@@ -321,11 +330,12 @@ def main():
         cap = args.out / "t4_cap.json"
         report["t4_cap"] = json.loads(cap.read_text()) if cap.exists() else {"error": "the capped run wrote nothing"}
     artifacts.write_json(args.out / "generate_bench.json", report)
-    print("| mode | batch | output tokens | s | tokens/s | vs old at the default batch | peak alloc / reserved GiB |")
+    print("| mode | batch | output tokens | s | tokens/s | vs old_batched_32 (04 before) | peak alloc / reserved GiB |")
     print("|---|---|---|---|---|---|---|")
     for name, r in runs.items():
         if "tokens_per_s" in r:
             print(f"| {name} | {r['batch_size']} | {r['new_tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.0f} | "
+                  f"{r.get('vs_old_batched_32', float('nan')):.2f}x | "
                   f"{r['peak_allocated_gib']:.2f} / {r['peak_reserved_gib']:.2f} |")
         else:
             print(f"| {name} | {r} |")

@@ -9,8 +9,8 @@ import pathlib
 import random
 import re
 
-from medical_r1.generation import answer_base_and_tuned, generate_answers
-from src_helpers import split_thinking
+from medical_r1.generation import answer_base_and_tuned, auto_batch_size, generate_answers
+from src_helpers import encode_prompt, split_thinking
 
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
                    "GPQA_Medical_test")
@@ -252,6 +252,11 @@ def benchmark_plan(model, tokenizer, eval_data: dict, template: str, max_new_tok
     import torch
 
     items = [item for name in sorted(eval_data) for item in eval_data[name]]
+    chosen = ""
+    if not batch_size:
+        longest = max(len(encode_prompt(tokenizer, mc_question(i), template)) for i in items)
+        batch_size, why = auto_batch_size(model, longest, max_new_tokens)
+        chosen = f"generation {why}.\n"
     sample = [{"id": i["id"], "question": mc_question(i)} for i in items[:batch_size]]
     generate_answers(model, tokenizer, sample[:1], template, 2, 0.6, 0.95, False, 1, 0, backend)  # compile, allocate
     if torch.cuda.is_available():
@@ -266,7 +271,7 @@ def benchmark_plan(model, tokenizer, eval_data: dict, template: str, max_new_tok
     hours = prompts * max_new_tokens / rate / 3600
     per_benchmark = min(len(v) for v in eval_data.values())
     half = lambda n: 1.96 * math.sqrt(0.25 / n)  # noqa: E731 (the 95% half-width at 50% accuracy)
-    return (f"measured {rate:,.0f} generated tokens/s at batch {len(sample)}; {prompts} answers (base and tuned: "
+    return (f"{chosen}measured {rate:,.0f} generated tokens/s at batch {len(sample)}; {prompts} answers (base and tuned: "
             f"{len(items)} benchmark items, {rouge_items} ROUGE questions) of up to {max_new_tokens} tokens take at "
             f"most {hours:.1f} h here. Intervals: +/-{100 * half(per_benchmark):.0f} points per benchmark "
             f"({per_benchmark} items), +/-{100 * half(len(items)):.0f} overall ({len(items)}); the smallest "

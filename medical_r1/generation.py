@@ -131,11 +131,48 @@ def grouped_decode_attention(active: bool = True, fused: bool = True):
         llama._decode_attention_core = original
 
 
+# GEN_BATCH_SIZE = 0 takes the largest of these that the GPU's free memory holds, never less than the last:
+# batch 32 at 1,024 new tokens fits a T4 (15 GiB cap: 13.07 GiB peak at the Llama-8B shape), and on an H100
+# batch 128 generates 2.2x the tokens per second of batch 32 (BENCHMARKS.md).
+AUTO_BATCH_SIZES = (128, 64, 32)
+
+
+def batch_memory_per_row(config, prompt_tokens: int, max_new_tokens: int) -> int:
+    """Bytes one more row of a generation batch may take at its peak, on the safe side: its KV cache at full
+    length (16-bit) plus the prompt's logits at the prefill (16-bit and a float32 copy, with room for one
+    more). Measured at the Llama-8B shape on an H100, a row took 85-170 MiB at 256 new tokens; this says
+    about 350 MiB there (BENCHMARKS.md)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
+    return kv_per_token * (prompt_tokens + max_new_tokens) + prompt_tokens * config.vocab_size * 8
+
+
+def auto_batch_size(model, prompt_tokens: int, max_new_tokens: int) -> tuple[int, str]:
+    """(batch, why): the largest of AUTO_BATCH_SIZES whose rows fit in the GPU memory left, by
+    batch_memory_per_row, keeping a tenth spare; 32 without a GPU."""
+    import torch
+
+    floor = AUTO_BATCH_SIZES[-1]
+    if not torch.cuda.is_available():
+        return floor, f"batch {floor} (no GPU)"
+    from medical_r1.runtime import free_gpu_bytes
+
+    per_row = batch_memory_per_row(model.config, prompt_tokens, max_new_tokens)
+    free = free_gpu_bytes()
+    rows = int(0.9 * free // per_row)
+    batch = next((b for b in AUTO_BATCH_SIZES if b <= rows), floor)
+    return batch, (f"batch {batch}: {free / 2**30:.1f} GiB free holds about {rows} answers of up to "
+                   f"{prompt_tokens + max_new_tokens} tokens ({per_row / 2**20:.0f} MiB each, counted on the safe "
+                   f"side); GEN_BATCH_SIZE = 0 takes the largest of {', '.join(map(str, AUTO_BATCH_SIZES))} "
+                   f"that fits, and never less than {floor}")
+
+
 def generate_answers(model, tokenizer, questions: list[dict], template: str, max_new_tokens: int,
                      temperature: float, top_p: float, do_sample: bool, batch_size: int, seed: int,
                      backend: str, min_new_tokens: int = 0, decode_graphs: bool = True, head_relayout: bool = True,
                      grouped_attention: bool = True, **generate_kwargs) -> list[dict]:
-    """Answer each question with the training prompt (left-padded batches, sorted by length).
+    """Answer each question with the training prompt (left-padded batches, sorted by length). batch_size 0
+    chooses it from the GPU's free memory (auto_batch_size) and prints the choice.
     min_new_tokens > 0 forbids stopping earlier (benchmarks use it to compare at equal output tokens);
     decode_graphs, head_relayout and grouped_attention switch this function's three speed-ups (off: the path
     before them, for the benchmarks); generate_kwargs go to model.generate (a cache implementation, for instance)."""
@@ -153,6 +190,9 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
     graphs = {"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if decode_graphs else "0"} if backend == "unsloth" else {}
     encoded = [encode_prompt(tokenizer, q["question"], template) for q in questions]
     order = sorted(range(len(questions)), key=lambda i: len(encoded[i]))
+    if not batch_size:
+        batch_size, why = auto_batch_size(model, max(map(len, encoded)), max_new_tokens)
+        print(f"generation {why}")
     pad_id = tokenizer.pad_token_id
     device = next(model.parameters()).device
     outputs: dict[int, dict] = {}

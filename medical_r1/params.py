@@ -90,7 +90,7 @@ class Params:
     temperature: float = 0.6
     top_p: float = 0.95
     do_sample: bool = True
-    gen_batch_size: int = 32
+    gen_batch_size: int = 0
     save_merged: bool = True
     push_to_hub: bool = False
     hub_repo_id: str = ""
@@ -114,7 +114,7 @@ class Params:
 
     def __post_init__(self):
         positive = ["max_seq_length", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
-                    "eval_steps", "save_steps", "max_new_tokens", "gen_batch_size"]
+                    "eval_steps", "save_steps", "max_new_tokens"]
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -122,7 +122,7 @@ class Params:
             raise ValueError(f"early_stopping_patience needs save_steps ({self.save_steps}) to be a multiple of "
                              f"eval_steps ({self.eval_steps}), so the best checkpoint can be restored")
         for name in ("max_examples", "val_size", "warmup_steps", "early_stopping_patience", "eval_items",
-                     "rouge_items"):
+                     "rouge_items", "gen_batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if not self.learning_rate > 0:

@@ -102,12 +102,29 @@ def apply_precision(runtime: Runtime, precision: str) -> Runtime:
     return runtime
 
 
+# The cap cap_gpu_memory set for this process, in bytes (0: none); free_gpu_bytes respects it.
+GPU_MEMORY_CAP_BYTES = 0
+
+
 def cap_gpu_memory(gib: float) -> None:
     """Let this process use at most `gib` GiB of GPU memory, so a big GPU shows what fits on a T4."""
     import torch
 
+    global GPU_MEMORY_CAP_BYTES
     total = torch.cuda.get_device_properties().total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total))
+    GPU_MEMORY_CAP_BYTES = int(min(gib * 2**30, total))
+
+
+def free_gpu_bytes() -> int:
+    """GPU memory this process can still allocate: the device's free memory plus what torch holds unused,
+    or what is left under cap_gpu_memory's cap."""
+    import torch
+
+    held_unused = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    if GPU_MEMORY_CAP_BYTES:
+        return max(0, GPU_MEMORY_CAP_BYTES - torch.cuda.memory_allocated())
+    return torch.cuda.mem_get_info()[0] + held_unused
 
 
 def bind_process_gpu() -> None:
