@@ -101,7 +101,7 @@ class Params:
     resume: bool = True
     early_stopping_patience: int = 0
     eval_data: str = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"
-    eval_items: int = 10
+    eval_items: int = 30
     eval_greedy: bool = True
     eval_max_new_tokens: int = 1024
     eval_similarity: bool = False
