@@ -73,9 +73,9 @@ def grouped_query_decode_attention(attn, queries, kv_len: int, keep_mask, fused:
     """softmax(Q K^T / sqrt(d)) V for one new token per row over the first kv_len rows of an Unsloth attention
     module's decode cache (paged_attention_K / _V, laid out [length, batch, kv_heads, head_dim]), without
     repeating K and V for each query head. Each KV head's query heads become the rows of one query, so one
-    fused attention call reads the cache once. Unsloth's own core (torch SDPA with enable_gqa and a mask) falls
-    to SDPA's math path, which repeats K and V per query group and upcasts them to float32 at every layer and
-    step: traced at batch 128 on an H100 that was most of the decode step (BENCHMARKS.md).
+    fused attention call reads the cache once. Unsloth's own core (torch SDPA with enable_gqa and a mask) ran,
+    by the kernels in its profile, as SDPA's math path: K and V copied per query group and upcast to float32 at
+    every layer and step, most of the decode step at batch 128 on an H100 (BENCHMARKS.md).
     queries [batch, heads, 1, head_dim]; keep_mask: None or a bool keep mask [batch, 1, 1, kv_len] (a 2-D
     padding mask or an additive 4-D mask are converted as Unsloth does). Returns [batch, heads, 1, head_dim].
     fused=False computes what SDPA's math path computes (float32, both factors scaled by the square root of the
@@ -99,8 +99,8 @@ def grouped_query_decode_attention(attn, queries, kv_len: int, keep_mask, fused:
             scores = scores.masked_fill(~keep_mask, float("-inf"))
         return (scores.softmax(-1) @ values.float()).to(queries.dtype).reshape(batch, heads, 1, head_dim)
     # The memory-efficient kernel: fused, float32 inside, any mask and cache strides, no per-shape setup. Left to
-    # choose, torch took cuDNN's kernel on an H100, which builds a plan for every new cache length (slower than
-    # Unsloth's core at batch 32) and gave other logits (BENCHMARKS.md). Math is the CPU's fallback (tests).
+    # choose, torch took cuDNN's kernel on an H100, which builds a plan for every new cache length: slower than
+    # Unsloth's core at batch 32 (BENCHMARKS.md). Math is the CPU's fallback (tests).
     with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
         out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=keep_mask)
     return out.reshape(batch, heads, 1, head_dim)
@@ -110,8 +110,10 @@ def grouped_query_decode_attention(attn, queries, kv_len: int, keep_mask, fused:
 def grouped_decode_attention(active: bool = True, fused: bool = True):
     """For the block, the attention of Unsloth's CUDA-graph decode step (which runs between the captured
     segments, Llama family) is grouped_query_decode_attention. Batch 1 and sliding windows keep Unsloth's core.
-    Same values within rounding, not bit for bit (a fused kernel instead of float32 math): checked on the
-    Llama-8B shape in bench/bench_generate.py. Does nothing where Unsloth is not loaded (CPU)."""
+    Same values up to rounding, not bit for bit: on an H100, teacher-forced logits within 0.9% of the largest
+    logit for 2 layers of the Llama-8B widths, 5% for the 32-layer random-weight model, where an exact float32
+    copy of Unsloth's computation differs as much (bench/bench_generate.py, BENCHMARKS.md). Does nothing where
+    Unsloth is not loaded (CPU)."""
     llama = sys.modules.get("unsloth.models.llama")
     original = getattr(llama, "_decode_attention_core", None)
     if not active or original is None:
@@ -132,7 +134,7 @@ def grouped_decode_attention(active: bool = True, fused: bool = True):
 
 
 # GEN_BATCH_SIZE = 0 takes the largest of these that the GPU's free memory holds, never less than the last:
-# batch 32 at 1,024 new tokens fits a T4 (15 GiB cap: 13.07 GiB peak at the Llama-8B shape), and on an H100
+# batch 32 at 1,024 new tokens fits a T4 (15 GiB cap: 12.93-13.07 GiB peak at the Llama-8B shape); on an H100
 # batch 128 generates 2.2x the tokens per second of batch 32 (BENCHMARKS.md).
 AUTO_BATCH_SIZES = (128, 64, 32)
 
@@ -140,8 +142,8 @@ AUTO_BATCH_SIZES = (128, 64, 32)
 def batch_memory_per_row(config, prompt_tokens: int, max_new_tokens: int) -> int:
     """Bytes one more row of a generation batch may take at its peak, on the safe side: its KV cache at full
     length (16-bit) plus the prompt's logits at the prefill (16-bit and a float32 copy, with room for one
-    more). Measured at the Llama-8B shape on an H100, a row took 85-170 MiB at 256 new tokens; this says
-    about 350 MiB there (BENCHMARKS.md)."""
+    more). Measured at the Llama-8B shape on an H100, a row took 85-170 MiB at 256 new tokens; for 04's prompts
+    (about 114 tokens) this counts 178 MiB (BENCHMARKS.md)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
     return kv_per_token * (prompt_tokens + max_new_tokens) + prompt_tokens * config.vocab_size * 8
