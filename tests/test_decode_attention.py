@@ -143,3 +143,40 @@ def test_generate_answers_switches_the_grouped_core_in_around_generate(monkeypat
                                 grouped_attention=False)
     assert seen == [False, True]
     assert llama._decode_attention_core is unsloth_core
+
+
+def test_greedy_answers_with_the_grouped_core_equal_todays_token_for_token(tmp_path, tokenizer):
+    """The tiny Llama (grouped-query attention, 4 heads over 2 KV heads) decodes 04's questions, left-padded in one
+    batch, once with torch's SDPA and once with every decode step's attention computed by the grouped core over
+    its cache laid out as Unsloth's: the greedy answers are the same, token for token. (On the CPU Unsloth's graph
+    step does not run, so this drives the core through transformers' attention interface instead.)"""
+    from transformers import AttentionInterface, AutoModelForCausalLM
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from medical_r1 import models as models_mod
+
+    calls = []
+
+    def grouped_core_attention(module, query, key, value, attention_mask, **kwargs):
+        if query.shape[2] != 1:  # the prefill: torch's SDPA, as Unsloth's prefill is not the decode core
+            return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        calls.append(query.shape[0])
+        cache = types.SimpleNamespace(paged_attention_K=key.permute(2, 0, 1, 3),
+                                      paged_attention_V=value.permute(2, 0, 1, 3))
+        mask = attention_mask[:, :, :, : key.shape[2]] if attention_mask is not None else None
+        out = generation.grouped_query_decode_attention(cache, query, key.shape[2], mask)
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("grouped_core_test", grouped_core_attention)
+    AttentionMaskInterface.register("grouped_core_test", sdpa_mask)
+    path = models_mod.build_tiny_model(tmp_path / "tiny-llama", "llama")
+    kwargs = dict(template="r1_chat", max_new_tokens=12, temperature=0.6, top_p=0.95, do_sample=False, seed=0,
+                  backend="cpu", batch_size=len(generation.QUESTIONS), min_new_tokens=12)
+    answers = {}
+    for implementation in ("sdpa", "grouped_core_test"):
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=implementation)
+        answers[implementation] = [a["output"] for a in generation.generate_answers(
+            model, tokenizer, generation.QUESTIONS, **kwargs)]
+    assert calls and set(calls) == {len(generation.QUESTIONS)}  # the core ran, on the whole batch
+    assert answers["grouped_core_test"] == answers["sdpa"]
