@@ -37,7 +37,7 @@ MAX_NEW_TOKENS = 1024  # R1 thinks at length; answers cut off before </think> ar
 TEMPERATURE = 0.6  # DeepSeek recommends 0.5-0.7 for the distills
 TOP_P = 0.95  # nucleus sampling, DeepSeek's recommended value
 DO_SAMPLE = True  # False gives greedy, repeatable answers (R1 distills may then repeat themselves)
-GEN_BATCH_SIZE = 0  # questions generated together; 0: as many as this GPU holds (128, 64 or 32; 32 on a T4); lower it on out-of-memory
+GEN_BATCH_SIZE = 0  # questions generated together; 0: the most this GPU holds (128, 64 or 32, printed); on out-of-memory set a smaller number
 SEED = 3407  # sampling seed
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
