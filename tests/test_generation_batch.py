@@ -67,3 +67,21 @@ def test_generate_answers_with_batch_zero_says_what_it_chose(tiny_model_dir, tok
                                           0, 0, "cpu")
     assert [a["id"] for a in answers] == [q["id"] for q in generation.QUESTIONS[:2]]
     assert "generation batch 32 (no GPU)" in capsys.readouterr().out
+
+
+def test_benchmark_plan_says_the_batch_it_chose_the_rate_and_the_intervals(tiny_model_dir, tokenizer):
+    import re
+
+    from transformers import AutoModelForCausalLM
+
+    from medical_r1 import benchmarks, data
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    eval_data = benchmarks.load_eval_data(str(data.SAMPLE_DATA_DIR / "eval_data.json"), 2, seed=0)
+    plan = benchmarks.benchmark_plan(model, tokenizer, eval_data, "r1_chat", 1024, 0, "cpu", rouge_items=3,
+                                     warmup_tokens=4)
+    assert plan.startswith("generation batch 32 (no GPU).\n")
+    rate = float(re.search(r"measured ([\d,.]+) generated tokens/s at batch 10;", plan).group(1).replace(",", ""))
+    assert rate > 0
+    assert "26 answers (base and tuned: 10 benchmark items, 3 ROUGE questions)" in plan
+    assert "+/-69 points per benchmark (2 items)" in plan and "+/-31 overall (10)" in plan
