@@ -42,25 +42,33 @@ def eval_questions(n: int) -> list[dict]:
     return [{"id": f"{i}", "question": benchmarks.mc_question(items[i % len(items)])} for i in range(n)]
 
 
-def timed_generation(model, tok, questions, batch_size, new_tokens, backend="unsloth", graphs=False,
-                     warm=True, relayout=True, grouped=True, fused=True, **generate_kwargs) -> dict:
-    """Tokens/s of generate_answers on these questions at equal output tokens (min_new_tokens = max_new_tokens);
-    graphs turns on Unsloth's CUDA-graph decode step, relayout=False leaves the head's input as it comes,
-    grouped=False keeps Unsloth's attention core (04's path before: all three False), fused=False takes the
-    grouped core's float32 math variant. A warm-up call with the same shapes comes first."""
+# The paths the rows and checks compare: which of generate's speed-ups (generation.decode_speedups) are on.
+PATHS = {"old": dict(graphs=False, relayout=False, grouped=False),  # 04 before
+         "graphs_only": dict(graphs=True, relayout=False, grouped=False),
+         "relayout_only": dict(graphs=False, relayout=True, grouped=False),
+         "graphs_relayout": dict(graphs=True, relayout=True, grouped=False),
+         "new_float32_core": dict(graphs=True, relayout=True, grouped=True, fused=False),
+         "new": dict(graphs=True, relayout=True, grouped=True)}  # 04 now
+
+
+def timed_generation(model, tok, questions, batch_size, new_tokens, backend="unsloth", path="new", warm=True,
+                     **generate_kwargs) -> dict:
+    """Tokens/s of generate_answers on these questions at equal output tokens (min_new_tokens = max_new_tokens),
+    on one of PATHS. A warm-up call with the same shapes comes first."""
     import torch
 
-    def run(n):
-        with generation.grouped_decode_attention(grouped and graphs, fused):
-            return generation.generate_answers(model, tok, questions, "r1_chat", n, 0.6, 0.95, False, batch_size, 0,
-                                               backend, min_new_tokens=n, decode_graphs=graphs,
-                                               head_relayout=relayout, grouped_attention=False, **generate_kwargs)
+    on = {"fused": True, **PATHS[path]}
+    run = lambda n: generation.generate_answers(  # noqa: E731
+        model, tok, questions, "r1_chat", n, 0.6, 0.95, False, batch_size, 0, backend, min_new_tokens=n,
+        decode_graphs=on["graphs"], head_relayout=on["relayout"], grouped_attention=on["grouped"],
+        fused_attention=on["fused"], **generate_kwargs)
 
     auto = ""
     if not batch_size:
         longest = max(len(encode_prompt(tok, q["question"], "r1_chat")) for q in questions)
         batch_size, auto = generation.auto_batch_size(model, longest, new_tokens)
-    drop_captured_decode_steps(model)
+    if backend == "unsloth":
+        drop_captured_decode_steps(model)
     if warm:
         run(new_tokens if generate_kwargs.get("cache_implementation") == "static" else 8)
     torch.cuda.synchronize()
@@ -72,7 +80,8 @@ def timed_generation(model, tok, questions, batch_size, new_tokens, backend="uns
     tokens = sum(a["new_tokens"] for a in answers)
     return {"batch_size": batch_size, "questions": len(questions), "new_tokens": tokens, "seconds": seconds,
             "tokens_per_s": tokens / seconds, "tokens_per_question": tokens / len(questions),
-            **rt_mod.peak_gpu_memory_gib(), "decode_graphs": decode_graph_stats(model), "auto_batch": auto}
+            **rt_mod.peak_gpu_memory_gib(), "auto_batch": auto,
+            "decode_graphs": decode_graph_stats(model) if backend == "unsloth" else {}}
 
 
 def drop_captured_decode_steps(model):
@@ -122,10 +131,9 @@ def load_4bit_with_adapter(model_dir, precision="bf16", memory_cap_gib=0, max_se
     return model, tok, backend
 
 
-def first_step_logits(model, tok, questions, steps, graphs, relayout, grouped=False, fused=True, forced=None):
-    """Greedy logits of the first decode steps for a left-padded batch, as generate_answers makes it, with
-    Unsloth's eager or CUDA-graph decode step, the head's input as it comes or re-laid out, Unsloth's attention
-    core or the grouped one (04 before: all off; 04 now: all on). forced: [batch, steps] tokens to feed back
+def first_step_logits(model, tok, questions, steps, path, forced=None):
+    """Greedy logits of the first decode steps for a left-padded batch, as generate_answers makes it, on one of
+    PATHS. forced: [batch, steps] tokens to feed back
     instead of the path's own choices (teacher forcing), so that two paths' logits are compared on the same
     inputs at every step: a random-weight model's near-flat logits make greedy choices flip at rounding, and
     from there two free runs see different text."""
@@ -146,8 +154,7 @@ def first_step_logits(model, tok, questions, steps, graphs, relayout, grouped=Fa
     extra = {"logits_processor": LogitsProcessorList([Force()])} if forced is not None else {}
     FastLanguageModel.for_inference(model)
     drop_captured_decode_steps(model)
-    with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}), \
-            generation.head_reads_weights_once(model, relayout), generation.grouped_decode_attention(grouped, fused):
+    with generation.decode_speedups(model, "unsloth", **PATHS[path]):
         out = raw_generate(model, tok, questions, steps, output_logits=True, return_dict_in_generate=True, **extra)
     return torch.stack(out.logits, 1).float(), out.sequences[:, -steps:]
 
@@ -163,7 +170,7 @@ def head_input_layouts(model, tok, questions, graphs) -> list:
     handle = model.get_output_embeddings().register_forward_pre_hook(
         lambda module, args: seen.append([list(args[0].shape), list(args[0].stride())]))
     try:
-        with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"}):
+        with generation.decode_speedups(model, "unsloth", graphs=graphs, relayout=False, grouped=False):
             raw_generate(model, tok, questions, 4)
     finally:
         handle.remove()
@@ -222,7 +229,7 @@ def t4_cap_run(model_dir, new_tokens, out):
     batch = params.Params().gen_batch_size  # 0: chosen from the memory left under the cap, as 04 does
     questions = eval_questions(2 * generation.AUTO_BATCH_SIZES[-1])
     try:
-        row = timed_generation(model, tok, questions, batch, new_tokens, graphs=True, warm=False)
+        row = timed_generation(model, tok, questions, batch, new_tokens, path="new", warm=False)
     except Exception as err:  # noqa: BLE001 (recorded: an out-of-memory here is the finding)
         row = {"error": f"{type(err).__name__}: {str(err)[:300]}", **rt_mod.peak_gpu_memory_gib()}
     row.update(cap_gib=15, dtype="float16", path="4-bit + LoRA, Unsloth CUDA-graph decode")
@@ -264,18 +271,14 @@ def main():
     runs, rows = {}, []
     if args.loop_questions:
         rows.append(("one_at_a_time", lambda: timed_generation(model, tok, eval_questions(args.loop_questions), 1,
-                                                                 args.new_tokens)))
-    switches = {"old": (False, False, False, True), "graphs_only": (True, False, False, True),
-                "relayout_only": (False, True, False, True), "graphs_relayout": (True, True, False, True),
-                "new_float32_core": (True, True, True, False), "new": (True, True, True, True)}
+                                                                 args.new_tokens, path="relayout_only")))
     default_rows = ("old", "graphs_relayout", "new_float32_core", "new")
     for b in args.batch_sizes:
-        for kind, (graphs, relayout, grouped, fused) in switches.items():
-            name = f"{kind}_batched_{b or 'auto'}"
-            if name in (args.only_rows or []) or (not args.only_rows and kind in default_rows):
-                rows.append((name, lambda b=b, g=graphs, r=relayout, q=grouped, f=fused: timed_generation(
-                    model, tok, eval_questions(b or generation.AUTO_BATCH_SIZES[0]), b, args.new_tokens, graphs=g,
-                    relayout=r, grouped=q, fused=f)))
+        for path in PATHS:
+            name = f"{path}_batched_{b or 'auto'}"
+            if name in (args.only_rows or []) or (not args.only_rows and path in default_rows):
+                rows.append((name, lambda b=b, path=path: timed_generation(
+                    model, tok, eval_questions(b or generation.AUTO_BATCH_SIZES[0]), b, args.new_tokens, path=path)))
     for name, fn in rows:
         if time.perf_counter() - started > args.deadline_s:
             runs[name] = {"skipped": "deadline"}
@@ -298,22 +301,20 @@ def main():
         questions = eval_questions(8)
         grouped_core = grouped_core_check()
         print("grouped core vs float32 reference", grouped_core, flush=True)
-        before = first_step_logits(model, tok, questions, 8, graphs=False, relayout=False)
+        before = first_step_logits(model, tok, questions, 8, "old")
         forced = before[1]
         checks = {"graphs_vs_eager_first_8_steps": compare_first_steps(
-                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=False, forced=forced)),
+                      before, first_step_logits(model, tok, questions, 8, "graphs_only", forced)),
                   "relayout_vs_old_first_8_steps": compare_first_steps(
-                      before, first_step_logits(model, tok, questions, 8, graphs=False, relayout=True, forced=forced)),
+                      before, first_step_logits(model, tok, questions, 8, "relayout_only", forced)),
                   "graphs_relayout_vs_old_first_8_steps": compare_first_steps(
-                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, forced=forced)),
+                      before, first_step_logits(model, tok, questions, 8, "graphs_relayout", forced)),
                   "new_float32_core_vs_old_first_8_steps": compare_first_steps(
-                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True,
-                                                fused=False, forced=forced)),
+                      before, first_step_logits(model, tok, questions, 8, "new_float32_core", forced)),
                   "new_vs_old_first_8_steps": compare_first_steps(
-                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True,
-                                                forced=forced)),
+                      before, first_step_logits(model, tok, questions, 8, "new", forced)),
                   "new_vs_old_free_running_first_8_steps": compare_first_steps(
-                      before, first_step_logits(model, tok, questions, 8, graphs=True, relayout=True, grouped=True))}
+                      before, first_step_logits(model, tok, questions, 8, "new"))}
         checks["grouped_core_vs_float32_reference"] = grouped_core
         checks["head_input_layouts"] = {"eager": head_input_layouts(model, tok, questions, graphs=False),
                                         "graphs": head_input_layouts(model, tok, questions, graphs=True)}

@@ -56,7 +56,7 @@ def run_family(family: str, model_dir: str, new_tokens: int, out: pathlib.Path):
             extra = {"cache_implementation": "static"} if opts.get("static") else {}
             results[key] = bench_generate.timed_generation(
                 model, tok, bench_generate.eval_questions(batch), batch, new_tokens, backend,
-                graphs=bool(opts.get("graphs")), **extra)
+                path="new" if opts.get("graphs") else "relayout_only", **extra)
         except Exception as err:  # noqa: BLE001 (a probe: record what failed and go on)
             traceback.print_exc()
             results[key] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}

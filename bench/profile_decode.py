@@ -77,20 +77,17 @@ def main():
     FastLanguageModel.for_inference(model)
     questions = bench_generate.eval_questions(args.batch)
     report = {"device": torch.cuda.get_device_name(0), "batch": args.batch, "new_tokens": args.new_tokens}
-    modes = {"eager": ("0", False, False), "graphs": ("1", False, False), "graphs_relayout": ("1", True, False),
-             "new": ("1", True, True)}
+    paths = {"eager": "old", "graphs": "graphs_only", "graphs_relayout": "graphs_relayout", "new": "new"}
     for name in args.modes:
-        graphs, relayout, grouped = modes[name]
         bench_generate.drop_captured_decode_steps(model)
-        with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": graphs}), \
-                generation.head_reads_weights_once(model, relayout), generation.grouped_decode_attention(grouped):
+        with generation.decode_speedups(model, "unsloth", **bench_generate.PATHS[paths[name]]):
             bench_generate.raw_generate(model, tok, questions, args.new_tokens)  # warm-up: compile, capture
             short = profiled_generate(model, tok, questions, 1)
             long = profiled_generate(model, tok, questions, args.new_tokens)
         report[name] = per_step(long, short, args.new_tokens - 1)
         print(name, json.dumps(report[name], indent=1), flush=True)
     if args.trace_tokens:
-        with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "0"}):
+        with generation.decode_speedups(model, "unsloth", **bench_generate.PATHS["old"]):
             profiled_generate(model, tok, questions, args.trace_tokens, trace=args.out / "decode_trace.json.gz")
     (args.out / "profile_decode.json").write_text(json.dumps(report, indent=1))
 

@@ -133,6 +133,21 @@ def grouped_decode_attention(active: bool = True, fused: bool = True):
         llama._decode_attention_core = original
 
 
+@contextlib.contextmanager
+def decode_speedups(model, backend: str, graphs: bool = True, relayout: bool = True, grouped: bool = True,
+                    fused: bool = True):
+    """For the block, generate's three speed-ups, each switchable (all off: 04's path before them, for the
+    benchmarks). Unsloth's decode step replayed as CUDA graphs (bit for bit its eager step; Unsloth reads the
+    switch at each generate call), the head reading its weights once, and the grouped attention core, which
+    only the graph step calls (fused=False: its float32 math variant). Together 3.2x-4.4x the old path at
+    batch 32 on an H100 for the Llama-8B default (BENCHMARKS.md). Unsloth keeps the eager step, and its own
+    core, for Qwen2; the head fix applies there too."""
+    switch = {"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"} if backend == "unsloth" else {}
+    with environment(switch), head_reads_weights_once(model, relayout), grouped_decode_attention(grouped and graphs,
+                                                                                                 fused):
+        yield
+
+
 # GEN_BATCH_SIZE = 0 takes the largest of these that the GPU's free memory holds, never less than the last:
 # batch 32 at 1,024 new tokens fits a T4 (15 GiB cap: 12.93-13.07 GiB peak at the Llama-8B shape); on an H100
 # batch 128 generates 2.2x the tokens per second of batch 32 (BENCHMARKS.md).
@@ -172,12 +187,12 @@ def auto_batch_size(model, prompt_tokens: int, max_new_tokens: int) -> tuple[int
 def generate_answers(model, tokenizer, questions: list[dict], template: str, max_new_tokens: int,
                      temperature: float, top_p: float, do_sample: bool, batch_size: int, seed: int,
                      backend: str, min_new_tokens: int = 0, decode_graphs: bool = True, head_relayout: bool = True,
-                     grouped_attention: bool = True, **generate_kwargs) -> list[dict]:
+                     grouped_attention: bool = True, fused_attention: bool = True, **generate_kwargs) -> list[dict]:
     """Answer each question with the training prompt (left-padded batches, sorted by length). batch_size 0
     chooses it from the GPU's free memory (auto_batch_size) and prints the choice.
     min_new_tokens > 0 forbids stopping earlier (benchmarks use it to compare at equal output tokens);
-    decode_graphs, head_relayout and grouped_attention switch this function's three speed-ups (off: the path
-    before them, for the benchmarks); generate_kwargs go to model.generate (a cache implementation, for instance)."""
+    decode_graphs, head_relayout, grouped_attention and fused_attention switch its speed-ups (decode_speedups);
+    generate_kwargs go to model.generate (a cache implementation, for instance)."""
     import torch
 
     if backend == "unsloth":
@@ -185,11 +200,6 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
 
         FastLanguageModel.for_inference(model)
     model.eval()
-    # Unsloth's decode step replayed as CUDA graphs (bit for bit its eager step), the head reading its weights
-    # once, and the grouped attention core: together 3.5x-4.4x the old path at batch 32 on an H100 for the
-    # Llama-8B default (BENCHMARKS.md). Unsloth keeps the eager step, and its own core, for Qwen2; the head
-    # fix applies there too. Unsloth reads the graph switch at each generate call.
-    graphs = {"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if decode_graphs else "0"} if backend == "unsloth" else {}
     encoded = [encode_prompt(tokenizer, q["question"], template) for q in questions]
     order = sorted(range(len(questions)), key=lambda i: len(encoded[i]))
     if not batch_size:
@@ -205,8 +215,8 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
         ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
-        with torch.no_grad(), environment(graphs), head_reads_weights_once(model, head_relayout), \
-                grouped_decode_attention(grouped_attention and decode_graphs):
+        with torch.no_grad(), decode_speedups(model, backend, decode_graphs, head_relayout, grouped_attention,
+                                              fused_attention):
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  do_sample=do_sample, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
                                  min_new_tokens=min_new_tokens or None, **sampling, **generate_kwargs)
