@@ -121,10 +121,9 @@ def free_gpu_bytes() -> int:
     or what is left under cap_gpu_memory's cap."""
     import torch
 
-    held_unused = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
     if GPU_MEMORY_CAP_BYTES:
         return max(0, GPU_MEMORY_CAP_BYTES - torch.cuda.memory_allocated())
-    return torch.cuda.mem_get_info()[0] + held_unused
+    return torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
 
 
 def bind_process_gpu() -> None:
