@@ -1,6 +1,7 @@
 """The medical-R1 notebook series' helpers, one module per job.
 
-- runtime: platform, GPU, backend choice, precision, pinned requirements, script runs (torchrun)
+- runtime: platform, GPU, backend choice, precision, script runs (torchrun)
+- install: the pinned stack, installed beside the platform's own torch
 - credentials: secrets from the environment, Colab or Kaggle, never printed
 - params: the defaults every parameters cell mirrors, validated once
 - artifacts: the files that pass between notebooks, written atomically; Kaggle's attached outputs

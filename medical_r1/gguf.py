@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tarfile
 
+from medical_r1 import REPO_ROOT
 from medical_r1.artifacts import artifact, read_json, require_artifact, save_dir_atomic
+from medical_r1.install import parse_requirements
 from medical_r1.models import load_adapter_model
 from medical_r1.params import check_gguf_quantizations
-from medical_r1.runtime import REPO_ROOT, Runtime, parse_requirements
+from medical_r1.runtime import Runtime
 from src_helpers import render_prompt
 
 

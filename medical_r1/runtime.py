@@ -1,18 +1,17 @@
-"""Where the notebooks run: platform, GPU, the backend `auto` picks and why, precision, the pinned
-requirements, and running a notebook's script under torchrun or accelerate.
+"""Where the notebooks run: platform, GPU, the backend `auto` picks and why, precision, and running a
+notebook's script under torchrun or accelerate. Installing the pinned stack is medical_r1.install.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import os
-import pathlib
 import re
 
-from medical_r1 import REPO_ROOT
 from medical_r1.params import BACKENDS, PRECISIONS
 
 UNSLOTH_MIN_CAPABILITY = (7, 0)
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: the first GPUs that compute in bf16 (T4 is 7.5, V100 7.0)
 
 
 @dataclasses.dataclass
@@ -56,7 +55,9 @@ def detect_runtime() -> Runtime:
         supported = arch in torch.cuda.get_arch_list() or any(
             a.startswith("compute_") and int(a[8:]) <= capability[0] * 10 + capability[1]
             for a in torch.cuda.get_arch_list())
-        bf16 = bool(supported and torch.cuda.is_bf16_supported())
+        # Not torch.cuda.is_bf16_supported(): by default it counts emulated bf16 and says True on a T4, where
+        # TrainingArguments then refuses bf16=True. Unsloth's is_bfloat16_supported() also reads the capability.
+        bf16 = bool(supported and capability >= BF16_MIN_CAPABILITY)
     return Runtime(
         platform=detect_platform(), cuda=cuda, gpu_name=name, capability=capability, bf16=bf16,
         torch_supports_gpu=supported,
@@ -200,57 +201,6 @@ def setup_script_run(namespace: dict, argv: list[str]) -> list[str]:
 
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     return applied
-
-
-REQUIREMENTS = REPO_ROOT / "requirements.txt"
-
-
-def parse_requirements(path=REQUIREMENTS) -> dict[str, str]:
-    """{package: version} from a requirements file of `name==version` lines. Without a checkout (the package
-    installed from its wheel on Kaggle, or from the repository on Colab), the same pins come from the
-    package's own metadata, which pyproject.toml fills from requirements.txt when the wheel is built."""
-    from importlib import metadata
-
-    path = pathlib.Path(path)
-    lines = path.read_text().splitlines() if path.exists() else metadata.requires("medical-r1") or []
-    pins = {}
-    for line in lines:
-        line = line.split("#")[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            pins[name.strip().lower().replace("_", "-")] = version.strip()
-    return pins
-
-
-def missing_requirements(path=REQUIREMENTS) -> list[str]:
-    """Pinned packages that are absent or at another version, as `name==version` specs."""
-    from importlib import metadata
-
-    missing = []
-    for name, version in parse_requirements(path).items():
-        try:
-            if metadata.version(name) != version:
-                missing.append(f"{name}=={version}")
-        except metadata.PackageNotFoundError:
-            missing.append(f"{name}=={version}")
-    return missing
-
-
-def install_requirements(mode: str = "auto", path=REQUIREMENTS) -> str:
-    """Install the pinned GPU stack where it is missing. mode: "auto" installs only on Kaggle or Colab
-    (a local machine keeps its own environment), "always", or "never"."""
-    if mode not in ("auto", "always", "never"):
-        raise ValueError(f"INSTALL_REQUIREMENTS must be 'auto', 'always' or 'never', got {mode!r}")
-    missing = missing_requirements(path)
-    if not missing:
-        return "all pinned requirements present"
-    if mode == "never" or (mode == "auto" and detect_platform() == "local"):
-        return f"not installing ({mode}, {detect_platform()}); differs from requirements.txt: {', '.join(missing)}"
-    import subprocess
-    import sys
-
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
-    return f"installed {', '.join(missing)}; restart the kernel if transformers was already imported"
 
 
 def runtime_record(runtime: Runtime, backend: str, secrets: dict) -> dict:

@@ -62,7 +62,8 @@ if importlib.util.find_spec("medical_r1") is None:
     importlib.invalidate_caches()
 
 # %%
-from medical_r1.runtime import install_requirements, setup_backend
+from medical_r1.install import install_requirements
+from medical_r1.runtime import setup_backend
 
 print(install_requirements(INSTALL_REQUIREMENTS))
 runtime, backend = setup_backend(BACKEND)

@@ -68,7 +68,7 @@ if importlib.util.find_spec("medical_r1") is None:
     importlib.invalidate_caches()
 
 # %%
-from medical_r1.runtime import install_requirements
+from medical_r1.install import install_requirements
 
 print(install_requirements(INSTALL_REQUIREMENTS))
 

@@ -81,7 +81,8 @@ if importlib.util.find_spec("medical_r1") is None:
     importlib.invalidate_caches()
 
 # %%
-from medical_r1.runtime import install_requirements, setup_script_run
+from medical_r1.install import install_requirements
+from medical_r1.runtime import setup_script_run
 
 setup_script_run(globals(), sys.argv)  # as a script (torchrun, accelerate launch): --NAME=value overrides
 print(install_requirements(INSTALL_REQUIREMENTS))

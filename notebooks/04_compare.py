@@ -73,7 +73,8 @@ if importlib.util.find_spec("medical_r1") is None:
 # %%
 from medical_r1.artifacts import read_json, read_jsonl, require_artifact
 from medical_r1.credentials import load_secrets
-from medical_r1.runtime import install_requirements, setup_backend
+from medical_r1.install import install_requirements
+from medical_r1.runtime import setup_backend
 
 print(install_requirements(INSTALL_REQUIREMENTS))
 base_answers = read_jsonl(require_artifact(WORK_DIR, "baseline_answers"))

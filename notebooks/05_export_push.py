@@ -61,7 +61,8 @@ if importlib.util.find_spec("medical_r1") is None:
 from medical_r1.credentials import load_secrets
 from medical_r1.params import Params
 from medical_r1.publish import hub_upload_plan
-from medical_r1.runtime import install_requirements, setup_backend
+from medical_r1.install import install_requirements
+from medical_r1.runtime import setup_backend
 
 print(install_requirements(INSTALL_REQUIREMENTS))
 params = Params(work_dir=WORK_DIR, backend=BACKEND, save_merged=SAVE_MERGED, push_to_hub=PUSH_TO_HUB,

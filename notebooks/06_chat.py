@@ -65,7 +65,8 @@ if importlib.util.find_spec("medical_r1") is None:
 # %%
 from medical_r1.artifacts import read_json, require_artifact
 from medical_r1.params import Params
-from medical_r1.runtime import install_requirements, setup_backend
+from medical_r1.install import install_requirements
+from medical_r1.runtime import setup_backend
 
 print(install_requirements(INSTALL_REQUIREMENTS))
 Params(work_dir=WORK_DIR, backend=BACKEND, chat_model=CHAT_MODEL, max_new_tokens=MAX_NEW_TOKENS,

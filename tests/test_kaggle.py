@@ -10,7 +10,7 @@ import pytest
 
 from medical_r1 import REPO_ROOT, artifacts
 from medical_r1 import export as export_mod
-from medical_r1.runtime import parse_requirements
+from medical_r1.install import parse_requirements
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import build_kaggle  # noqa: E402

@@ -5,7 +5,7 @@ import os
 import pytest
 
 import src_helpers as sh
-from medical_r1 import REPO_ROOT, artifacts, credentials, params, publish, tracking
+from medical_r1 import REPO_ROOT, artifacts, credentials, install, params, publish, tracking, training
 from medical_r1 import runtime as rt_mod
 
 
@@ -163,15 +163,15 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
 
 
 def test_requirements_pins_are_parsed_and_shared_with_the_test_environment():
-    gpu = rt_mod.parse_requirements(REPO_ROOT / "requirements.txt")
-    cpu = rt_mod.parse_requirements(REPO_ROOT / "requirements-test.txt")
+    gpu = install.parse_requirements(REPO_ROOT / "requirements.txt")
+    cpu = install.parse_requirements(REPO_ROOT / "requirements-test.txt")
     for name in ("transformers", "trl", "peft", "datasets", "accelerate", "wandb"):
         assert gpu[name] == cpu[name], name
-    assert rt_mod.parse_requirements(REPO_ROOT / "requirements-gguf.txt")["sentencepiece"] == cpu["sentencepiece"]
+    assert install.parse_requirements(REPO_ROOT / "requirements-gguf.txt")["sentencepiece"] == cpu["sentencepiece"]
     assert gpu["unsloth"] == "2026.10.9" and gpu["transformers"] <= "5.17.0" and gpu["datasets"] < "5"
-    assert "not installing" in rt_mod.install_requirements("never") or "all pinned" in rt_mod.install_requirements("never")
+    assert "not installing" in install.install_requirements("never") or "all pinned" in install.install_requirements("never")
     with pytest.raises(ValueError, match="INSTALL_REQUIREMENTS"):
-        rt_mod.install_requirements("sometimes")
+        install.install_requirements("sometimes")
 
 
 def test_split_thinking():
@@ -187,3 +187,70 @@ def test_environment_block_sets_and_restores(monkeypatch):
     with generation.environment({"UNSLOTH_DECODE_CUDA_GRAPHS": "1", "MEDICAL_R1_UNSET": "x"}):
         assert os.environ["UNSLOTH_DECODE_CUDA_GRAPHS"] == "1" and os.environ["MEDICAL_R1_UNSET"] == "x"
     assert os.environ["UNSLOTH_DECODE_CUDA_GRAPHS"] == "0" and "MEDICAL_R1_UNSET" not in os.environ
+
+
+# (name, compute capability, GiB): what torch reports on the GPUs Kaggle and Colab lend, and on an A100/H100.
+GPUS = {"T4": ("Tesla T4", (7, 5), 15), "V100": ("Tesla V100-SXM2-16GB", (7, 0), 16),
+        "A100": ("NVIDIA A100-SXM4-40GB", (8, 0), 40), "H100": ("NVIDIA H100 80GB HBM3", (9, 0), 80)}
+
+
+def fake_gpu(monkeypatch, gpu, unsloth_imported=False):
+    """Make torch answer as it does on `gpu` (torch 2.11-2.13's cuda/__init__.py): is_bf16_supported() counts
+    emulation by default, so it says True on a T4 or V100 too (a bf16 tensor can be made there); only
+    including_emulation=False says no. Importing Unsloth swaps in its own is_bf16_supported, whose default is
+    including_emulation=False (unsloth/_gpu_init.py, 2026.10.9), which transformers' TrainingArguments then asks."""
+    import torch
+
+    name, capability, gib = GPUS[gpu]
+
+    def is_bf16_supported(including_emulation=not unsloth_imported):
+        return capability >= (8, 0) or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90"])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+
+
+@pytest.mark.parametrize("gpu, bf16", [("T4", False), ("V100", False), ("A100", True), ("H100", True)])
+def test_precision_follows_the_hardware_not_emulation(monkeypatch, gpu, bf16):
+    """bf16 only from compute capability 8.0 on: on a T4 torch.cuda.is_bf16_supported() says True (emulation),
+    and a runtime that believed it loaded in bfloat16 and asked SFTConfig for bf16=True, which stopped 03."""
+    import torch
+
+    fake_gpu(monkeypatch, gpu)
+    assert torch.cuda.is_bf16_supported() and torch.cuda.is_bf16_supported(including_emulation=False) == bf16
+    runtime = rt_mod.apply_precision(rt_mod.detect_runtime(), "auto")
+    assert runtime.bf16 == bf16 and rt_mod.choose_backend("auto", runtime)[0] in ("unsloth", "transformers")
+    assert rt_mod.compute_dtype(runtime) == (torch.bfloat16 if bf16 else torch.float16)
+    args = training.runtime_training_args("unsloth", runtime, "adamw_8bit")
+    assert (args["bf16"], args["fp16"]) == (bf16, not bf16)
+    if not bf16:
+        with pytest.raises(ValueError, match="bf16"):
+            rt_mod.apply_precision(runtime, "bf16")
+
+
+@pytest.mark.parametrize("gpu", ["T4", "A100"])
+def test_sftconfig_accepts_the_precision_chosen_after_unsloth_is_imported(monkeypatch, tmp_path, gpu):
+    """03 builds SFTConfig after importing Unsloth, so transformers' bf16 check asks Unsloth's is_bf16_supported."""
+    from transformers.utils import import_utils
+    from trl import SFTConfig
+
+    import_utils.is_torch_bf16_gpu_available.cache_clear()  # transformers asks once per process
+    fake_gpu(monkeypatch, gpu)
+    runtime = rt_mod.detect_runtime()
+    fake_gpu(monkeypatch, gpu, unsloth_imported=True)
+    args = training.runtime_training_args("unsloth", runtime, "adamw_torch")
+    try:
+        config = SFTConfig(output_dir=str(tmp_path), report_to="none", **args)
+    finally:  # accelerate keeps the (faked) device in a process-wide state that later CPU tests would inherit
+        from accelerate.state import AcceleratorState, PartialState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        PartialState._reset_state()
+        import_utils.is_torch_bf16_gpu_available.cache_clear()
+    assert (config.bf16, config.fp16) == (gpu == "A100", gpu == "T4")

@@ -10,7 +10,7 @@ import pytest
 
 from medical_r1 import REPO_ROOT
 from medical_r1.kaggle_folders import build_wheel
-from medical_r1.runtime import parse_requirements
+from medical_r1.install import parse_requirements
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_on_kaggle_the_helpers_come_from_the_attached_wheel(tmp_path, fresh_pyth
     wheel_dir = tmp_path / "input" / "medical-r1-helpers"
     build_wheel(wheel_dir)
     after = ("import src_helpers, medical_r1.data, medical_r1.training\n"
-             "from medical_r1.runtime import parse_requirements\n"
+             "from medical_r1.install import parse_requirements\n"
              "print(medical_r1.__file__); print(sorted(parse_requirements().items()))")
     result = run_cell(fresh_python, bootstrap_source(tmp_path / "input"), tmp_path / "kaggle" / "working", after)
     assert result.returncode == 0, result.stderr[-3000:]
