@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import threading
 
+from medical_r1.generation import input_device
 from medical_r1.params import check_share
 from medical_r1.runtime import detect_platform
 from src_helpers import encode_prompt
@@ -42,7 +43,7 @@ def stream_reply(model, tokenizer, question: str, template: str, max_new_tokens:
     import torch
     from transformers import TextIteratorStreamer
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = torch.tensor([encode_prompt(tokenizer, question, template)], device=device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}

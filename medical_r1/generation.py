@@ -206,7 +206,7 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
         batch_size, why = auto_batch_size(model, max(map(len, encoded)), max_new_tokens)
         print(f"generation {why}")
     pad_id = tokenizer.pad_token_id
-    device = next(model.parameters()).device
+    device = input_device(model)
     outputs: dict[int, dict] = {}
     torch.manual_seed(seed)
     for start in range(0, len(order), batch_size):
@@ -231,11 +231,19 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
     return [outputs[i] for i in range(len(questions))]
 
 
+def input_device(model):
+    """The device a model's inputs go to: its decoder's (transformers' `model.device`). Not its first parameter's:
+    on a 15 GB GPU (a T4) Unsloth loads an adapter with the input embeddings moved to CPU RAM ("Offloading
+    embeddings to RAM") and pins `model.device` to the decoder's; the first parameter is then on the CPU (seen in
+    T4 mode, gpu/RESULTS.md, where 04's validation loss stopped on a CPU/GPU mismatch)."""
+    return model.device
+
+
 def eval_loss(model, records: list[dict], batch_size: int = 4) -> float:
     """Mean cross-entropy per label token over records (the same tokens the trainer's eval loss uses)."""
     import torch
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     total, count = 0.0, 0
     model.eval()
     for start in range(0, len(records), batch_size):

@@ -254,3 +254,26 @@ def test_sftconfig_accepts_the_precision_chosen_after_unsloth_is_imported(monkey
         PartialState._reset_state()
         import_utils.is_torch_bf16_gpu_available.cache_clear()
     assert (config.bf16, config.fp16) == (gpu == "A100", gpu == "T4")
+
+
+def test_t4_mode_answers_as_a_t4_to_the_libraries_and_as_the_real_gpu_to_the_compilers():
+    """gpu/t4_mode (the GPU checks' T4 mode): Unsloth, transformers and the helpers must see 7.5, while torch's
+    compiler and Triton must see the GPU that runs the kernels, even after Unsloth assigns its cached copy."""
+    code = """
+import sys, torch
+sys.path.insert(0, "gpu/t4_mode")
+torch.cuda.get_device_capability = lambda device=None: (9, 0)  # the real GPU: an H200
+import t4_device
+t4_device.install()
+torch.cuda.get_device_capability = lambda device=None: "a cached copy of the first answer"
+ask = lambda module: eval("torch.cuda.get_device_capability()", {"__name__": module, "torch": torch})
+print([ask(m) for m in ("medical_r1.runtime", "unsloth.models._utils", "torch._inductor.utils",
+                        "triton.backends.nvidia.driver")],
+      torch.cuda.is_bf16_supported(), torch.cuda.is_bf16_supported(including_emulation=False),
+      torch.backends.cuda.flash_sdp_enabled(), torch.cuda.get_device_name())
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == "[(7, 5), (7, 5), (9, 0), (9, 0)] True False False Tesla T4".split()

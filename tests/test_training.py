@@ -53,6 +53,22 @@ def test_val_loss_falls_and_matches_the_trainer(trained):
     assert losses["tuned_val_loss"] == pytest.approx(tuned, abs=1e-5)
 
 
+def test_inputs_go_to_the_decoder_even_when_the_first_parameter_lives_elsewhere(trained, monkeypatch):
+    """On a T4, Unsloth loads 04's adapter with the input embeddings moved to CPU RAM and `model.device` pinned to
+    the GPU decoder; the first parameter is then on another device than the inputs must go to. Emulated here by a
+    first parameter on the meta device: validation loss and answers come out as before."""
+    model, tok, val = trained["model"], trained["tok"], trained["val"]
+    expected = generation.eval_loss(model, val[:4])
+    kwargs = dict(template="r1_chat", max_new_tokens=4, temperature=0.6, top_p=0.95, do_sample=False, seed=0,
+                  batch_size=2, backend="cpu")
+    answers = generation.generate_answers(model, tok, generation.QUESTIONS[:2], **kwargs)
+    parameters = model.parameters
+    monkeypatch.setattr(model, "parameters", lambda *a, **k: iter([torch.empty(1, device="meta"), *parameters(*a, **k)]))
+    assert generation.input_device(model) == torch.device("cpu") and next(model.parameters()).device.type == "meta"
+    assert generation.eval_loss(model, val[:4]) == pytest.approx(expected, abs=1e-6)
+    assert generation.generate_answers(model, tok, generation.QUESTIONS[:2], **kwargs) == answers
+
+
 def test_batched_left_padded_generation_equals_one_at_a_time(trained):
     model, tok = trained["model"], trained["tok"]
     kwargs = dict(template="r1_chat", max_new_tokens=8, temperature=0.6, top_p=0.95, do_sample=False, seed=0,

@@ -1,0 +1,112 @@
+"""GPU check in T4 mode: the whole series 00-06 with the notebooks' own defaults (BACKEND and PRECISION "auto",
+GEN_BATCH_SIZE 0, the packed 8B default, 60 steps, 30 benchmark items, 1,024 new tokens) while torch and Unsloth
+see a T4 (gpu/t4_mode/t4_device.py: capability 7.5, bf16 only by emulation, 15 GiB, no FlashAttention). Only
+what cannot come from the Hub here is set: the random Llama-8B-shape model, the real-schema data (.gpu_ref), the
+sample benchmark file, offline mode. Writes t4_check.json and prints one row per notebook: what it decided
+(precision, attention, batch, install line) and its peak memory.
+
+On the GPU machine (with .whl and .gpu_ref carried, as gpu/RESULTS.md says):
+    python gpu/check_t4.py --out $OUT --only 00 01 02 03      # then, same machine and work dir:
+    python gpu/check_t4.py --out $OUT --only 04 05 06
+"""
+import argparse
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "gpu")]
+import real_shapes  # noqa: E402
+import run_series  # noqa: E402
+
+from medical_r1 import artifacts, install  # noqa: E402
+from medical_r1 import data as data_mod  # noqa: E402
+
+WORK = pathlib.Path("/tmp/gpu_check/t4-defaults")
+MODEL = pathlib.Path("/tmp/models/llama-8b")
+LOG = WORK / "t4_device.jsonl"
+# Lines of a notebook's output that say what it decided.
+DECISIONS = re.compile(r"platform: |^backend: |generation batch|^not installing|^installed |^all pinned|Unsloth.*(Tesla|GPU)|"
+                       r"Torch: |Bfloat16|Xformers|FA2|^GPU memory|precision|attention", re.M)
+
+
+def parameters() -> dict:
+    """The notebooks' defaults, but for where the model, data and benchmark file come from."""
+    return {"MODEL_NAME": str(MODEL), "DATASET_NAME": str(real_shapes.REF / "data" / "medical_o1_sft.json"),
+            "EVAL_DATA": str(data_mod.SAMPLE_DATA_DIR / "eval_data.json")}
+
+
+def said(notebook: pathlib.Path) -> list[str]:
+    """The decision lines the executed notebook printed."""
+    lines = []
+    for cell in json.loads(notebook.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("text", "")) or "".join(output.get("data", {}).get("text/plain", ""))
+            lines += [line.strip()[:300] for line in text.splitlines() if DECISIONS.search(line.strip())]
+    return lines
+
+
+def new_log_lines(offset: int) -> tuple[list[dict], int]:
+    if not LOG.exists():
+        return [], offset
+    text = LOG.read_text()
+    return [json.loads(line) for line in text[offset:].splitlines() if line], len(text)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "gpu_check")
+    parser.add_argument("--only", nargs="*", default=["00", "01", "02", "03", "05", "06", "04"])  # 04, the longest, last
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    if not (MODEL / "config.json").exists():  # in a child process: this one must hold no GPU memory (a T4 is one
+        start = time.time()                      # process's; what others hold counts against the 15 GiB)
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = {[str(ROOT / 'gpu')]}; import real_shapes; "
+                        f"real_shapes.build_model('llama-8b', '{MODEL}')"], check=True)
+        print(f"built llama-8b in {time.time() - start:.0f} s", flush=True)
+    # Every kernel papermill starts inherits these: sitecustomize.py makes its torch answer as a T4.
+    os.environ.update(MEDICAL_R1_T4="1", MEDICAL_R1_T4_LOG=str(LOG),
+                      PYTHONPATH=os.pathsep.join([str(ROOT / "gpu" / "t4_mode"), os.environ.get("PYTHONPATH", "")]))
+    import torch
+
+    results_path = args.out / "t4_check.json"
+    results = json.loads((WORK / "t4_check.json").read_text()) if (WORK / "t4_check.json").exists() else {
+        "device": subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True).stdout.strip(), "torch": torch.__version__,
+        "arch_list": torch.cuda.get_arch_list(),
+        "install_would_choose": install.torch_companions(torch.__version__)[1], "notebooks": {}}
+    offset = LOG.stat().st_size if LOG.exists() else 0
+    for number in args.only:
+        record = {}
+        try:
+            record["seconds"] = run_series.run({"offline": True, "parameters": parameters()}, WORK, only=[number])
+            record["ok"] = True
+        except Exception as err:  # record the failure and go on
+            record["ok"], record["error"] = False, f"{type(err).__name__}: {str(err)[-1500:]}"
+        executed = next((WORK / "executed").glob(f"{number}_*.ipynb"), None)
+        record["said"] = said(executed) if executed else []
+        lines, offset = new_log_lines(offset)
+        peaks = [line for line in lines if "peak_reserved_gib" in line]
+        record["peak_reserved_gib"] = max((p["peak_reserved_gib"] for p in peaks), default=None)
+        record["peak_allocated_gib"] = max((p["peak_allocated_gib"] for p in peaks), default=None)
+        record["t4_answers_to"] = sorted({f"{line['asked']} <- {line['by']}" for line in lines if "asked" in line})
+        record["kept"] = sorted({line["kept"] for line in lines if "kept" in line})
+        results["notebooks"][number] = record
+        for key in ("runtime", "train_metrics", "compare_metrics", "export_report"):
+            if artifacts.artifact(WORK, key).exists():
+                results[key] = artifacts.read_json(artifacts.artifact(WORK, key))
+        for path in (WORK / "t4_check.json", results_path):
+            artifacts.write_json(path, results)
+        print(f"{number}: ok={record['ok']} peak reserved {record['peak_reserved_gib']} GiB "
+              f"{record.get('error', '')[:300]}", flush=True)
+        print("   " + "\n   ".join(record["said"][:12]), flush=True)
+    return 0 if all(r["ok"] for r in results["notebooks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
