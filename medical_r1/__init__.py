@@ -10,6 +10,7 @@
 - training: SFTConfig settings that depend on the runtime, guards (resume, NaN, OOM), training records
 - tracking: Weights & Biases
 - generation, benchmarks, rouge, judge: answers, the verdict, and the optional measures beside it
+- scorer: which option an answer commits to (negation, elimination, second thoughts, hedges)
 - export, gguf, publish: the merge and its check, GGUF files, the model card and the Hub push
 - display: figures and tables the notebooks show
 - kaggle_folders: `kaggle kernels push` folders and the helper wheel as a Kaggle dataset

@@ -113,7 +113,12 @@ def write_jsonl(path, rows: Iterable[dict]) -> pathlib.Path:
 
 
 def read_json(path):
-    return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    """A JSON file's content; one that does not parse raises ValueError naming the file and the line."""
+    try:
+        return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}): if the series wrote it, run "
+                         "the notebook that writes it again") from err
 
 
 def read_jsonl(path) -> list[dict]:

@@ -1,5 +1,5 @@
 """Did fine-tuning help? Multiple-choice accuracy on HuatuoGPT-o1's benchmarks, base vs tuned, with 95%
-intervals; the answer letter is read only after the last </think>, never guessed from the reasoning.
+intervals; the answer is read by medical_r1.scorer (after the last </think>, never guessed from the reasoning).
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import random
 import re
 
 from medical_r1.generation import answer_base_and_tuned, auto_batch_size, generate_answers
-from src_helpers import encode_prompt, split_thinking
+from medical_r1.scorer import extract_choice
+from src_helpers import encode_prompt
 
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
                    "GPQA_Medical_test")
@@ -46,6 +47,9 @@ def validate_eval_data(data) -> None:
 def load_eval_data(source: str, items_per_benchmark: int, seed: int) -> dict[str, list[dict]]:
     """HuatuoGPT-o1's evaluation set from its public URL or a local file, validated, with the same
     `items_per_benchmark` items per benchmark for a given seed (0 keeps every item)."""
+    if isinstance(items_per_benchmark, bool) or not isinstance(items_per_benchmark, int) or items_per_benchmark < 0:
+        raise ValueError(f"EVAL_ITEMS must be 0 (every item) or a positive number of items per benchmark, "
+                         f"got {items_per_benchmark!r}")
     if source.startswith(("http://", "https://")):
         import urllib.request
 
@@ -71,62 +75,6 @@ def mc_question(item: dict) -> str:
     """HuatuoGPT-o1's evaluation prompt: the question, then one "X. option" line per option."""
     lines = "\n".join(f"{k}. {v}" for k, v in item["options"].items())
     return f"Please answer the following multiple-choice question:\n{item['question']}\n{lines}"
-
-
-# "the answer is c", "Answer: (B)", "correct option is d", "I'd go with b", "答案是 b", "选C", "故选 B". The letter
-# may be lower case here: the phrase says a letter follows. A lower-case "a" followed by a word is the article
-# ("the answer is a fracture"), and so is "I" in "I think".
-_LEAD_IN = (r"answer\s*(?:is|would be|should be|=)?\s*(?:option|choice|letter)?\s*[:：]?"
-            r"|(?:correct|right|best|final)\s+(?:option|choice)\s*(?:is|would be)?\s*[:：]?"
-            r"|(?:i would|i'd|i will|i'll)\s+(?:go with|choose|pick|select)(?:\s+option|\s+choice)?"
-            r"|答案(?:应该是|应为|是|为|选)?\s*[:：]?|正确选项(?:是|为)?\s*[:：]?"
-            r"|(?:应|故|所以|因此|最终|我)选(?:择)?(?:项)?(?:是|为)?\s*[:：]?|答\s*[:：]")
-_ANSWER_IS = re.compile(rf"(?:{_LEAD_IN})\s*[\(\[（*\s]*([A-Ja-j])(?![A-Za-z])", re.IGNORECASE)
-_MARKED = re.compile(r"\*\*\s*\(?([A-J])\)?\s*(?:\*\*|[.:)])|[\(\[（]([A-Ja-j])[\)\]）]")
-_LETTER = re.compile(r"(?<![A-Za-z])([A-J])(?![A-Za-z])")
-_ARTICLE_AFTER = re.compile(r"\s+[a-z']|'")  # "A patient", "a fracture", "I think", "I'd"
-
-
-def _named_letter(match, answer: str, letters: set) -> str | None:
-    raw = next(g for g in match.groups() if g)
-    letter = raw.upper()
-    if letter not in letters:
-        return None
-    if raw in "aAI" and _ARTICLE_AFTER.match(answer[match.end():]):
-        return None
-    return letter
-
-
-def extract_choice(output: str, options: dict, similarity: bool = False) -> tuple[str | None, str]:
-    """(letter, rule that found it). Only the text after the last </think> is read, so letters inside the
-    reasoning are never caught. Rules, in order: an answer phrase and a letter, upper or lower case ("the
-    answer is c", "Answer: (B)", 答案是 b, 选C); a bold or bracketed letter; a standalone capital option letter;
-    the text of exactly one option. An output without </think> ran out of tokens: (None, "unfinished"). An
-    answer that names no option is (None, "unreadable"), counted apart and never scored, unless `similarity`
-    is asked for: then it is read as the most similar option, with the rule "similarity" (reported apart)."""
-    import difflib
-
-    thinking, answer, finished = split_thinking(output)
-    if not finished:
-        return None, "unfinished"
-    letters = set(options)
-    for rule, pattern in (("answer_is", _ANSWER_IS), ("marked_letter", _MARKED)):
-        for match in pattern.finditer(answer):
-            letter = _named_letter(match, answer, letters)
-            if letter:
-                return letter, rule
-    for match in _LETTER.finditer(answer):
-        letter = _named_letter(match, answer, letters)
-        if letter:
-            return letter, "standalone_letter"
-    lowered = answer.lower()
-    named = [k for k, v in options.items() if v.strip() and v.strip().lower() in lowered]
-    if len(named) == 1:
-        return named[0], "option_text"
-    if similarity and answer:
-        best = max(options, key=lambda k: difflib.SequenceMatcher(None, lowered, options[k].lower()).ratio())
-        return best, "similarity"
-    return None, "unreadable"
 
 
 def score_answers(items: list[dict], outputs: list[dict], similarity: bool = False) -> list[dict]:

@@ -1,0 +1,48 @@
+"""How medical_r1.scorer and HuatuoGPT-o1's match_choice read the same labelled R1-style outputs
+(tests/fixtures/scorer_cases.json): per family, how many each reads as labelled. Prints the table the README shows.
+
+HuatuoGPT-o1's score() counts an item right when either the first or the last letter it finds is the gold one,
+per benchmark whichever scores higher; here its last letter is taken (the one that copes with second thoughts),
+read from the whole output as it does, and any letter on an output labelled "no answer" counts as a misread.
+
+    python scripts/compare_scorers.py
+"""
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import huatuo_scorer  # noqa: E402
+
+from medical_r1.scorer import extract_choice  # noqa: E402
+
+CASES = ROOT / "tests" / "fixtures" / "scorer_cases.json"
+
+
+def readings() -> list[dict]:
+    """Each labelled case with what both scorers read."""
+    doc = json.loads(CASES.read_text(encoding="utf-8"))
+    rows = []
+    for case in doc["cases"]:
+        options = doc["option_sets"][case["options"]]
+        ours = extract_choice(case["output"], options)[0]
+        theirs = huatuo_scorer.match_choice(case["output"], options)[0][1]
+        rows.append({**case, "ours": ours, "theirs": theirs})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    lines = ["| family | cases | medical_r1.scorer | HuatuoGPT-o1 match_choice |", "|---|---|---|---|"]
+    for family in families + ["all"]:
+        mine = [r for r in rows if family in ("all", r["family"])]
+        ours = sum(r["ours"] == r["expected"] for r in mine)
+        theirs = sum(r["theirs"] == r["expected"] for r in mine)
+        name = f"**{family}**" if family == "all" else family
+        lines.append(f"| {name} | {len(mine)} | {ours} | {theirs} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table(readings()))
