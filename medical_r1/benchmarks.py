@@ -109,6 +109,30 @@ def paired_bootstrap_difference(base: list[bool], tuned: list[bool], seed: int =
     return diffs[int(0.025 * rounds)], diffs[int(0.975 * rounds) - 1]
 
 
+def paired_test_p(base: list[bool], tuned: list[bool]) -> float:
+    """Two-sided exact McNemar test of "the two models are equally accurate on these items": only the items one
+    model got right and the other wrong count, and under no change each is equally likely to favour either model.
+    Exact (binomial), so it never claims more often than its level, however few the items."""
+    favour_base = sum(b and not t for b, t in zip(base, tuned))
+    favour_tuned = sum(t and not b for b, t in zip(base, tuned))
+    n = favour_base + favour_tuned
+    if not n:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(favour_base, favour_tuned) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def holm_rejections(p_values: dict, alpha: float = 0.05) -> set:
+    """Holm's step-down: the names whose hypothesis is rejected with the chance of any false rejection among all
+    of them at most alpha, whatever their dependence (the benchmarks share a model; the settings share a base)."""
+    rejected = set()
+    for rank, name in enumerate(sorted(p_values, key=p_values.get)):
+        if p_values[name] > alpha / (len(p_values) - rank):
+            break
+        rejected.add(name)
+    return rejected
+
+
 def detectable_difference(n: int) -> float:
     """The smallest accuracy difference a comparison on n items detects with 80% power at 95% confidence,
     taking accuracies near 50% and independent errors (the worst case: the paired test does better when the
@@ -125,30 +149,47 @@ def _model_counts(scored: list[dict]) -> dict:
             "similarity": sum(s["rule"] == "similarity" for s in scored)}
 
 
-def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 0) -> list[dict]:
+def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 0, alpha: float = 0.05,
+                 bootstrap_rounds: int = 2000) -> list[dict]:
     """Per benchmark and overall, for each model: items, correct, unfinished, unreadable, accuracy with its
     95% interval; then the paired difference with its bootstrap interval, the smallest difference the
-    comparison could detect, and a plain sentence. Unfinished and unreadable answers count as wrong and are
-    reported, never guessed."""
+    comparison could detect, the paired test's p-value and a plain sentence. Unfinished and unreadable answers
+    count as wrong and are reported, never guessed.
+
+    The sentence comes from the exact paired test. The overall row, the headline, is tested at `alpha`. The
+    per-benchmark rows are corrected for their number with Holm's step-down, so that when fine-tuning changed
+    nothing the chance that any row claims a change stays at or below `alpha` (uncorrected, five rows of 30 items
+    claimed one in about a quarter of simulated runs). Holm rather than wider intervals: it is exact for any
+    dependence between the benchmarks and rejects at least as much as Bonferroni's intervals would."""
     rows = []
-    names = sorted({s["benchmark"] for s in base_scored}) + ["all"]
+    benchmarks = sorted({s["benchmark"] for s in base_scored})
     tuned_by_id = {s["id"]: s for s in tuned_scored}
-    for name in names:
+    for name in benchmarks + ["all"]:
         b = [s for s in base_scored if name in ("all", s["benchmark"])]
         t = [tuned_by_id[s["id"]] for s in b]
         n = len(b)
         base, tuned = _model_counts(b), _model_counts(t)
-        lo, hi = paired_bootstrap_difference([s["correct"] for s in b], [s["correct"] for s in t], seed)
-        difference = tuned["accuracy"] - base["accuracy"]
-        sentence = "fine-tuning helped" if lo > 0 else "fine-tuning hurt" if hi < 0 else "no detectable change"
-        row = {"benchmark": name, "items": n, "difference": difference, "difference_interval": (lo, hi),
-               "detectable_difference": detectable_difference(n),
-               "verdict": f"{sentence} (difference {100 * difference:+.1f} points, 95% interval {100 * lo:+.1f} to "
-                          f"{100 * hi:+.1f}, {n} items)"}
+        lo, hi = paired_bootstrap_difference([s["correct"] for s in b], [s["correct"] for s in t], seed,
+                                             bootstrap_rounds)
+        row = {"benchmark": name, "items": n, "difference": tuned["accuracy"] - base["accuracy"],
+               "difference_interval": (lo, hi), "detectable_difference": detectable_difference(n),
+               "p_value": paired_test_p([s["correct"] for s in b], [s["correct"] for s in t])}
         for model, counts in (("base", base), ("tuned", tuned)):
             row.update({f"{model}_{k}": v for k, v in counts.items()})
             row[f"{model}_no_answer"] = counts["unfinished"] + counts["unreadable"]
         rows.append(row)
+    changed = holm_rejections({r["benchmark"]: r["p_value"] for r in rows[:-1]}, alpha)
+    if rows[-1]["p_value"] <= alpha:
+        changed.add("all")
+    for row in rows:
+        sentence = "no detectable change"
+        if row["benchmark"] in changed and row["difference"]:
+            sentence = "fine-tuning helped" if row["difference"] > 0 else "fine-tuning hurt"
+        lo, hi = row["difference_interval"]
+        test = (f"paired test p = {row['p_value']:.3g}" + ("" if row["benchmark"] == "all" else
+                f", Holm-corrected for {len(benchmarks)} benchmark{'s' if len(benchmarks) > 1 else ''}"))
+        row["verdict"] = (f"{sentence} (difference {100 * row['difference']:+.1f} points, 95% interval "
+                          f"{100 * lo:+.1f} to {100 * hi:+.1f}, {row['items']} items; {test})")
     return rows
 
 
@@ -172,7 +213,11 @@ def verdict_html(rows: list[dict]) -> str:
     return ("<html><head><meta charset='utf-8'><title>Did fine-tuning help?</title></head><body>"
             "<h2>Did fine-tuning help?</h2><p>Unfinished: still thinking when the token limit came. Unreadable: "
             "the answer names no option. Both count as wrong and are never guessed. Detectable: the smallest "
-            "difference, in points, this many items detect with 80% power.</p>"
+            "difference, in points, this many items detect with 80% power.</p><p>Read the last row (all) first: "
+            "it is the headline, from an exact paired test at 5%. The per-benchmark rows are corrected for testing "
+            "several benchmarks at once (Holm), so that when fine-tuning changed nothing the chance that any row "
+            "says helped or hurt stays at 5%; a benchmark row that says no detectable change may still differ, by "
+            "less than this many items can show. The intervals are each benchmark's own 95% intervals.</p>"
             "<table border='1' style='border-collapse:collapse'><tr><th rowspan='2'>benchmark</th>"
             "<th rowspan='2'>items</th><th colspan='4'>base model</th><th colspan='4'>fine-tuned</th>"
             "<th rowspan='2'>difference, points [95%]</th><th rowspan='2'>detectable</th><th rowspan='2'>verdict</th>"

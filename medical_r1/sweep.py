@@ -16,6 +16,7 @@ import pathlib
 import re
 
 from medical_r1.artifacts import artifact, read_json, write_json, write_text
+from medical_r1.benchmarks import holm_rejections, paired_test_p
 from medical_r1.display import new_figure, save_figure
 
 # Parameters that change what 02 produces: settings that differ in these need their own data preparation.
@@ -86,6 +87,7 @@ def setting_row(name: str, parameters: dict, work_dir) -> dict:
     """A finished setting's row, read from the files 03 and 04 wrote in its folder."""
     verdict = read_json(artifact(work_dir, "verdict"))
     overall = next(r for r in verdict["rows"] if r["benchmark"] == "all")
+    tuned_by_id = {s["id"]: s for s in verdict["tuned"]}
     compare = read_json(artifact(work_dir, "compare_metrics"))
     train = read_json(artifact(work_dir, "train_metrics"))
     return {
@@ -94,6 +96,8 @@ def setting_row(name: str, parameters: dict, work_dir) -> dict:
         "tuned_accuracy": overall["tuned_accuracy"], "tuned_interval": overall["tuned_interval"],
         "difference": overall["difference"], "difference_interval": overall["difference_interval"],
         "verdict": overall["verdict"],
+        "p_value": paired_test_p([s["correct"] for s in verdict["base"]],
+                                 [tuned_by_id[s["id"]]["correct"] for s in verdict["base"]]),
         "base_unfinished": count_rules(verdict["base"], ("unfinished",)),
         "tuned_unfinished": count_rules(verdict["tuned"], ("unfinished",)),
         "base_unreadable": count_rules(verdict["base"], ("empty", "unreadable")),
@@ -127,6 +131,16 @@ def sorted_rows(rows: list[dict]) -> list[dict]:
     return done + [r for r in rows if r["error"]]
 
 
+def compared_with_base(rows: list[dict], alpha: float = 0.05) -> dict:
+    """{setting: "better than the base model" | "worse than the base model" | "no detectable change"}: each finished
+    setting's paired test against the base, corrected with Holm's step-down for the number of settings compared,
+    so that the best-looking of several settings is not called better by luck."""
+    done = [r for r in rows if not r["error"]]
+    better_or_worse = holm_rejections({r["name"]: r.get("p_value", 1.0) for r in done}, alpha)
+    return {r["name"]: ("better than the base model" if r["difference"] > 0 else "worse than the base model")
+            if r["name"] in better_or_worse else "no detectable change" for r in done}
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -135,8 +149,9 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
     head = ("<tr><th>setting</th><th>parameters</th><th>items</th><th>base accuracy [95%]</th>"
             "<th>tuned accuracy [95%]</th><th>difference [95%]</th><th>unfinished (base / tuned)</th>"
             "<th>unreadable (base / tuned)</th><th>val loss (base / tuned)</th><th>training s</th>"
-            "<th>tokens</th><th>verdict or error</th></tr>")
+            "<th>tokens</th><th>against the base model (paired test, Holm-corrected)</th></tr>")
     body = []
+    compared = compared_with_base(rows)
     for r in sorted_rows(rows):
         params = html.escape(", ".join(f"{k}={v}" for k, v in r["parameters"].items()))
         if r["error"]:
@@ -152,12 +167,14 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
             f"<td>{r['base_unfinished']} / {r['tuned_unfinished']}</td>"
             f"<td>{r['base_unreadable']} / {r['tuned_unreadable']}</td>"
             f"<td>{r['base_val_loss']:.4f} / {r['tuned_val_loss']:.4f}</td><td>{r['train_runtime_s'] or 0:.0f}</td>"
-            f"<td>{r['train_tokens'] or '-'}</td><td>{html.escape(r['verdict'])}</td></tr>")
+            f"<td>{r['train_tokens'] or '-'}</td><td>{compared[r['name']]} (p = {r.get('p_value', 1.0):.3g})</td></tr>")
     return ("<html><head><meta charset='utf-8'><title>Which settings hurt least?</title></head><body>"
             f"<h2>Which settings hurt least? Sweep {html.escape(grid['name'])}</h2>"
             f"<p>{html.escape(grid['description'])}</p><p>Benchmark accuracy over all benchmarks, base vs tuned, on "
-            "the same items for every setting; sorted by the paired difference, best first. Failed settings are "
-            f"listed last with their error.</p><img src='sweep.png'><table border='1' style='border-collapse:collapse'>"
+            "the same items for every setting. Sorted by the observed difference, best first, not by significance: "
+            f"a setting is called better or worse than the base model only when its exact paired test holds after "
+            f"Holm's correction for the {len(compared)} settings compared, so the top row is not called better "
+            "for being the luckiest. Failed settings are listed last with their error.</p><img src='sweep.png'><table border='1' style='border-collapse:collapse'>"
             f"{head}{''.join(body)}</table></body></html>")
 
 
@@ -182,7 +199,8 @@ def plot_sweep(rows: list[dict], path) -> pathlib.Path:
 
 def write_page(out_dir, grid: dict, rows: list[dict]) -> pathlib.Path:
     out_dir = pathlib.Path(out_dir)
-    write_json(out_dir / "sweep.json", {"grid": grid, "rows": sorted_rows(rows)})
+    write_json(out_dir / "sweep.json", {"grid": grid, "rows": sorted_rows(rows),
+                                        "compared_with_base": compared_with_base(rows)})
     plot_sweep(rows, out_dir / "sweep.png")
     return write_text(out_dir / "sweep.html", sweep_html(grid, rows))
 
@@ -199,12 +217,13 @@ def log_sweep_to_wandb(grid: dict, rows: list[dict], out_dir) -> str | None:
     import wandb
 
     columns = ["setting", "base_accuracy", "tuned_accuracy", "difference", "difference_low", "difference_high",
-               "tuned_unfinished", "tuned_unreadable", "tuned_val_loss", "train_runtime_s", "error"]
+               "tuned_unfinished", "tuned_unreadable", "tuned_val_loss", "train_runtime_s", "against_base", "error"]
+    compared = compared_with_base(rows)
     table = wandb.Table(columns=columns, data=[
         [r["name"], r.get("base_accuracy"), r.get("tuned_accuracy"), r.get("difference"),
          (r.get("difference_interval") or [None, None])[0], (r.get("difference_interval") or [None, None])[1],
          r.get("tuned_unfinished"), r.get("tuned_unreadable"), r.get("tuned_val_loss"), r.get("train_runtime_s"),
-         r["error"]] for r in sorted_rows(rows)])
+         compared.get(r["name"]), r["error"]] for r in sorted_rows(rows)])
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "medical-r1"), group=grid["name"],
                      name=f"{grid['name']}-summary", job_type="sweep-summary", dir=str(out_dir))
     run.log({"sweep": table})

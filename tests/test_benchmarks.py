@@ -185,3 +185,66 @@ def test_rouge_l():
     assert rouge.rouge_l("the cat", "the cat sat on") == pytest.approx(2 * 1 * 0.5 / 1.5)
     assert rouge.rouge_l("糖尿病", "可能是糖尿病") == pytest.approx(2 * 1 * 0.5 / 1.5)
     assert rouge.rouge_l("", "x") == 0.0
+
+
+def simulated_table(rng, effect=0.0, benchmarks=5, items=30, discordant=0.15, rounds=20):
+    """One table's scored answers. Each item: right or wrong for the base model at even odds; the tuned model
+    answers the other way with probability `discordant`, as often from right to wrong as from wrong to right
+    (no change), and additionally gets a wrong item right with probability 2 * effect (a change of `effect`)."""
+    base, tuned = [], []
+    for b in range(benchmarks):
+        for i in range(items):
+            right = rng.random() < 0.5
+            tuned_right = (not right) if rng.random() < discordant else right
+            if not tuned_right and not right and rng.random() < 2 * effect:
+                tuned_right = True
+            base += scored(f"B{b}", [right])
+            tuned += scored(f"B{b}", [tuned_right])
+            base[-1]["id"] = tuned[-1]["id"] = f"B{b}/{i}"
+    return benchmarks_rows(base, tuned, rounds)
+
+
+def benchmarks_rows(base, tuned, rounds):
+    return benchmarks.verdict_rows(base, tuned, bootstrap_rounds=rounds)
+
+
+def claims(row) -> bool:
+    return not row["verdict"].startswith("no detectable change")
+
+
+def test_when_fine_tuning_changes_nothing_no_row_claims_a_change_more_than_5_percent_of_the_time():
+    """The issue's simulation: 5 benchmarks x 30 items, answers flipped with probability 0.15 either way. Read row by
+    row from each row's own 95% interval, as the table was, some row claimed a change in about 15% of these runs
+    (24% in the issue's); now at most 5% (1,000 seeded runs: 5% plus two standard errors of the estimate)."""
+    import random
+
+    rng = random.Random(2026)
+    runs = 1000
+    any_claim = sum(any(claims(r) for r in simulated_table(rng)) for _ in range(runs))
+    assert any_claim / runs <= 0.05 + 2 * (0.05 * 0.95 / runs) ** 0.5, any_claim / runs
+    # What the table said before: a change wherever a row's own 95% bootstrap interval excluded zero.
+    runs = 150
+    before = sum(any(r["difference_interval"][0] > 0 or r["difference_interval"][1] < 0
+                     for r in simulated_table(rng, rounds=500)) for _ in range(runs))
+    assert before / runs > 0.1, before / runs
+
+
+def test_a_real_difference_of_15_points_on_150_items_is_still_detected_overall():
+    import random
+
+    rng = random.Random(7)
+    runs = 200
+    detected = 0
+    for _ in range(runs):
+        overall = simulated_table(rng, effect=0.15)[-1]
+        assert overall["benchmark"] == "all"
+        detected += overall["verdict"].startswith("fine-tuning helped")
+    assert detected / runs >= 0.8, detected / runs
+
+
+def test_holm_rejects_step_down_and_the_paired_test_is_exact():
+    assert benchmarks.holm_rejections({"a": 0.001, "b": 0.02, "c": 0.04}) == {"a", "b", "c"}
+    assert benchmarks.holm_rejections({"a": 0.001, "b": 0.03, "c": 0.04}) == {"a"}  # 0.03 > 0.05 / 2
+    assert benchmarks.holm_rejections({"a": 0.2, "b": 0.001}) == {"b"}
+    assert benchmarks.paired_test_p([True] * 6, [False] * 6) == pytest.approx(2 / 2 ** 6)
+    assert benchmarks.paired_test_p([True, False], [True, False]) == 1.0

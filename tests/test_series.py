@@ -103,6 +103,10 @@ def test_verdict_table_covers_every_benchmark(work):
     assert all(s["rule"] == "unfinished" and s["pred"] is None for s in verdict["base"] + verdict["tuned"])
     assert rows["all"]["base_no_answer"] == rows["all"]["items"]
     assert "Did fine-tuning help?" in artifacts.artifact(work, "verdict_html").read_text()
+    # The benchmark rows are corrected for their number; every answer unfinished: no change anywhere.
+    assert all(0 <= r["p_value"] <= 1 for r in rows.values()) and all("Holm-corrected for 5 benchmarks" in r["verdict"]
+                                                                      for name, r in rows.items() if name != "all")
+    assert "corrected for testing several benchmarks" in artifacts.artifact(work, "verdict_html").read_text()
 
 
 def test_merged_model_reloads_and_matches_the_adapter_model(work):
