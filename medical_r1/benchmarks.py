@@ -196,32 +196,42 @@ def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 
 def verdict_html(rows: list[dict]) -> str:
     import html
 
+    from medical_r1.display import html_page, verdict_class
+
     def pct(x):
         return f"{100 * x:.1f}%"
 
     def model_cells(r, model):
-        return (f"<td>{r[f'{model}_correct']}</td><td>{r[f'{model}_unfinished']}</td><td>{r[f'{model}_unreadable']}"
-                + (f" (+{r[f'{model}_similarity']} by similarity)" if r[f"{model}_similarity"] else "") + "</td>"
-                f"<td>{pct(r[f'{model}_accuracy'])} [{pct(r[f'{model}_interval'][0])}, {pct(r[f'{model}_interval'][1])}]</td>")
+        lo, hi = r[f"{model}_interval"]
+        similar = f" (+{r[f'{model}_similarity']} by similarity)" if r[f"{model}_similarity"] else ""
+        return (f"<td class='num'>{r[f'{model}_correct']}</td>"
+                f"<td class='num'>{r[f'{model}_unfinished']} / {r[f'{model}_unreadable']}{similar}</td>"
+                f"<td class='num'>{pct(r[f'{model}_accuracy'])} [{100 * lo:.1f}, {100 * hi:.1f}]</td>")
+
+    def verdict_cell(r):
+        said = r["verdict"].split(" (")[0]
+        corrected = "" if r["benchmark"] == "all" else "; verdict Holm-corrected"
+        return (f"<td class='verdict {verdict_class(said)}' title='{html.escape(r['verdict'], quote=True)}'>"
+                f"{html.escape(said)} <span class='same'>(paired p = {r['p_value']:.2g}{corrected})</span></td>")
 
     body = "".join(
-        f"<tr><td>{html.escape(r['benchmark'])}</td><td>{r['items']}</td>{model_cells(r, 'base')}{model_cells(r, 'tuned')}"
-        f"<td>{100 * r['difference']:+.1f} [{100 * r['difference_interval'][0]:+.1f}, "
-        f"{100 * r['difference_interval'][1]:+.1f}]</td><td>{100 * r['detectable_difference']:.0f}</td>"
-        f"<td>{html.escape(r['verdict'])}</td></tr>" for r in rows)
-    per_model = "<th>correct</th><th>unfinished</th><th>unreadable</th><th>accuracy [95%]</th>"
-    return ("<html><head><meta charset='utf-8'><title>Did fine-tuning help?</title></head><body>"
-            "<h2>Did fine-tuning help?</h2><p>Unfinished: still thinking when the token limit came. Unreadable: "
-            "the answer names no option. Both count as wrong and are never guessed. Detectable: the smallest "
-            "difference, in points, this many items detect with 80% power.</p><p>Read the last row (all) first: "
-            "it is the headline, from an exact paired test at 5%. The per-benchmark rows are corrected for testing "
-            "several benchmarks at once (Holm), so that when fine-tuning changed nothing the chance that any row "
-            "says helped or hurt stays at 5%; a benchmark row that says no detectable change may still differ, by "
-            "less than this many items can show. The intervals are each benchmark's own 95% intervals.</p>"
-            "<table border='1' style='border-collapse:collapse'><tr><th rowspan='2'>benchmark</th>"
-            "<th rowspan='2'>items</th><th colspan='4'>base model</th><th colspan='4'>fine-tuned</th>"
-            "<th rowspan='2'>difference, points [95%]</th><th rowspan='2'>detectable</th><th rowspan='2'>verdict</th>"
-            f"</tr><tr>{per_model}{per_model}</tr>{body}</table></body></html>")
+        f"<tr><td>{html.escape(r['benchmark'])}</td><td class='num'>{r['items']}</td>{model_cells(r, 'base')}"
+        f"{model_cells(r, 'tuned')}<td class='num'>{100 * r['difference']:+.1f} "
+        f"[{100 * r['difference_interval'][0]:+.1f}, {100 * r['difference_interval'][1]:+.1f}]</td>"
+        f"<td class='num'>{100 * r['detectable_difference']:.0f} points</td>{verdict_cell(r)}</tr>" for r in rows)
+    per_model = "<th>correct</th><th>unfinished / unreadable</th><th>accuracy, % [95%]</th>"
+    return html_page("Did fine-tuning help?", (
+        "<h2>Did fine-tuning help?</h2><p>Unfinished: still thinking when the token limit came. Unreadable: "
+        "the answer names no option. Both count as wrong and are never guessed. Detectable: the smallest "
+        "difference, in points of accuracy, this many items detect with 80% power.</p><p>Read the last row (all) "
+        "first: it is the headline, from an exact paired test at 5%. The per-benchmark rows are corrected for "
+        "testing several benchmarks at once (Holm), so that when fine-tuning changed nothing the chance that any row "
+        "says helped or hurt stays at 5%; a benchmark row that says no detectable change may still differ, by "
+        "less than this many items can show. The intervals are each benchmark's own 95% intervals.</p>"
+        "<div class='scroll'><table><tr><th rowspan='2'>benchmark</th>"
+        "<th rowspan='2'>items</th><th colspan='3'>base model</th><th colspan='3'>fine-tuned</th>"
+        "<th rowspan='2'>difference, points [95%]</th><th rowspan='2'>detectable</th><th rowspan='2'>verdict</th>"
+        f"</tr><tr>{per_model}{per_model}</tr>{body}</table></div>"))
 
 
 def run_benchmarks(model, tokenizer, eval_data: dict, template: str, max_new_tokens: int, greedy: bool,

@@ -12,7 +12,24 @@ from medical_r1.params import check_share
 from medical_r1.runtime import detect_platform
 from src_helpers import encode_prompt
 
-MODELS = ("fine-tuned", "base")  # the switch in the chat; "base" is the same model with its adapter off
+MODELS = ("fine-tuned", "base", "both")  # "base" is the same model with its adapter off; "both" answers twice
+LABELS = {"fine-tuned": "Fine-tuned model", "base": "Base model (adapter off)"}
+# Keeps a thinking fold the reader opened open while the reply streams: every streamed update re-renders the
+# message, which would close it. Passed to app.launch(js=...) (Gradio 6 takes page scripts there).
+FOLD_SCRIPT = """() => {
+  const isFold = (d) => /^(Thinking|Thought for)/.test(((d.querySelector('summary') || {}).textContent || '').trim());
+  const folds = () => [...document.querySelectorAll('details')].filter(isFold);
+  const opened = new Set();
+  document.addEventListener('click', (event) => {
+    const summary = event.target.closest('summary');
+    const fold = summary && summary.parentElement;
+    if (!fold || !isFold(fold)) return;
+    const index = folds().indexOf(fold);
+    setTimeout(() => { if (fold.open) opened.add(index); else opened.delete(index); }, 0);
+  }, true);
+  new MutationObserver(() => folds().forEach((fold, index) => { if (opened.has(index) && !fold.open) fold.open = true; }))
+    .observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
 
 
 def share_link(share: str, platform: str | None = None) -> bool:
@@ -24,20 +41,36 @@ def share_link(share: str, platform: str | None = None) -> bool:
     return share
 
 
-def format_reply(text: str) -> str:
-    """The chat's view of a reply: the thinking folded in a <details> block, the answer after it. While the
-    model is still thinking (no </think> yet) the fold says so and there is no answer yet."""
+def format_reply(text: str, label: str = "", stopped_at: int = 0, final: bool = False) -> str:
+    """The chat's view of a reply: which model wrote it (`label`), the thinking folded in a <details> block, the
+    answer after it. While the model is still thinking (no </think> yet) the fold says so. Once generation has
+    ended (`final`), a reply that gives no answer, or used all its new tokens (`stopped_at` > 0), says so."""
     thinking, closed, answer = text.partition("</think>")
+    answer = answer.strip()
+    summary = f"Thought for {len(thinking.split())} words" if closed else "Thinking…"
+    reply = (f"**{label}**\n\n" if label else "") + \
+        f"<details><summary>{summary}</summary>\n\n{html.escape(thinking.strip())}\n\n</details>"
+    if answer:
+        reply += f"\n\n{answer}"
+    if not final:
+        return reply
+    limit = f"Stopped at the token limit ({stopped_at} new tokens)"
     if not closed:
-        return f"<details><summary>Thinking…</summary>\n\n{html.escape(thinking.strip())}\n\n</details>"
-    return (f"<details><summary>Thought for {len(thinking.split())} words</summary>\n\n"
-            f"{html.escape(thinking.strip())}\n\n</details>\n\n{answer.strip()}")
+        note = (f"{limit} while still thinking: no answer yet. Raise \"max new tokens\" to let it finish."
+                if stopped_at else "The model stopped while still thinking, without an answer.")
+    elif not answer:
+        note = f"{limit} right after thinking: no answer yet." if stopped_at else \
+            "The model closed its thinking without writing an answer."
+    else:
+        note = f"{limit}: the answer may be cut short." if stopped_at else ""
+    return reply + (f"\n\n*{note}*" if note else "")
 
 
 def stream_reply(model, tokenizer, question: str, template: str, max_new_tokens: int, temperature: float,
-                 top_p: float, use_adapter: bool = True):
+                 top_p: float, use_adapter: bool = True, outcome: dict | None = None):
     """Yield the reply's text so far, token by token. Generation runs in a thread (transformers'
-    TextIteratorStreamer); with use_adapter False the adapter is switched off for it: the base model."""
+    TextIteratorStreamer); with use_adapter False the adapter is switched off for it: the base model. When done,
+    `outcome` (if given) holds "new_tokens" and "stopped_at_limit" (all max_new_tokens used, no end token)."""
     import contextlib
 
     import torch
@@ -48,10 +81,12 @@ def stream_reply(model, tokenizer, question: str, template: str, max_new_tokens:
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
 
+    result = {}
+
     def generate():
         switch = contextlib.nullcontext() if use_adapter else model.disable_adapter()
         with switch, torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+            result["ids"] = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, streamer=streamer,
                            **sampling)
 
@@ -62,32 +97,49 @@ def stream_reply(model, tokenizer, question: str, template: str, max_new_tokens:
         text += piece
         yield text
     worker.join()
+    if outcome is not None and "ids" in result:
+        new = result["ids"][0, ids.shape[1]:].tolist()
+        outcome.update(new_tokens=len(new), stopped_at_limit=len(new) >= max_new_tokens and
+                       tokenizer.eos_token_id not in new)
 
 
 def build_chat_app(model, tokenizer, template: str, max_new_tokens: int, temperature: float, top_p: float,
-                   can_switch: bool = True):
-    """A gr.ChatInterface whose reply streams, with the model switch and the sampling settings (defaults from
-    the parameters cell) under "Additional inputs". Its API endpoint is /chat."""
+                   can_switch: bool = True, max_seq_length: int = 2048):
+    """A gr.ChatInterface whose reply streams, labelled with the model that wrote it, with the model choice
+    (fine-tuned, base, or both one after the other) and the sampling settings (defaults from the parameters cell)
+    under "Additional inputs". "max new tokens" goes up to max_seq_length and is cut, with a note, to what the
+    prompt leaves. Its API endpoint is /chat. Launch it with js=FOLD_SCRIPT."""
     import gradio as gr
 
     lock = threading.Lock()  # one generation at a time: the adapter switch is the model's own state
 
     def reply(message, history, which, temperature, top_p, max_new_tokens):
+        room = max_seq_length - len(encode_prompt(tokenizer, message, template))
+        limit = max(1, min(int(max_new_tokens), room))
+        cut = (f"*\"max new tokens\" cut from {int(max_new_tokens)} to {limit}: the prompt and the reply must fit "
+               f"{max_seq_length} tokens.*\n\n") if limit < int(max_new_tokens) else ""
+        done = []
         with lock:
-            for text in stream_reply(model, tokenizer, message, template, int(max_new_tokens), temperature, top_p,
-                                     use_adapter=which == MODELS[0]):
-                yield format_reply(text)
+            for name in (("fine-tuned", "base") if which == "both" else (which,)):
+                outcome = {}
+                for text in stream_reply(model, tokenizer, message, template, limit, temperature, top_p,
+                                         use_adapter=name == "fine-tuned", outcome=outcome):
+                    yield cut + "\n\n---\n\n".join(done + [format_reply(text, LABELS[name])])
+                done.append(format_reply(text, LABELS[name], limit if outcome.get("stopped_at_limit") else 0, final=True))
+                yield cut + "\n\n---\n\n".join(done)
 
     choices = list(MODELS) if can_switch else [MODELS[0]]
     return gr.ChatInterface(
         reply, title="Medical R1", api_name="chat",
         description="DeepSeek-R1 distill fine-tuned on medical chains of thought. Research artefact, not medical "
-                    "advice. Each question is answered on its own, with the training prompt.",
+                    "advice. Each question is answered on its own, with the training prompt. Each reply says which "
+                    "model wrote it; choose \"both\" under Additional inputs to put the base model beside it.",
         additional_inputs=[
-            gr.Radio(choices, value=MODELS[0], label="model"),
+            gr.Dropdown(choices, value=MODELS[0], label="model"),
             gr.Slider(0.0, 1.5, value=temperature, step=0.05, label="temperature (0 = greedy)"),
             gr.Slider(0.05, 1.0, value=top_p, step=0.05, label="top_p"),
-            gr.Slider(1, 4096, value=max_new_tokens, step=1, label="max new tokens"),
+            gr.Slider(1, max_seq_length, value=min(max_new_tokens, max_seq_length), step=1,
+                      label=f"max new tokens (prompt + reply fit {max_seq_length})"),
         ],
         examples=[["A 58-year-old man has crushing chest pain and ST elevation in V1-V4. Which artery is occluded?"],
                   ["一位60岁长期吸烟的男性，痰中带血三个月，应首先考虑什么疾病？"]],

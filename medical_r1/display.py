@@ -78,3 +78,39 @@ def show_html(path):
     from IPython.display import HTML, display
 
     display(HTML(pathlib.Path(path).read_text(encoding="utf-8")))
+
+
+# One stylesheet for the pages people share (verdict.html, comparison.html, sweep.html): a readable table that
+# scrolls sideways on a phone instead of wrapping a word per line, numbers aligned, verdicts coloured.
+PAGE_STYLE = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "PingFang SC", sans-serif;
+       margin: 1.5rem auto; max-width: 90rem; padding: 0 1rem; color: #1f2328; }
+h2 { font-size: 1.4rem; margin: 0 0 .5rem; }
+p { max-width: 50rem; }
+.scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; }
+table { border-collapse: collapse; font-size: 13.5px; }
+th, td { border: 1px solid #d0d7de; padding: .3rem .45rem; vertical-align: top; text-align: left; }
+td:first-child { overflow-wrap: anywhere; max-width: 10rem; }
+th { background: #f6f8fa; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.text { white-space: pre-wrap; min-width: 16rem; max-width: 36rem; }
+td.verdict { min-width: 12.5rem; }
+.helped { color: #1a7f37; font-weight: 600; } .hurt { color: #cf222e; font-weight: 600; } .same { color: #57606a; }
+img { max-width: 100%; height: auto; }
+"""
+
+
+def html_page(title: str, body: str) -> str:
+    """A whole page: viewport for phones, the shared stylesheet, then `body`."""
+    import html
+
+    return ("<!doctype html><html><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head><body>{body}</body></html>")
+
+
+def verdict_class(sentence: str) -> str:
+    """The colour class of a verdict: helped, hurt, or same (no detectable change)."""
+    text = sentence.lower()
+    return "helped" if text.startswith(("fine-tuning helped", "better")) else \
+        "hurt" if text.startswith(("fine-tuning hurt", "worse")) else "same"

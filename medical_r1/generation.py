@@ -296,12 +296,13 @@ def comparison_rows(base_answers: list[dict], tuned_answers: list[dict]) -> list
 def comparison_html(rows: list[dict], losses: dict) -> str:
     import html
 
+    from medical_r1.display import html_page
+
     def cell(text):
-        return f"<td style='white-space:pre-wrap;vertical-align:top'>{html.escape(text)}</td>"
+        return f"<td class='text'>{html.escape(text)}</td>"
 
     body = "".join(f"<tr>{cell(r['question'])}{cell(r['base'])}{cell(r['tuned'])}</tr>" for r in rows)
-    loss = (f"<p>Validation loss (CoT + response tokens): base {losses['base_val_loss']:.4f}, "
+    loss = (f"<p>Validation loss (CoT + response tokens, nats per token): base {losses['base_val_loss']:.4f}, "
             f"tuned {losses['tuned_val_loss']:.4f}</p>") if losses else ""
-    return ("<html><head><meta charset='utf-8'><title>Base vs tuned</title></head><body>"
-            f"<h2>Base vs fine-tuned answers</h2>{loss}<table border='1' style='border-collapse:collapse'>"
-            f"<tr><th>Question</th><th>Base model</th><th>Fine-tuned</th></tr>{body}</table></body></html>")
+    return html_page("Base vs tuned", f"<h2>Base vs fine-tuned answers</h2>{loss}<div class='scroll'><table>"
+                                      f"<tr><th>Question</th><th>Base model</th><th>Fine-tuned</th></tr>{body}</table></div>")

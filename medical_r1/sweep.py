@@ -17,7 +17,7 @@ import re
 
 from medical_r1.artifacts import artifact, read_json, write_json, write_text
 from medical_r1.benchmarks import holm_rejections, paired_test_p
-from medical_r1.display import new_figure, save_figure
+from medical_r1.display import html_page, new_figure, save_figure, verdict_class
 
 # Parameters that change what 02 produces: settings that differ in these need their own data preparation.
 DATA_PARAMETERS = ("MODEL_NAME", "DATASET_NAME", "DATA_CONFIG", "MAX_EXAMPLES", "VAL_SIZE", "TEMPLATE",
@@ -156,26 +156,29 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
         params = html.escape(", ".join(f"{k}={v}" for k, v in r["parameters"].items()))
         if r["error"]:
             body.append(f"<tr><td>{html.escape(r['name'])}</td><td>{params}</td>"
-                        f"<td colspan='9'></td><td style='color:#c44e52'>{html.escape(r['error'])}</td></tr>")
+                        f"<td colspan='9'></td><td class='verdict hurt'>{html.escape(r['error'])}</td></tr>")
             continue
         lo, hi = r["difference_interval"]
+        said = compared[r["name"]]
         body.append(
-            f"<tr><td>{html.escape(r['name'])}</td><td>{params}</td><td>{r['items']}</td>"
-            f"<td>{_pct(r['base_accuracy'])} [{_pct(r['base_interval'][0])}, {_pct(r['base_interval'][1])}]</td>"
-            f"<td>{_pct(r['tuned_accuracy'])} [{_pct(r['tuned_interval'][0])}, {_pct(r['tuned_interval'][1])}]</td>"
-            f"<td>{100 * r['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] points</td>"
-            f"<td>{r['base_unfinished']} / {r['tuned_unfinished']}</td>"
-            f"<td>{r['base_unreadable']} / {r['tuned_unreadable']}</td>"
-            f"<td>{r['base_val_loss']:.4f} / {r['tuned_val_loss']:.4f}</td><td>{r['train_runtime_s'] or 0:.0f}</td>"
-            f"<td>{r['train_tokens'] or '-'}</td><td>{compared[r['name']]} (p = {r.get('p_value', 1.0):.3g})</td></tr>")
-    return ("<html><head><meta charset='utf-8'><title>Which settings hurt least?</title></head><body>"
-            f"<h2>Which settings hurt least? Sweep {html.escape(grid['name'])}</h2>"
-            f"<p>{html.escape(grid['description'])}</p><p>Benchmark accuracy over all benchmarks, base vs tuned, on "
-            "the same items for every setting. Sorted by the observed difference, best first, not by significance: "
-            f"a setting is called better or worse than the base model only when its exact paired test holds after "
-            f"Holm's correction for the {len(compared)} settings compared, so the top row is not called better "
-            "for being the luckiest. Failed settings are listed last with their error.</p><img src='sweep.png'><table border='1' style='border-collapse:collapse'>"
-            f"{head}{''.join(body)}</table></body></html>")
+            f"<tr><td>{html.escape(r['name'])}</td><td>{params}</td><td class='num'>{r['items']}</td>"
+            f"<td class='num'>{_pct(r['base_accuracy'])} [{_pct(r['base_interval'][0])}, {_pct(r['base_interval'][1])}]</td>"
+            f"<td class='num'>{_pct(r['tuned_accuracy'])} [{_pct(r['tuned_interval'][0])}, {_pct(r['tuned_interval'][1])}]</td>"
+            f"<td class='num'>{100 * r['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]</td>"
+            f"<td class='num'>{r['base_unfinished']} / {r['tuned_unfinished']}</td>"
+            f"<td class='num'>{r['base_unreadable']} / {r['tuned_unreadable']}</td>"
+            f"<td class='num'>{r['base_val_loss']:.4f} / {r['tuned_val_loss']:.4f}</td>"
+            f"<td class='num'>{r['train_runtime_s'] or 0:.0f}</td><td class='num'>{r['train_tokens'] or '-'}</td>"
+            f"<td class='verdict {verdict_class(said)}'>{said} (p = {r.get('p_value', 1.0):.3g})</td></tr>")
+    return html_page("Which settings hurt least?", (
+        f"<h2>Which settings hurt least? Sweep {html.escape(grid['name'])}</h2>"
+        f"<p>{html.escape(grid['description'])}</p><p>Benchmark accuracy over all benchmarks, base vs tuned, on "
+        "the same items for every setting. Sorted by the observed difference, best first, not by significance: "
+        f"a setting is called better or worse than the base model only when its exact paired test holds after "
+        f"Holm's correction for the {len(compared)} settings compared, so the top row is not called better "
+        "for being the luckiest. Failed settings are listed last with their error.</p>"
+        f"<img src='sweep.png' alt='tuned accuracy per setting'><div class='scroll'><table>{head}{''.join(body)}"
+        "</table></div>"))
 
 
 def plot_sweep(rows: list[dict], path) -> pathlib.Path:

@@ -17,7 +17,7 @@
 # # 06 · Chat with the tuned model
 #
 # Open a chat with the fine-tuned model: replies stream token by token, the thinking is folded under the
-# answer, and a switch puts the base model (the adapter off) beside it for the same question.
+# answer, and a choice puts the base model (the adapter off) beside it for the same question.
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/06_chat.ipynb)
 #
@@ -94,11 +94,13 @@ FastLanguageModel.for_inference(model)
 
 # %% [markdown]
 # ## The chat
-# Type a question, in English or Chinese. "Additional inputs" holds the model switch (fine-tuned or base) and
-# the sampling settings, starting from the parameters above. Run this cell again for a fresh chat.
+# Type a question, in English or Chinese. Each reply says which model wrote it. "Additional inputs" holds the model
+# choice (fine-tuned, base, or both one after the other for the same question) and the sampling settings, starting
+# from the parameters above. A reply that runs out of tokens says so. Run this cell again for a fresh chat.
 
 # %%
-from medical_r1.chat import build_chat_app, share_link
+from medical_r1.chat import FOLD_SCRIPT, build_chat_app, share_link
 
-app = build_chat_app(model, tokenizer, template, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, can_switch=CHAT_MODEL == "adapter")
-app.launch(share=share_link(SHARE))
+app = build_chat_app(model, tokenizer, template, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, can_switch=CHAT_MODEL == "adapter",
+                     max_seq_length=MAX_SEQ_LENGTH)
+app.launch(share=share_link(SHARE), js=FOLD_SCRIPT)  # the script keeps a thinking fold you opened open while it streams

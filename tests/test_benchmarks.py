@@ -144,7 +144,7 @@ def test_the_verdict_table_counts_each_kind_of_answer_per_model():
     assert row["base_accuracy"] == 0.25 and row["tuned_accuracy"] == 0.75 and row["difference"] == 0.5
     assert row["detectable_difference"] == pytest.approx(2.8 * (0.5 / 4) ** 0.5)
     page = benchmarks.verdict_html([row])
-    for header in ("correct", "unfinished", "unreadable", "accuracy [95%]", "detectable"):
+    for header in ("correct", "unfinished / unreadable", "accuracy, % [95%]", "detectable"):
         assert f">{header}</th>" in page, header
 
 

@@ -5,8 +5,7 @@ import socket
 
 import pytest
 
-from medical_r1 import chat, models, params
-from medical_r1 import runtime as rt_mod
+from medical_r1 import chat
 
 gradio = pytest.importorskip("gradio")
 
@@ -26,24 +25,6 @@ def test_share_is_public_only_on_colab_and_kaggle_unless_forced():
     assert chat.share_link(True, "local") and not chat.share_link(False, "colab")
     with pytest.raises(ValueError, match="SHARE"):
         chat.share_link("yes", "local")
-
-
-@pytest.fixture(scope="module")
-def adapter_model(tiny_model_dir, tmp_path_factory):
-    """The tiny model with a LoRA adapter whose B matrices are not zero, saved and reloaded as 06 loads it."""
-    import torch
-
-    rt = rt_mod.detect_runtime()
-    model, tok = models.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
-    model = models.add_lora(model, "cpu", params.Params(lora_r=4))
-    with torch.no_grad():
-        for name, tensor in model.named_parameters():
-            if "lora_B" in name:
-                tensor.normal_(0, 0.5)
-    folder = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return models.load_model_and_tokenizer(str(folder), "cpu", rt, 2048)
 
 
 def test_the_base_switch_turns_the_adapter_off(adapter_model):
@@ -71,10 +52,27 @@ def test_the_app_answers_through_gradios_client_in_english_and_chinese(adapter_m
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         for question in ("A 3-year-old has fever and a rash. What is the diagnosis?", "患者空腹血糖升高，应考虑什么？"):
             for which in chat.MODELS:
-                reply = client.predict(question, which, 0.6, 0.95, 12, api_name="/chat")
-                assert isinstance(reply, str) and reply.startswith("<details><summary>Thinking"), reply
+                reply = client.predict(question, which, 0.0, 0.95, 12, api_name="/chat")  # greedy: no early end
+                labels = [chat.LABELS[name] for name in (("fine-tuned", "base") if which == "both" else (which,))]
+                assert isinstance(reply, str) and reply.startswith(f"**{labels[0]}**"), reply
+                assert reply.count("<details><summary>Thinking") == len(labels) and all(f"**{x}**" in reply for x in labels)
+                assert "Stopped at the token limit (12 new tokens) while still thinking" in reply
                 job = client.submit(question, which, 0.0, 1.0, 12, api_name="/chat")
                 job.result()
                 assert len(job.outputs()) > 1  # streamed: more than one partial reply arrived
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("text, stopped_at, note", [
+    ("Weighing cystitis against", 90, "Stopped at the token limit (90 new tokens) while still thinking"),
+    ("Weighing cystitis against", 0, "The model stopped while still thinking, without an answer."),
+    ("Casts mean kidney.</think>", 0, "The model closed its thinking without writing an answer."),
+    ("Casts mean kidney.</think>\n\nAcute pyelo", 90, "the answer may be cut short"),
+    ("Casts mean kidney.</think>\n\nAcute pyelonephritis.", 0, None),
+])
+def test_a_reply_that_gives_no_answer_or_runs_out_says_so_once_it_ends(text, stopped_at, note):
+    streaming = chat.format_reply(text, "Base model (adapter off)", stopped_at)
+    final = chat.format_reply(text, "Base model (adapter off)", stopped_at, final=True)
+    assert streaming.startswith("**Base model (adapter off)**") and "*" not in streaming.split("</details>")[-1]
+    assert (note in final) if note else final == streaming

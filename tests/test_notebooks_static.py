@@ -159,7 +159,7 @@ LIBRARY_CALLS = {
                    "generate_answers(", "verdict_rows("],
     "05_export_push": ["save_merged(", "verify_merge(", "merge_report(", "push_to_hub(", "check_disk_space("],
     "06_chat": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.for_inference(model)", "build_chat_app(",
-                "app.launch(share=share_link(SHARE))"],
+                "app.launch(share=share_link(SHARE), js=FOLD_SCRIPT)"],
 }
 
 
