@@ -1,0 +1,74 @@
+"""07's rewards and training items (medical_r1.rewards), and two GRPO steps with TRL's GRPOTrainer on the tiny
+model using them: rewards computed, loss finite, only LoRA tensors moved."""
+import json
+
+import pytest
+
+from medical_r1 import benchmarks, params, rewards, training
+from medical_r1 import data as data_mod
+from medical_r1 import models as models_mod
+from medical_r1 import runtime as rt_mod
+
+OPTIONS = json.dumps({"A": "Lithium", "B": "Donepezil", "C": "Haloperidol", "D": "Memantine"})
+SAMPLE = data_mod.SAMPLE_DATA_DIR / "grpo_train.json"
+
+
+@pytest.mark.parametrize("completion, correct, formatted", [
+    ("Memory loss, cholinergic deficit...\n</think>\n\nThe answer is B.", rewards.CORRECT, rewards.FORMAT_BONUS),
+    ("...\n</think>\n\nThe answer is A.", rewards.WRONG, rewards.FORMAT_BONUS),
+    ("...\n</think>\n\nNot lithium; donepezil.", rewards.CORRECT, rewards.FORMAT_BONUS),  # the scorer's reading
+    ("...\n</think>\n\nA or B.", rewards.NO_ANSWER, 0.0),  # a hedge is no answer
+    ("Still weighing donepezil against memantine and", rewards.NO_ANSWER, 0.0),  # never closed its thinking
+    ("The answer is B.", rewards.NO_ANSWER, 0.0),  # an answer inside the thinking does not count
+])
+def test_correctness_and_format_rewards_read_the_committed_answer(completion, correct, formatted):
+    assert rewards.correctness_reward([completion], ["B"], [OPTIONS]) == [correct]
+    assert rewards.format_reward([completion], [OPTIONS]) == [formatted]
+
+
+def test_the_length_guard_penalises_only_a_runaway_that_never_closed_its_thinking():
+    guard = rewards.length_guard(8)
+    assert guard(["thinking on and on", "short</think> B", "long but done</think> B", "short"],
+                 [[1] * 8, [1] * 3, [1] * 8, [1] * 2]) == [rewards.RUNAWAY_PENALTY, 0.0, 0.0, 0.0]
+
+
+def test_training_items_never_share_a_question_with_04s_evaluation_file(tmp_path):
+    items = rewards.load_items(SAMPLE)
+    eval_data = json.loads((data_mod.SAMPLE_DATA_DIR / "eval_data.json").read_text())
+    rewards.check_no_overlap(items, eval_data)  # the shipped sample is clean
+    planted = {**eval_data["MedQA_USLME_test"][0]}
+    planted["question"] = "  " + planted["question"].upper().replace(" ", "  ") + " "  # other case and spacing
+    with pytest.raises(ValueError, match="also in the evaluation file"):
+        rewards.check_no_overlap(items + [planted], eval_data)
+
+
+def distinct_characters(completions, **_):
+    """A reward that differs between a random model's completions, so that GRPO's group advantages are not all zero
+    (the three real rewards give every completion of a random model the same value)."""
+    return [len(set(text)) / 10 for text in completions]
+
+
+def test_two_grpo_steps_on_the_tiny_model_use_the_rewards_and_move_only_lora(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    rt = rt_mod.detect_runtime()
+    model, tok = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 512)
+    model = models_mod.add_lora(model, "cpu", params.Params(lora_r=4))
+    rows = rewards.grpo_rows(rewards.load_items(SAMPLE)[:4], tok, "r1_chat")
+    assert all(tok(r["prompt"], add_special_tokens=False)["input_ids"].count(tok.bos_token_id) == 1 for r in rows)
+    before = training.weight_snapshot(model)
+    config = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=4, num_generations=2,
+                        max_completion_length=12, max_steps=2, logging_steps=1, report_to="none", learning_rate=5e-3)
+    trainer = GRPOTrainer(model=model, processing_class=tok, args=config, train_dataset=Dataset.from_list(rows),
+                          reward_funcs=[rewards.correctness_reward, rewards.format_reward, rewards.length_guard(12),
+                                        distinct_characters])
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 2 and all(abs(h["loss"]) < 1e3 for h in logged)
+    # 12 new tokens from a random model never close </think>: no answer, no format bonus, the runaway penalty.
+    assert all(h["rewards/correctness_reward/mean"] == 0 and h["rewards/length_guard_reward/mean"] == rewards.RUNAWAY_PENALTY
+               for h in logged)
+    changes = training.weight_changes(before, model)
+    assert changes["lora_tensors_changed"] > 0 and changes["base_tensors_changed"] == 0
+    assert benchmarks.mc_question(rewards.load_items(SAMPLE)[0]) in rows[0]["prompt"]
