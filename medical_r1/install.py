@@ -112,8 +112,13 @@ def resolve(python: str, specs: list[str], constraints: list[str]) -> list[tuple
                                "--report", str(report), "-c", str(constraints_file), *specs],
                               capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError("pip cannot install the pinned packages beside this platform's torch without "
-                               f"replacing it; nothing was installed. pip said: {done.stderr.strip()[-1500:]}")
+            said = done.stderr.strip()
+            if "ResolutionImpossible" in said or "conflict" in said.lower():
+                raise RuntimeError("pip cannot install the pinned packages beside this platform's torch without "
+                                   f"replacing it; nothing was installed. pip said: {said[-1500:]}")
+            raise RuntimeError("pip could not find the pinned packages; nothing was installed. Is the notebook's "
+                               "internet on? (Kaggle: Settings > Internet; Colab: the runtime's network.) "
+                               f"pip said: {said[-800:]}")
         items = json.loads(report.read_text())["install"]
     return [(canonical(item["metadata"]["name"]), item["metadata"]["version"]) for item in items]
 

@@ -103,3 +103,17 @@ def test_a_plain_pip_install_of_the_pins_would_replace_the_platform_torch(tmp_pa
 def test_install_is_refused_with_the_setting_named():
     with pytest.raises(ValueError, match="INSTALL_REQUIREMENTS"):
         install.install_requirements("sometimes")
+
+
+def test_without_the_package_index_the_install_says_to_turn_the_internet_on(tmp_path, monkeypatch):
+    """Kaggle with its internet off: pip finds nothing. One sentence says what to turn on; nothing is installed."""
+    python = stand_in_environment(tmp_path / "env", STACKS["2.10.0"])
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    before = sorted(install.installed_versions(python).items())
+    with pytest.raises(RuntimeError, match="internet on") as error:
+        install.install_requirements("always", python=python)
+    assert "No matching distribution found for" in str(error.value)
+    assert sorted(install.installed_versions(python).items()) == before
+
