@@ -11,7 +11,7 @@
 - tracking: Weights & Biases
 - generation, benchmarks, rouge, judge: answers, the verdict, and the optional measures beside it
 - scorer: which option an answer commits to (negation, elimination, second thoughts, hedges)
-- rewards: verifiable rewards and training items for reinforcement learning (GRPO; notebook 07 is not built yet)
+- rewards, grpo: 07's verifiable rewards and training items, and its records (adapter, curves, metrics)
 - export, gguf, publish: the merge and its check, GGUF files, the model card and the Hub push
 - display: figures and tables the notebooks show
 - kaggle_folders: `kaggle kernels push` folders and the helper wheel as a Kaggle dataset

@@ -30,6 +30,10 @@ ARTIFACTS = {
     "merged": ("merged_16bit", "05_export_push"),
     "gguf": ("gguf", "05_export_push"),
     "export_report": ("export.json", "05_export_push"),
+    "grpo_adapter": ("grpo_adapter", "07_grpo"),
+    "grpo_checkpoints": ("grpo_checkpoints", "07_grpo"),
+    "grpo_metrics": ("grpo_metrics.json", "07_grpo"),
+    "grpo_curve": ("grpo_curve.png", "07_grpo"),
 }
 
 
@@ -47,6 +51,7 @@ NOTEBOOK_INPUTS = {
     "04_compare": ["01_baseline_inference", "02_format_dataset", "03_train"],
     "05_export_push": ["02_format_dataset", "03_train", "04_compare"],
     "06_chat": ["02_format_dataset", "03_train", "05_export_push"],
+    "07_grpo": ["02_format_dataset", "03_train"],
 }
 
 

@@ -8,13 +8,13 @@ import pathlib
 from medical_r1.runtime import is_main_process
 
 
-def new_figure():
+def new_figure(columns: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")  # headless: papermill, Kaggle's "Save & Run All", CI
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(7, 3.5))
+    return plt.subplots(1, columns, figsize=(7 * columns, 3.5))
 
 
 def save_figure(fig, path) -> pathlib.Path:

@@ -75,7 +75,7 @@ class PlainLanguageModel:
         if adapter_config.exists():
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, model_name, is_trainable=False)
+            model = PeftModel.from_pretrained(model, model_name, is_trainable=True)  # as Unsloth loads one
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
@@ -84,9 +84,14 @@ class PlainLanguageModel:
                        lora_dropout: float = 0.0, bias: str = "none", use_gradient_checkpointing=True,
                        random_state: int = 3407, **_unsloth_only):
         """LoRA adapters through PEFT, seeded (LoRA's A matrices are random: the same seed gives the same
-        adapter). A 4-bit model is prepared for training first (norms in float32, gradient checkpointing)."""
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        adapter). A 4-bit model is prepared for training first (norms in float32, gradient checkpointing). A model
+        that already has an adapter (07 on 03's) keeps it and trains it, as Unsloth's get_peft_model does."""
+        from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
         from transformers import set_seed
+
+        if isinstance(model, PeftModel):
+            print("the model already has LoRA adapters: training those")
+            return model
 
         set_seed(random_state)
         if getattr(model, "is_loaded_in_4bit", False):

@@ -111,10 +111,22 @@ class Params:
     judge_base_url: str = "https://api.openai.com/v1"
     chat_model: str = "adapter"
     share: str | bool = "auto"
+    start_from: str = "adapter"
+    train_items: str = "data/sample/grpo_train.json"
+    grpo_items: int = 0
+    num_generations: int = 4
+    max_completion_length: int = 1024
+    grpo_temperature: float = 0.9
+    grpo_learning_rate: float = 5e-6
+    grpo_max_steps: int = 100
+    grpo_batch_size: int = 4
+    grpo_grad_accum: int = 1
+    grpo_save_steps: int = 20
 
     def __post_init__(self):
         positive = ["max_seq_length", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
-                    "eval_steps", "save_steps", "max_new_tokens"]
+                    "eval_steps", "save_steps", "max_new_tokens", "max_completion_length", "grpo_max_steps",
+                    "grpo_batch_size", "grpo_grad_accum", "grpo_save_steps"]
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -122,11 +134,19 @@ class Params:
             raise ValueError(f"early_stopping_patience needs save_steps ({self.save_steps}) to be a multiple of "
                              f"eval_steps ({self.eval_steps}), so the best checkpoint can be restored")
         for name in ("max_examples", "val_size", "warmup_steps", "early_stopping_patience", "eval_items",
-                     "rouge_items", "gen_batch_size"):
+                     "rouge_items", "gen_batch_size", "grpo_items"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        for name in ("learning_rate", "grpo_learning_rate", "grpo_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.start_from not in ("adapter", "base"):
+            raise ValueError(f"start_from must be 'adapter' or 'base', got {self.start_from!r}")
+        if not isinstance(self.num_generations, int) or self.num_generations < 2:
+            raise ValueError(f"num_generations must be an integer >= 2 (GRPO compares answers), got {self.num_generations!r}")
+        if self.grpo_batch_size % self.num_generations:
+            raise ValueError(f"grpo_batch_size ({self.grpo_batch_size}) must be a multiple of num_generations "
+                             f"({self.num_generations})")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not 0 < self.top_p <= 1:

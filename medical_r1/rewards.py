@@ -54,14 +54,16 @@ def normalise_question(text: str) -> str:
     return re.sub(r"[\W_]+", "", text.lower())
 
 
-def load_items(path) -> list[dict]:
-    """Training items from a file in the HuatuoGPT-o1 evaluation schema ({source: [items]}), validated as 04's."""
+def load_items(path, limit: int = 0) -> list[dict]:
+    """Training items from a file in the HuatuoGPT-o1 evaluation schema ({source: [items]}), validated as 04's;
+    the first `limit` of them (0: all)."""
     from medical_r1.artifacts import read_json
     from medical_r1.benchmarks import validate_eval_data
 
     data = read_json(pathlib.Path(path))
     validate_eval_data(data)
-    return [{**item, "source": name} for name, items in data.items() for item in items]
+    items = [{**item, "source": name} for name, items in data.items() for item in items]
+    return items[:limit] if limit else items
 
 
 def check_no_overlap(train_items: list[dict], eval_data: dict) -> None:

@@ -132,18 +132,18 @@ def make_trainer(model, tokenizer, train_records, val_records, p: Params, backen
                       callbacks=training_callbacks(p.early_stopping_patience))
 
 
-def last_checkpoint(work_dir) -> str | None:
-    """The newest complete checkpoint under WORK_DIR/checkpoints, or None."""
+def last_checkpoint(work_dir, folder_key: str = "checkpoints") -> str | None:
+    """The newest complete checkpoint under WORK_DIR/checkpoints (07: grpo_checkpoints), or None."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    folder = artifact(work_dir, "checkpoints")
+    folder = artifact(work_dir, folder_key)
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
-def resume_checkpoint(work_dir, resume: bool) -> str | None:
+def resume_checkpoint(work_dir, resume: bool, folder_key: str = "checkpoints") -> str | None:
     """The checkpoint trainer.train resumes from: the last one in WORK_DIR when RESUME is on (Kaggle stops a
-    session after 12 hours; rerunning 03 with the same WORK_DIR continues), else None."""
-    checkpoint = last_checkpoint(work_dir) if resume else None
+    session after 12 hours; rerunning 03 or 07 with the same WORK_DIR continues), else None."""
+    checkpoint = last_checkpoint(work_dir, folder_key) if resume else None
     print(f"resuming from {checkpoint}" if checkpoint else "starting from step 0")
     return checkpoint
 
@@ -202,7 +202,7 @@ def oom_advice(p: Params) -> str:
 
 
 @contextlib.contextmanager
-def training_guards(trainer, p: Params):
+def training_guards(trainer, p: Params, folder_key: str = "checkpoints"):
     """Around trainer.train(): reset the GPU's peak-memory counter (train_metrics reports training's own peak),
     turn CUDA's out-of-memory error into the settings to lower, and after a NaN or infinite loss (the callback
     stopped training there) raise with the step, the setting to lower and the last good checkpoint, whatever
@@ -217,15 +217,16 @@ def training_guards(trainer, p: Params):
     except torch.OutOfMemoryError as err:
         raise RuntimeError(oom_advice(p)) from err
     except Exception as err:
-        _raise_if_loss_was_not_finite(trainer, p, err)
+        _raise_if_loss_was_not_finite(trainer, p, err, folder_key)
         raise
-    _raise_if_loss_was_not_finite(trainer, p)
+    _raise_if_loss_was_not_finite(trainer, p, folder_key=folder_key)
 
 
-def _raise_if_loss_was_not_finite(trainer, p: Params, cause: BaseException | None = None) -> None:
+def _raise_if_loss_was_not_finite(trainer, p: Params, cause: BaseException | None = None,
+                                  folder_key: str = "checkpoints") -> None:
     guard = find_callback(trainer, "StopOnNonFiniteLoss")
     if guard.bad_step is not None:
-        good = last_checkpoint(p.work_dir)
+        good = last_checkpoint(p.work_dir, folder_key)
         raise RuntimeError(
             f"the training loss became NaN or infinite at step {guard.bad_step}; training stopped and no adapter "
             f"was saved. Lower LEARNING_RATE (now {p.learning_rate:g}); in fp16 (T4) an overflow can also cause "

@@ -19,7 +19,7 @@ import set_repository  # noqa: E402
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 NAMES = ["00_setup_secrets", "01_baseline_inference", "02_format_dataset", "03_train", "04_compare",
-         "05_export_push", "06_chat"]
+         "05_export_push", "06_chat", "07_grpo"]
 
 
 def as_python(source: str) -> str:
@@ -160,6 +160,9 @@ LIBRARY_CALLS = {
     "05_export_push": ["save_merged(", "verify_merge(", "merge_report(", "push_to_hub(", "check_disk_space("],
     "06_chat": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.for_inference(model)", "build_chat_app(",
                 "app.launch(share=share_link(SHARE), js=FOLD_SCRIPT)"],
+    "07_grpo": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.get_peft_model(", "GRPOConfig(",
+                "GRPOTrainer(", "reward_funcs=[correctness_reward, format_reward, length_guard_reward]",
+                "trainer.train(resume_from_checkpoint=checkpoint)", "training_guards(", "check_no_overlap("],
 }
 
 

@@ -109,6 +109,18 @@ def test_verdict_table_covers_every_benchmark(work):
     assert "corrected for testing several benchmarks" in artifacts.artifact(work, "verdict_html").read_text()
 
 
+def test_grpo_ran_with_the_rewards_and_moved_no_base_weight(work):
+    """07 on the tiny model: the rewards were computed every step, the loss stayed finite, the base weights did not
+    move, and the record says why the LoRA tensors did not either (a random model's answers all earn the same)."""
+    metrics = artifacts.read_json(artifacts.artifact(work, "grpo_metrics"))
+    assert metrics["steps"] == 4 and metrics["loss_finite"] and metrics["start_from"] == "adapter"
+    assert set(metrics["history"]["per_reward"]) == {"correctness_reward", "format_reward", "length_guard_reward"}
+    assert all(r == -0.5 for r in metrics["history"]["per_reward"]["length_guard_reward"])  # 16 tokens, never </think>
+    assert metrics["weight_changes"]["base_tensors_changed"] == 0 and "nothing to learn from" in metrics["summary"]
+    assert (artifacts.artifact(work, "grpo_adapter") / "adapter_config.json").exists()
+    assert artifacts.artifact(work, "grpo_curve").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_merged_model_reloads_and_matches_the_adapter_model(work):
     report = artifacts.read_json(artifacts.artifact(work, "export_report"))
     assert report["verified"] and report["pushed"] == [] and report["check"]["relative_diff"] < 1e-4

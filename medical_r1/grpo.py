@@ -1,0 +1,88 @@
+"""07's records: the rewards shown on written examples before training, and after it the adapter, the reward and
+length curves and grpo_metrics.json (written by the first process only, as 03's files are)."""
+from __future__ import annotations
+
+import math
+
+from medical_r1.artifacts import artifact, save_pretrained_atomic, write_json
+from medical_r1.display import new_figure, save_figure
+from medical_r1.runtime import is_main_process
+from medical_r1.training import weight_changes
+
+
+def grpo_start(work_dir, start_from: str, model_name: str) -> str:
+    """What 07 loads: 03's adapter folder (its base model comes with it), or the base model itself."""
+    from medical_r1.artifacts import require_artifact
+
+    return str(require_artifact(work_dir, "adapter")) if start_from == "adapter" else model_name
+
+
+def reward_examples(item: dict, reward_funcs: list, max_completion_length: int):
+    """A table: what each reward gives four written answers to `item` (right, wrong, a hedge, still thinking)."""
+    import json
+
+    import pandas as pd
+
+    gold = item["answer_idx"]
+    wrong = next(letter for letter in item["options"] if letter != gold)
+    answers = {f"the right option ({gold})": f"Reasoning...\n</think>\n\nThe answer is {gold}.",
+               f"a wrong option ({wrong})": f"Reasoning...\n</think>\n\nThe answer is {wrong}.",
+               "a hedge": f"Reasoning...\n</think>\n\n{gold} or {wrong}.",
+               "still thinking at the limit": "Reasoning about each option in turn and"}
+    columns = {"options": [json.dumps(item["options"])] * len(answers), "answer_idx": [gold] * len(answers)}
+    ids = [[0] * 12] * 3 + [[0] * max_completion_length]  # the last one used every token it was allowed
+    table = {"answer": list(answers)}
+    for func in reward_funcs:
+        table[func.__name__] = func(completions=list(answers.values()), completion_ids=ids, **columns)
+    frame = pd.DataFrame(table)
+    frame["total"] = frame[[f.__name__ for f in reward_funcs]].sum(axis=1)
+    return frame
+
+
+def reward_history(trainer) -> dict:
+    """Per logged step: the mean total reward, each reward's mean, the mean completion length, the loss."""
+    rows = [h for h in trainer.state.log_history if "reward" in h]
+    names = sorted({k for h in rows for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+    return {"steps": [h["step"] for h in rows], "reward": [h["reward"] for h in rows],
+            "per_reward": {n.split("/")[1]: [h[n] for h in rows] for n in names},
+            "completion_length": [h.get("completions/mean_length") for h in rows],
+            "loss": [h.get("loss") for h in rows],
+            "same_reward_share": [h.get("frac_reward_zero_std") for h in rows]}
+
+
+def plot_grpo_curve(history: dict, path):
+    fig, (reward_ax, length_ax) = new_figure(2)
+    reward_ax.plot(history["steps"], history["reward"], label="total", color="#4c72b0", linewidth=2)
+    for name, values in history["per_reward"].items():
+        reward_ax.plot(history["steps"], values, label=name, alpha=0.7)
+    reward_ax.set_xlabel("optimizer step")
+    reward_ax.set_ylabel("mean reward")
+    reward_ax.legend(fontsize=8)
+    length_ax.plot(history["steps"], history["completion_length"], color="#dd8452")
+    length_ax.set_xlabel("optimizer step")
+    length_ax.set_ylabel("mean answer length, tokens")
+    return save_figure(fig, path)
+
+
+def save_grpo_outputs(work_dir, trainer, model, tokenizer, before: dict, start_from: str) -> dict:
+    """grpo_adapter/, grpo_curve.png and grpo_metrics.json; the metrics say whether only LoRA tensors moved."""
+    history = reward_history(trainer)
+    changes = weight_changes(before, model)
+    losses = [x for x in history["loss"] if x is not None]
+    metrics = {"start_from": start_from, "steps": trainer.state.global_step, "history": history,
+               "weight_changes": changes, "loss_finite": all(math.isfinite(x) for x in losses),
+               "first_reward": history["reward"][0] if history["reward"] else None,
+               "last_reward": history["reward"][-1] if history["reward"] else None}
+    metrics["summary"] = (f"{metrics['steps']} GRPO steps from the {start_from}; mean reward "
+                          f"{metrics['first_reward']:.3f} -> {metrics['last_reward']:.3f}; LoRA tensors changed: "
+                          f"{changes['lora_tensors_changed']}/{changes['lora_tensors']}; base tensors changed: "
+                          f"{changes['base_tensors_changed']}/{changes['base_tensors']}")
+    if history["same_reward_share"] and all(share == 1 for share in history["same_reward_share"]):
+        metrics["summary"] += (". Every answer to a question got the same reward, so GRPO had nothing to learn from "
+                               "(it learns from the differences between them): with real weights some answers are "
+                               "right; here raise GRPO_TEMPERATURE or MAX_COMPLETION_LENGTH")
+    if is_main_process():
+        plot_grpo_curve(history, artifact(work_dir, "grpo_curve"))
+        save_pretrained_atomic(artifact(work_dir, "grpo_adapter"), model, tokenizer)
+        write_json(artifact(work_dir, "grpo_metrics"), metrics)
+    return metrics

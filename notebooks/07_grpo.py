@@ -1,0 +1,217 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Reinforcement learning with verifiable rewards (GRPO)
+#
+# DeepSeek-R1 learned to reason by reinforcement learning whose reward is whether the final answer is right,
+# and HuatuoGPT-o1 (the authors of this series' dataset) added such a stage after supervised fine-tuning. This
+# notebook does the same with TRL's `GRPOTrainer`: for each multiple-choice question the model writes several
+# answers, each is scored by the rules below, and the adapter moves towards the better ones.
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/07_grpo.ipynb)
+#
+# **Reads:** `WORK_DIR/adapter/` (03) unless `START_FROM = "base"`, `data/stats.json` (02, the template), the
+# training items and 04's evaluation file (to refuse any shared question).
+# **Writes:** `WORK_DIR/grpo_adapter/`, `grpo_checkpoints/`, `grpo_metrics.json`, `grpo_curve.png`.
+# **Time on a T4:** not measured yet (no GPU run of this notebook so far); each step generates
+# `NUM_GENERATIONS` answers of up to `MAX_COMPLETION_LENGTH` tokens per question.
+#
+# The rewards (`medical_r1/rewards.py`, tested): correctness as HuatuoGPT-o1's RL stage scores it (1 for the
+# right option, 0.1 for a wrong one, 0 for no answer), read by the same scorer as 04, only after `</think>`; a
+# small format reward for a closed `</think>` followed by a stated answer; and a penalty for an answer that runs
+# to the length limit still thinking. The training items are never 04's questions: the notebook checks.
+
+# %% tags=["parameters"]
+WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder
+MODEL_NAME = "unsloth/DeepSeek-R1-Distill-Llama-8B"  # the base model, used when starting from the base
+START_FROM = "adapter"  # "adapter" continues from 03's LoRA adapter; "base" starts a new adapter on MODEL_NAME
+BACKEND = "auto"  # "auto", "unsloth", "transformers" or "cpu"
+MAX_SEQ_LENGTH = 2048  # as in 03
+PRECISION = "auto"  # as in 03: bf16 where the GPU has it, fp16 on a T4
+LOAD_IN_4BIT = True  # 4-bit base weights (ignored on CPU)
+TRAIN_ITEMS = "data/sample/grpo_train.json"  # questions with known answers, in 04's schema; never 04's own items
+GRPO_ITEMS = 0  # how many training items to use; 0 uses all
+EVAL_DATA = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"  # 04's file, checked for overlap
+NUM_GENERATIONS = 4  # answers written per question; GRPO compares them with each other
+MAX_COMPLETION_LENGTH = 1024  # tokens per answer; R1 thinks at length, and an answer cut short earns nothing
+GRPO_TEMPERATURE = 0.9  # sampling temperature of the answers: they must differ for GRPO to learn
+GRPO_LEARNING_RATE = 5e-6  # small: RL moves a trained adapter gently
+GRPO_MAX_STEPS = 100  # optimizer steps
+GRPO_BATCH_SIZE = 4  # completions per device step (a multiple of NUM_GENERATIONS)
+GRPO_GRAD_ACCUM = 1  # device steps accumulated per update
+LORA_R = 16  # adapter rank, used only when starting from the base
+LORA_ALPHA = 16  # adapter scale, used only when starting from the base
+GRPO_SAVE_STEPS = 20  # checkpoint every this many steps
+REPORT_TO = "auto"  # "auto" logs to W&B when WANDB_API_KEY is set; "wandb" or "none"
+SEED = 3407  # sampling and data order
+RESUME = True  # continue from the last checkpoint in WORK_DIR/grpo_checkpoints
+INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
+
+# %%
+# The helpers: src_helpers.py (prompt templates, encoding) and the medical_r1 package. In a checkout of the
+# repository they are found where they are. Opened alone, the notebook installs them with pip: on Kaggle from
+# the wheel in the attached medical-r1-helpers dataset (offline), on Colab from the repository.
+import glob
+import importlib.util
+import subprocess
+import sys
+
+sys.path[:0] = [".", ".."]  # the repository root, whether the notebook runs from it or from notebooks/
+if importlib.util.find_spec("medical_r1") is None:
+    wheels = glob.glob("/kaggle/input/**/medical_r1-*.whl", recursive=True)
+    source = wheels[0] if wheels else "git+https://github.com/medical-r1/medical-r1-notebooks"
+    if subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", source]).returncode:
+        raise ModuleNotFoundError(
+            f"The medical_r1 helpers are not here and pip could not install them from {source}: on Kaggle attach "
+            "the medical-r1-helpers dataset (scripts/build_kaggle.py), on Colab turn the network on, or run "
+            "the notebook from a checkout of the repository.")
+    importlib.invalidate_caches()
+
+# %%
+from medical_r1.install import install_requirements
+
+print(install_requirements(INSTALL_REQUIREMENTS))
+
+# %%
+from medical_r1.artifacts import artifact, read_json, require_artifact
+from medical_r1.benchmarks import load_eval_data
+from medical_r1.credentials import load_secrets
+from medical_r1.params import Params
+from medical_r1.rewards import check_no_overlap, load_items
+from medical_r1.runtime import setup_backend
+
+params = Params(work_dir=WORK_DIR, model_name=MODEL_NAME, start_from=START_FROM, backend=BACKEND,
+                max_seq_length=MAX_SEQ_LENGTH, precision=PRECISION, load_in_4bit=LOAD_IN_4BIT, train_items=TRAIN_ITEMS,
+                grpo_items=GRPO_ITEMS, eval_data=EVAL_DATA, num_generations=NUM_GENERATIONS,
+                max_completion_length=MAX_COMPLETION_LENGTH, grpo_temperature=GRPO_TEMPERATURE,
+                grpo_learning_rate=GRPO_LEARNING_RATE, grpo_max_steps=GRPO_MAX_STEPS, grpo_batch_size=GRPO_BATCH_SIZE,
+                grpo_grad_accum=GRPO_GRAD_ACCUM, lora_r=LORA_R, lora_alpha=LORA_ALPHA, grpo_save_steps=GRPO_SAVE_STEPS,
+                report_to=REPORT_TO, seed=SEED, resume=RESUME)  # checks every value
+template = read_json(require_artifact(WORK_DIR, "data_stats"))["template"]
+items = load_items(TRAIN_ITEMS, GRPO_ITEMS)
+check_no_overlap(items, load_eval_data(EVAL_DATA, 0, SEED))  # 07 must never train on 04's questions
+print(f"{len(items)} training items from {TRAIN_ITEMS}; none of them in {EVAL_DATA}")
+load_secrets()
+runtime, backend = setup_backend(BACKEND, PRECISION)
+
+# %% [markdown]
+# ## The model
+# 03's adapter loads with its base model, and its LoRA tensors keep training; `START_FROM = "base"` adds a new
+# adapter instead. Answers are generated with the model's own `generate` (Unsloth's where it runs); Unsloth's
+# GRPO notebooks generate with vLLM, which is not part of this series' install.
+
+# %%
+from medical_r1.grpo import grpo_start
+from medical_r1.models import language_model_loader
+from medical_r1.params import LORA_TARGET_MODULES
+from medical_r1.runtime import compute_dtype
+from medical_r1.training import weight_snapshot
+
+FastLanguageModel = language_model_loader(backend)
+model, tokenizer = FastLanguageModel.from_pretrained(
+    model_name=grpo_start(WORK_DIR, START_FROM, MODEL_NAME),  # 03's adapter folder, or the base model
+    max_seq_length=MAX_SEQ_LENGTH,
+    dtype=compute_dtype(runtime),
+    load_in_4bit=LOAD_IN_4BIT,
+)
+model = FastLanguageModel.get_peft_model(  # on 03's adapter this keeps it (and makes it trainable)
+    model,
+    r=LORA_R,
+    lora_alpha=LORA_ALPHA,
+    target_modules=LORA_TARGET_MODULES,
+    use_gradient_checkpointing="unsloth",
+    random_state=SEED,
+    max_seq_length=MAX_SEQ_LENGTH,
+)
+before = weight_snapshot(model)  # to check after training that only the LoRA tensors moved
+
+# %% [markdown]
+# ## The rewards, on examples
+# What each rule gives a few written answers, before any training: the right option, a wrong one, a hedge, and
+# an answer still thinking when it ran out of tokens.
+
+# %%
+from medical_r1.grpo import reward_examples
+from medical_r1.rewards import correctness_reward, format_reward, length_guard
+
+length_guard_reward = length_guard(MAX_COMPLETION_LENGTH)
+reward_examples(items[0], [correctness_reward, format_reward, length_guard_reward], MAX_COMPLETION_LENGTH)
+
+# %% [markdown]
+# ## The configuration and the trainer
+# Every value comes from the parameters cell; `runtime_training_args` adds what depends on the machine (fp16 on
+# a T4, 8-bit AdamW on a GPU, CPU mode for the tests). Prompts are rendered by the same template as 03 and 04.
+
+# %%
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from medical_r1.rewards import grpo_rows
+from medical_r1.tracking import resolve_report_to
+from medical_r1.training import runtime_training_args, training_callbacks
+
+report_to, why = resolve_report_to(REPORT_TO, WORK_DIR)
+print(why)
+config = GRPOConfig(
+    output_dir=str(artifact(WORK_DIR, "grpo_checkpoints")),
+    max_steps=GRPO_MAX_STEPS,
+    learning_rate=GRPO_LEARNING_RATE,
+    per_device_train_batch_size=GRPO_BATCH_SIZE,
+    gradient_accumulation_steps=GRPO_GRAD_ACCUM,
+    num_generations=NUM_GENERATIONS,
+    max_completion_length=MAX_COMPLETION_LENGTH,
+    temperature=GRPO_TEMPERATURE,
+    seed=SEED,
+    logging_steps=1,
+    logging_nan_inf_filter=False,  # the default hides a NaN loss behind earlier values
+    save_strategy="steps",
+    save_steps=GRPO_SAVE_STEPS,
+    save_total_limit=2,
+    report_to=report_to,
+    **runtime_training_args(backend, runtime, "adamw_8bit"),
+)
+trainer = GRPOTrainer(
+    model=model,
+    processing_class=tokenizer,
+    args=config,
+    train_dataset=Dataset.from_list(grpo_rows(items, tokenizer, template)),
+    reward_funcs=[correctness_reward, format_reward, length_guard_reward],
+    callbacks=training_callbacks(),
+)
+
+# %% [markdown]
+# ## Train
+# Checkpoints go to `WORK_DIR/grpo_checkpoints`; run the notebook again with the same `WORK_DIR` to resume. A NaN
+# or infinite loss stops training with advice, and an out-of-memory error says what to lower.
+
+# %%
+from medical_r1.training import resume_checkpoint, training_guards
+
+checkpoint = resume_checkpoint(WORK_DIR, RESUME, "grpo_checkpoints")
+with training_guards(trainer, params, "grpo_checkpoints"):  # NaN loss and out-of-memory become advice
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+# %% [markdown]
+# ## What moved
+# Mean reward per step (each rule and their sum) and the answers' length; only the LoRA tensors may change.
+
+# %%
+from medical_r1.display import show_image
+from medical_r1.grpo import save_grpo_outputs
+
+metrics = save_grpo_outputs(WORK_DIR, trainer, model, tokenizer, before, START_FROM)
+print(metrics["summary"])
+show_image(artifact(WORK_DIR, "grpo_curve"))
