@@ -126,6 +126,7 @@ def test_params_defaults_are_valid_and_match_the_seed_tutorial():
 @pytest.mark.parametrize("field, value", [
     ("max_steps", 0), ("lora_r", -1), ("learning_rate", 0.0), ("template", "chatml"), ("data_config", "fr"),
     ("batch_size", 1.5), ("top_p", 0.0), ("backend", "tpu"), ("lora_dropout", 1.0), ("val_size", -1),
+    ("num_generations", 1), ("start_from", "sft"), ("grpo_batch_size", 3), ("grpo_learning_rate", 0.0),
 ])
 def test_invalid_params_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
