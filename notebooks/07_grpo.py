@@ -110,8 +110,8 @@ runtime, backend = setup_backend(BACKEND, PRECISION)
 # %% [markdown]
 # ## The model
 # 03's adapter loads with its base model, and its LoRA tensors keep training; `START_FROM = "base"` adds a new
-# adapter instead. Answers are generated with the model's own `generate` (Unsloth's where it runs); Unsloth's
-# GRPO notebooks generate with vLLM, which is not part of this series' install.
+# adapter instead. TRL generates the answers with the model's own `generate`. Unsloth's GRPO notebooks generate
+# them with vLLM instead, which is not part of this series' install. This notebook has not yet run on a GPU.
 
 # %%
 from medical_r1.grpo import grpo_start
