@@ -86,9 +86,9 @@ def stream_reply(model, tokenizer, question: str, template: str, max_new_tokens:
     def generate():
         switch = contextlib.nullcontext() if use_adapter else model.disable_adapter()
         with switch, torch.no_grad():
-            result["ids"] = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, streamer=streamer,
-                           **sampling)
+            result["ids"] = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, streamer=streamer, **sampling)
 
     worker = threading.Thread(target=generate, daemon=True)
     worker.start()

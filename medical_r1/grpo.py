@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from medical_r1.artifacts import artifact, save_pretrained_atomic, write_json
+from medical_r1.artifacts import artifact, require_artifact, save_pretrained_atomic, write_json
 from medical_r1.display import new_figure, save_figure
 from medical_r1.runtime import is_main_process
 from medical_r1.training import weight_changes
@@ -12,8 +12,6 @@ from medical_r1.training import weight_changes
 
 def grpo_start(work_dir, start_from: str, model_name: str) -> str:
     """What 07 loads: 03's adapter folder (its base model comes with it), or the base model itself."""
-    from medical_r1.artifacts import require_artifact
-
     return str(require_artifact(work_dir, "adapter")) if start_from == "adapter" else model_name
 
 

@@ -71,10 +71,14 @@ def missing_requirements(path=REQUIREMENTS, installed: dict | None = None) -> li
     return [f"{name}=={version}" for name, version in parse_requirements(path).items() if installed.get(name) != version]
 
 
+def is_platform_package(name: str) -> bool:
+    """torch, torchvision, torchaudio, triton or a CUDA library: the platform's own build, never to be changed."""
+    return name in PLATFORM_PACKAGES or name.startswith(PLATFORM_PREFIXES)
+
+
 def platform_constraints(installed: dict) -> list[str]:
     """The platform's torch and CUDA packages, pinned where they are."""
-    return [f"{name}=={version}" for name, version in sorted(installed.items())
-            if name in PLATFORM_PACKAGES or name.startswith(PLATFORM_PREFIXES)]
+    return [f"{name}=={version}" for name, version in sorted(installed.items()) if is_platform_package(name)]
 
 
 def torch_companions(torch_version: str | None) -> tuple[list[str], str]:
@@ -140,18 +144,16 @@ def install_requirements(mode: str = "auto", path=REQUIREMENTS, python: str = sy
     if mode == "never" or (mode == "auto" and detect_platform() == "local"):
         return f"not installing ({mode}, {detect_platform()}); differs from requirements.txt: {', '.join(missing)}"
     companions, note = torch_companions(installed.get("torch"))
-    chosen = {canonical(spec.partition("==")[0]) for spec in companions}
+    keeps_xformers = any(spec.startswith("xformers==") for spec in companions)
     pins = [f"{name}=={version}" for name, version in parse_requirements(path).items()]
     plan = [(name, version) for name, version in resolve(python, pins + companions, platform_constraints(installed))
-            if name != "xformers" or "xformers" in chosen]  # unsloth asks for some xformers; only a matching one
-    touched = [name for name, _ in plan if name in PLATFORM_PACKAGES or name.startswith(PLATFORM_PREFIXES)]
+            if name != "xformers" or keeps_xformers]  # unsloth asks for some xformers; only a matching one
+    touched = [name for name, _ in plan if is_platform_package(name)]
     if touched:
         raise RuntimeError(f"refusing to change the platform's {', '.join(touched)}; nothing was installed")
-    command = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-               *[f"{name}=={version}" for name, version in plan]]
-    if dry_run_report:
-        command[4:4] = ["--dry-run", "--report", str(dry_run_report)]
-    subprocess.run(command, check=True)
+    dry_run = ["--dry-run", "--report", str(dry_run_report)] if dry_run_report else []
+    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", *dry_run,
+                    *[f"{name}=={version}" for name, version in plan]], check=True)
     imported = sorted(name for name, _ in plan if name.replace("-", "_") in sys.modules)
     restart = (f"restart the kernel ({', '.join(imported)} already imported), then run the notebook again"
                if imported else "no restart needed (none of them was imported yet)")

@@ -16,7 +16,7 @@ import pathlib
 import re
 
 from medical_r1.artifacts import artifact, read_json, write_json, write_text
-from medical_r1.benchmarks import holm_rejections, paired_test_p
+from medical_r1.benchmarks import holm_rejections
 from medical_r1.display import html_page, new_figure, save_figure, verdict_class
 
 # Parameters that change what 02 produces: settings that differ in these need their own data preparation.
@@ -87,7 +87,6 @@ def setting_row(name: str, parameters: dict, work_dir) -> dict:
     """A finished setting's row, read from the files 03 and 04 wrote in its folder."""
     verdict = read_json(artifact(work_dir, "verdict"))
     overall = next(r for r in verdict["rows"] if r["benchmark"] == "all")
-    tuned_by_id = {s["id"]: s for s in verdict["tuned"]}
     compare = read_json(artifact(work_dir, "compare_metrics"))
     train = read_json(artifact(work_dir, "train_metrics"))
     return {
@@ -96,8 +95,7 @@ def setting_row(name: str, parameters: dict, work_dir) -> dict:
         "tuned_accuracy": overall["tuned_accuracy"], "tuned_interval": overall["tuned_interval"],
         "difference": overall["difference"], "difference_interval": overall["difference_interval"],
         "verdict": overall["verdict"],
-        "p_value": paired_test_p([s["correct"] for s in verdict["base"]],
-                                 [tuned_by_id[s["id"]]["correct"] for s in verdict["base"]]),
+        "p_value": overall["p_value"],
         "base_unfinished": count_rules(verdict["base"], ("unfinished",)),
         "tuned_unfinished": count_rules(verdict["tuned"], ("unfinished",)),
         "base_unreadable": count_rules(verdict["base"], ("empty", "unreadable")),

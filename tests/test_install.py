@@ -66,7 +66,7 @@ def dry_run_installs(report_path) -> dict:
 
 
 def held_back(installs: dict) -> list:
-    return [name for name in installs if name in install.PLATFORM_PACKAGES or name.startswith(install.PLATFORM_PREFIXES)]
+    return [name for name in installs if install.is_platform_package(name)]
 
 
 @pytest.mark.registry
