@@ -1,4 +1,4 @@
-"""GPU check in T4 mode: the whole series 00-06 with the notebooks' own defaults (BACKEND and PRECISION "auto",
+"""GPU check in T4 mode: the whole series 00-07 with the notebooks' own defaults (BACKEND and PRECISION "auto",
 GEN_BATCH_SIZE 0, the packed 8B default, 60 steps, 30 benchmark items, 1,024 new tokens) while torch and Unsloth
 see a T4 (gpu/t4_mode/t4_device.py: capability 7.5, bf16 only by emulation, 15 GiB, no FlashAttention). Only
 what cannot come from the Hub here is set: the random Llama-8B-shape model, the real-schema data (.gpu_ref), the
@@ -60,8 +60,11 @@ def new_log_lines(offset: int) -> tuple[list[dict], int]:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "gpu_check")
-    parser.add_argument("--only", nargs="*", default=["00", "01", "02", "03", "05", "06", "04"])  # 04, the longest, last
+    parser.add_argument("--only", nargs="*", default=["00", "01", "02", "03", "05", "06", "07", "04"])  # 04 last
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="a parameter changed from its default, VALUE in JSON (GRPO_MAX_STEPS=2: a short 07)")
     args = parser.parse_args()
+    changed = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
     args.out.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
     if not (MODEL / "config.json").exists():  # in a child process: this one must hold no GPU memory (a T4 is one
@@ -82,9 +85,10 @@ def main():
         "install_would_choose": install.torch_companions(torch.__version__)[1], "notebooks": {}}
     offset = LOG.stat().st_size if LOG.exists() else 0
     for number in args.only:
-        record = {}
+        record = {"changed": changed} if changed else {}
         try:
-            record["seconds"] = run_series.run({"offline": True, "parameters": parameters()}, WORK, only=[number])
+            record["seconds"] = run_series.run({"offline": True, "parameters": {**parameters(), **changed}}, WORK,
+                                               only=[number])
             record["ok"] = True
         except Exception as err:  # record the failure and go on
             record["ok"], record["error"] = False, f"{type(err).__name__}: {str(err)[-1500:]}"
@@ -97,7 +101,7 @@ def main():
         record["t4_answers_to"] = sorted({f"{line['asked']} <- {line['by']}" for line in lines if "asked" in line})
         record["kept"] = sorted({line["kept"] for line in lines if "kept" in line})
         results["notebooks"][number] = record
-        for key in ("runtime", "train_metrics", "compare_metrics", "export_report"):
+        for key in ("runtime", "train_metrics", "compare_metrics", "export_report", "grpo_metrics"):
             if artifacts.artifact(WORK, key).exists():
                 results[key] = artifacts.read_json(artifacts.artifact(WORK, key))
         for path in (WORK / "t4_check.json", results_path):

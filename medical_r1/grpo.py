@@ -15,6 +15,20 @@ def grpo_start(work_dir, start_from: str, model_name: str) -> str:
     return str(require_artifact(work_dir, "adapter")) if start_from == "adapter" else model_name
 
 
+def rollout_engine(backend: str) -> tuple[bool, str]:
+    """Whether 07 writes its answers with vLLM (Unsloth's `fast_inference`, as Unsloth's own GRPO notebooks do on
+    Kaggle and Colab) or with the model's `generate`, and why: vLLM needs Unsloth on a GPU and the vllm package."""
+    import importlib.util
+
+    if backend != "unsloth":
+        return False, (f"answers written by the model's own generate: backend {backend!r} (vLLM rollouts need "
+                       "Unsloth on a GPU)")
+    if importlib.util.find_spec("vllm") is None:
+        return False, ("answers written by Unsloth's generate: vLLM is not installed (this series' install leaves it "
+                       "out; `pip install vllm` and a restart switch 07 to it)")
+    return True, "answers written by vLLM through Unsloth's fast_inference, as Unsloth's GRPO notebooks do"
+
+
 def reward_examples(item: dict, reward_funcs: list, max_completion_length: int):
     """A table: what each reward gives four written answers to `item` (right, wrong, a hedge, still thinking)."""
     import json

@@ -122,6 +122,7 @@ class Params:
     grpo_batch_size: int = 4
     grpo_grad_accum: int = 1
     grpo_save_steps: int = 20
+    vllm_gpu_memory: float = 0.6
 
     def __post_init__(self):
         positive = ["max_seq_length", "max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
@@ -140,6 +141,8 @@ class Params:
         for name in ("learning_rate", "grpo_learning_rate", "grpo_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.vllm_gpu_memory < 1:
+            raise ValueError(f"vllm_gpu_memory must be a share of the GPU's memory in (0, 1), got {self.vllm_gpu_memory!r}")
         if self.start_from not in ("adapter", "base"):
             raise ValueError(f"start_from must be 'adapter' or 'base', got {self.start_from!r}")
         if not isinstance(self.num_generations, int) or self.num_generations < 2:

@@ -55,6 +55,7 @@ GRPO_GRAD_ACCUM = 1  # device steps accumulated per update
 LORA_R = 16  # adapter rank, used only when starting from the base
 LORA_ALPHA = 16  # adapter scale, used only when starting from the base
 GRPO_SAVE_STEPS = 20  # checkpoint every this many steps
+VLLM_GPU_MEMORY = 0.6  # share of GPU memory vLLM may take, used only when vLLM writes the answers (below)
 REPORT_TO = "auto"  # "auto" logs to W&B when WANDB_API_KEY is set; "wandb" or "none"
 SEED = 3407  # sampling and data order
 RESUME = True  # continue from the last checkpoint in WORK_DIR/grpo_checkpoints
@@ -99,7 +100,7 @@ params = Params(work_dir=WORK_DIR, model_name=MODEL_NAME, start_from=START_FROM,
                 max_completion_length=MAX_COMPLETION_LENGTH, grpo_temperature=GRPO_TEMPERATURE,
                 grpo_learning_rate=GRPO_LEARNING_RATE, grpo_max_steps=GRPO_MAX_STEPS, grpo_batch_size=GRPO_BATCH_SIZE,
                 grpo_grad_accum=GRPO_GRAD_ACCUM, lora_r=LORA_R, lora_alpha=LORA_ALPHA, grpo_save_steps=GRPO_SAVE_STEPS,
-                report_to=REPORT_TO, seed=SEED, resume=RESUME)  # checks every value
+                vllm_gpu_memory=VLLM_GPU_MEMORY, report_to=REPORT_TO, seed=SEED, resume=RESUME)  # checks every value
 template = read_json(require_artifact(WORK_DIR, "data_stats"))["template"]
 items = load_items(TRAIN_ITEMS, GRPO_ITEMS)
 check_no_overlap(items, load_eval_data(EVAL_DATA, 0, SEED))  # 07 must never train on 04's questions
@@ -110,22 +111,29 @@ runtime, backend = setup_backend(BACKEND, PRECISION)
 # %% [markdown]
 # ## The model
 # 03's adapter loads with its base model, and its LoRA tensors keep training; `START_FROM = "base"` adds a new
-# adapter instead. TRL generates the answers with the model's own `generate`. Unsloth's GRPO notebooks generate
-# them with vLLM instead, which is not part of this series' install. This notebook has not yet run on a GPU.
+# adapter instead. Most of a GRPO step is writing the answers. Where the `vllm` package is installed, Unsloth's
+# `fast_inference` writes them with vLLM, as Unsloth's own GRPO notebooks do on Kaggle and Colab (this series'
+# install leaves vLLM out: it is a large install of its own); otherwise the model's `generate` writes them, which
+# was measured against 04's generation loop in BENCHMARKS.md. The next line says which.
 
 # %%
-from medical_r1.grpo import grpo_start
+from medical_r1.grpo import grpo_start, rollout_engine
 from medical_r1.models import language_model_loader
 from medical_r1.params import LORA_TARGET_MODULES
 from medical_r1.runtime import compute_dtype
 from medical_r1.training import weight_snapshot
 
+fast_inference, why = rollout_engine(backend)
+print(why)
 FastLanguageModel = language_model_loader(backend)
 model, tokenizer = FastLanguageModel.from_pretrained(
     model_name=grpo_start(WORK_DIR, START_FROM, MODEL_NAME),  # 03's adapter folder, or the base model
     max_seq_length=MAX_SEQ_LENGTH,
     dtype=compute_dtype(runtime),
     load_in_4bit=LOAD_IN_4BIT,
+    fast_inference=fast_inference,  # vLLM writes the answers
+    max_lora_rank=LORA_R,  # vLLM's LoRA slots (used only with fast_inference)
+    gpu_memory_utilization=VLLM_GPU_MEMORY,
 )
 model = FastLanguageModel.get_peft_model(  # on 03's adapter this keeps it (and makes it trainable)
     model,

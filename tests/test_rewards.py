@@ -72,3 +72,17 @@ def test_two_grpo_steps_on_the_tiny_model_use_the_rewards_and_move_only_lora(tin
     changes = training.weight_changes(before, model)
     assert changes["lora_tensors_changed"] > 0 and changes["base_tensors_changed"] == 0
     assert benchmarks.mc_question(rewards.load_items(SAMPLE)[0]) in rows[0]["prompt"]
+
+
+def test_07_writes_its_answers_with_vllm_only_where_unsloth_and_vllm_are_both_there(monkeypatch):
+    import importlib.util
+
+    from medical_r1.grpo import rollout_engine
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    assert rollout_engine("unsloth")[0] is False and "not installed" in rollout_engine("unsloth")[1]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
+    assert rollout_engine("unsloth") == (True, rollout_engine("unsloth")[1]) and "vLLM" in rollout_engine("unsloth")[1]
+    for backend in ("transformers", "cpu"):  # vLLM present, but only Unsloth's fast_inference drives it
+        assert rollout_engine(backend)[0] is False

@@ -1,0 +1,191 @@
+"""GRPO at the Llama-8B shape as a free T4 runs it: 07's defaults (Params: 4 answers per question of up to 1,024
+tokens, batch 4, 8-bit AdamW, LoRA r=16 with Unsloth's checkpointing) on a 4-bit random-weight model, while torch
+and Unsloth see a T4 (gpu/t4_mode: fp16, 15 GiB, no FlashAttention 2).
+
+Measures, in one process:
+- each GRPO step's seconds (a callback), the rollout's share of it and its generated tokens/s (the trainer's own
+  call of `model.generate`, timed around it), and the peak GPU memory;
+- the same prompt answered NUM_GENERATIONS times by 04's `generate_answers` at the same batch, sampling, and
+  length: the other way 07 could write its answers.
+Random weights never write EOS, so every answer runs to the length limit: the slowest and largest case.
+
+On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.md):
+    python bench/bench_grpo.py --out $OUT
+Prints a table and writes grpo_bench.json.
+"""
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "gpu")]
+MODEL = pathlib.Path("/tmp/models/llama-8b")
+ITEMS = ROOT / "data" / "sample" / "grpo_train.json"
+KAGGLE_SESSION_HOURS = 12  # Kaggle's limit on one GPU session
+# T4 (320 GB/s) against H200 (4.8 TB/s) memory bandwidth: decoding at batch 4 is bandwidth-bound, so the T4's
+# rollout estimate scales by this ratio; its training part by fp16 tensor throughput (65 vs ~990 dense TFLOP/s).
+T4_DECODE_SLOWDOWN = 4800 / 320
+T4_TRAIN_SLOWDOWN = 990 / 65
+
+
+def sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from medical_r1.benchmarks import mc_question
+    from medical_r1.generation import generate_answers
+    from medical_r1.models import language_model_loader
+    from medical_r1.params import LORA_TARGET_MODULES, Params
+    from medical_r1.rewards import correctness_reward, format_reward, grpo_rows, length_guard, load_items
+    from medical_r1.runtime import compute_dtype, setup_backend
+    from medical_r1.training import runtime_training_args
+
+    p = Params(**overrides)  # 07's defaults unless a smoke test shrinks them
+    runtime, backend = setup_backend("auto", "auto")
+    gpu = torch.cuda.is_available()
+    FastLanguageModel = language_model_loader(backend)
+    model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(model_path), max_seq_length=p.max_seq_length,
+                                                         dtype=compute_dtype(runtime), load_in_4bit=True)
+    model = FastLanguageModel.get_peft_model(model, r=p.lora_r, lora_alpha=p.lora_alpha,
+                                             target_modules=LORA_TARGET_MODULES, use_gradient_checkpointing="unsloth",
+                                             random_state=p.seed, max_seq_length=p.max_seq_length)
+    items = load_items(str(ITEMS), 0)
+    rows = grpo_rows(items, tokenizer, "r1_chat")
+
+    rollouts = []  # (seconds, new tokens) of each generate call the trainer makes
+    generate = model.generate
+
+    def timed_generate(*args, **kwargs):
+        sync()
+        start = time.perf_counter()
+        result = generate(*args, **kwargs)
+        sync()
+        ids = result if torch.is_tensor(result) else result.sequences
+        prompt = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]
+        new = ids[:, prompt:]
+        real = int((new != tokenizer.pad_token_id).sum())
+        rollouts.append({"seconds": time.perf_counter() - start, "new_tokens": real, "rows": int(ids.shape[0])})
+        return result
+
+    model.generate = timed_generate
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.start = [], 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            sync()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            sync()
+            self.seconds.append(time.perf_counter() - self.start)
+
+    timer = StepTimer()
+    config = GRPOConfig(output_dir=str(out / "grpo_bench_checkpoints"), max_steps=steps,
+                        learning_rate=p.grpo_learning_rate, per_device_train_batch_size=p.grpo_batch_size,
+                        gradient_accumulation_steps=p.grpo_grad_accum, num_generations=p.num_generations,
+                        max_completion_length=p.max_completion_length, temperature=p.grpo_temperature, seed=p.seed,
+                        logging_steps=1, save_strategy="no", report_to="none",
+                        **runtime_training_args(backend, runtime, "adamw_8bit"))
+    trainer = GRPOTrainer(model=model, processing_class=tokenizer, args=config, train_dataset=Dataset.from_list(rows),
+                          reward_funcs=[correctness_reward, format_reward, length_guard(p.max_completion_length)],
+                          callbacks=[timer])
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peak_train = torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    model.generate = generate
+
+    # 04's way, same prompt, batch, sampling and length; the first call warms up (graphs, compile).
+    question = [{"question": mc_question(items[0])}] * p.num_generations
+    answers_runs = []
+    for _ in range(2):
+        sync()
+        start = time.perf_counter()
+        answers = generate_answers(model, tokenizer, question, "r1_chat", p.max_completion_length,
+                                   p.grpo_temperature, 1.0, True, p.num_generations, p.seed, backend)
+        sync()
+        answers_runs.append({"seconds": time.perf_counter() - start,
+                             "new_tokens": sum(a["new_tokens"] for a in answers)})
+    peak_all = torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0
+    return {"params": {k: getattr(p, k) for k in ("num_generations", "max_completion_length", "grpo_batch_size",
+                                                  "grpo_grad_accum", "grpo_temperature", "lora_r", "max_seq_length")},
+            "backend": backend, "precision": "bf16" if runtime.bf16 else "fp16",
+            "device_as_seen": torch.cuda.get_device_name(0) if gpu else "cpu", "step_seconds": timer.seconds, "rollouts": rollouts,
+            "completion_length": [h.get("completions/mean_length") for h in history],
+            "loss": [h.get("loss") for h in history], "peak_reserved_gib_training": round(peak_train, 2),
+            "peak_reserved_gib_with_04_generation": round(peak_all, 2), "generate_answers": answers_runs}
+
+
+def summarise(raw: dict) -> dict:
+    steady = raw["step_seconds"][1:] or raw["step_seconds"]  # the first step compiles and warms up
+    rolls = raw["rollouts"][1:] or raw["rollouts"]
+    step = sum(steady) / len(steady)
+    rollout_seconds = sum(r["seconds"] for r in rolls) / len(rolls)
+    rollout_tps = sum(r["new_tokens"] for r in rolls) / sum(r["seconds"] for r in rolls)
+    ours = raw["generate_answers"][-1]
+    ours_tps = ours["new_tokens"] / ours["seconds"]
+    t4_step = rollout_seconds * T4_DECODE_SLOWDOWN + (step - rollout_seconds) * T4_TRAIN_SLOWDOWN
+    return {"seconds_per_step": round(step, 1), "rollout_seconds_per_step": round(rollout_seconds, 1),
+            "rollout_share": round(rollout_seconds / step, 3), "rollout_tokens_per_s": round(rollout_tps, 1),
+            "generate_answers_tokens_per_s": round(ours_tps, 1),
+            "faster": "generate_answers" if ours_tps > rollout_tps else "trainer's generate",
+            "peak_reserved_gib": raw["peak_reserved_gib_training"],
+            "steps_per_hour_here": round(3600 / step),
+            "t4_seconds_per_step_estimate": round(t4_step),
+            "t4_steps_per_kaggle_session_estimate": int(KAGGLE_SESSION_HOURS * 3600 / t4_step)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--steps", type=int, default=4, help="GRPO steps to time (the first one is left out)")
+    parser.add_argument("--model", type=pathlib.Path, default=MODEL, help="a local model folder")
+    parser.add_argument("--smoke", action="store_true", help="a CPU check of this script: short answers, no T4 mode")
+    parser.add_argument("--child", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    overrides = {"num_generations": 2, "grpo_batch_size": 2, "max_completion_length": 8} if args.smoke else {}
+    if args.child or args.smoke:
+        raw = child(args.steps, args.out, args.model, overrides)
+        (args.out / "grpo_bench_raw.json").write_text(json.dumps(raw, indent=1))
+        print(json.dumps(summarise(raw), indent=1))
+        return 0
+    if not (args.model / "config.json").exists():
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = {[str(ROOT / 'gpu')]}; import real_shapes; "
+                        f"real_shapes.build_model('llama-8b', '{args.model}')"], check=True)
+    env = {**os.environ, "MEDICAL_R1_T4": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "gpu" / "t4_mode"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps), "--out", str(args.out),
+                    "--model", str(args.model)],
+                   env=env, check=True)
+    raw = json.loads((args.out / "grpo_bench_raw.json").read_text())
+    import torch
+
+    result = {"device": torch.cuda.get_device_name(0), "seen_as": raw["device_as_seen"], "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "summary": summarise(raw), "raw": raw}
+    (args.out / "grpo_bench.json").write_text(json.dumps(result, indent=1))
+    s = result["summary"]
+    print(f"| device | {result['device']} seen as {raw['device_as_seen']} ({raw['precision']}) |")
+    for key, value in s.items():
+        print(f"| {key} | {value} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
