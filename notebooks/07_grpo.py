@@ -26,8 +26,9 @@
 # **Reads:** `WORK_DIR/adapter/` (03) unless `START_FROM = "base"`, `data/stats.json` (02, the template), the
 # training items and 04's evaluation file (to refuse any shared question).
 # **Writes:** `WORK_DIR/grpo_adapter/`, `grpo_checkpoints/`, `grpo_metrics.json`, `grpo_curve.png`.
-# **Time on a T4:** not measured yet (no GPU run of this notebook so far); each step generates
-# `NUM_GENERATIONS` answers of up to `MAX_COMPLETION_LENGTH` tokens per question.
+# **Time on a T4 (an estimate; not yet measured on one):** about 85 s a step for the 8B model at the defaults,
+# almost all of it writing the `NUM_GENERATIONS` answers; 100 steps about 2.5 hours, under 7 GiB of GPU memory
+# (measured on a bigger GPU answering as a T4 does: BENCHMARKS.md, "GRPO (07)").
 #
 # The rewards (`medical_r1/rewards.py`, tested): correctness as HuatuoGPT-o1's RL stage scores it (1 for the
 # right option, 0.1 for a wrong one, 0 for no answer), read by the same scorer as 04, only after `</think>`; a

@@ -86,3 +86,18 @@ def test_the_raw_loop_trains_on_the_trainers_own_batches(tiny_model_dir, en_rows
             trainer.train()
             first[mode] = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
     assert first["raw"] == pytest.approx(first["trainer"], rel=1e-4)
+
+
+def test_grpo_bench_times_every_rollout_the_trainer_makes_and_counts_its_tokens(tiny_model_dir, tmp_path):
+    """bench_grpo on the tiny model (CPU, 2 answers of 8 tokens): one timed generate call per GRPO step, each
+    with the step's answers and their real new tokens; 04's loop answers the same question as often."""
+    import bench_grpo
+
+    raw = bench_grpo.child(3, tmp_path, pathlib.Path(tiny_model_dir),
+                           {"num_generations": 2, "grpo_batch_size": 2, "max_completion_length": 8})
+    assert len(raw["step_seconds"]) == 3 and len(raw["rollouts"]) == 3
+    assert all(r["rows"] == 2 and 0 < r["new_tokens"] <= 2 * 8 for r in raw["rollouts"])
+    assert len(raw["generate_answers"]) == 2 and all(run["new_tokens"] > 0 for run in raw["generate_answers"])
+    summary = bench_grpo.summarise(raw)
+    assert 0 < summary["rollout_share"] <= 1 and summary["rollout_tokens_per_s"] > 0
+    assert summary["faster"] in ("generate_answers", "the trainer's generate")
