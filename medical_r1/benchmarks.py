@@ -150,7 +150,7 @@ def _model_counts(scored: list[dict]) -> dict:
 
 
 def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 0, alpha: float = 0.05,
-                 bootstrap_rounds: int = 2000) -> list[dict]:
+                 bootstrap_rounds: int = 2000, change: str = "fine-tuning") -> list[dict]:
     """Per benchmark and overall, for each model: items, correct, unfinished, unreadable, accuracy with its
     95% interval; then the paired difference with its bootstrap interval, the smallest difference the
     comparison could detect, the paired test's p-value and a plain sentence. Unfinished and unreadable answers
@@ -160,7 +160,8 @@ def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 
     per-benchmark rows are corrected for their number with Holm's step-down, so that when fine-tuning changed
     nothing the chance that any row claims a change stays at or below `alpha` (read row by row from their own
     intervals, five rows of 30 items claimed one in 15-24% of simulated runs). Holm rather than wider intervals: it is exact for any
-    dependence between the benchmarks and rejects at least as much as Bonferroni's intervals would."""
+    dependence between the benchmarks and rejects at least as much as Bonferroni's intervals would.
+    `change` names what the sentence says helped or hurt ("fine-tuning", "GRPO", ...)."""
     rows = []
     benchmarks = sorted({s["benchmark"] for s in base_scored})
     tuned_by_id = {s["id"]: s for s in tuned_scored}
@@ -184,13 +185,68 @@ def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 
     for row in rows:
         sentence = "no detectable change"
         if row["benchmark"] in changed and row["difference"]:
-            sentence = "fine-tuning helped" if row["difference"] > 0 else "fine-tuning hurt"
+            sentence = f"{change} helped" if row["difference"] > 0 else f"{change} hurt"
         lo, hi = row["difference_interval"]
         test = (f"paired test p = {row['p_value']:.3g}" + ("" if row["benchmark"] == "all" else
                 f", Holm-corrected for {len(benchmarks)} benchmark{'s' if len(benchmarks) > 1 else ''}"))
         row["verdict"] = (f"{sentence} (difference {100 * row['difference']:+.1f} points, 95% interval "
                           f"{100 * lo:+.1f} to {100 * hi:+.1f}, {row['items']} items; {test})")
     return rows
+
+
+# What 04 can compare, by the name of its scored answers: the base model, 03's adapter, 07's adapter.
+MODELS = {"base": "base model", "tuned": "SFT (03)", "grpo": "SFT + GRPO (07)"}
+# The pairs, in the order a reader asks: did SFT help, did GRPO add to it, and where did both get the model.
+PAIRS = (("base", "tuned", "fine-tuning"), ("tuned", "grpo", "GRPO"), ("base", "grpo", "SFT + GRPO"))
+
+
+def pair_verdicts(scored: dict[str, list[dict]], seed: int = 0, alpha: float = 0.05,
+                  bootstrap_rounds: int = 2000) -> list[dict]:
+    """Every pair of the models that were scored (None: not run; a row per pair, three when 07 has run): each pair's verdict
+    rows on the same items (per benchmark, Holm-corrected within the pair, and overall), and its headline, the
+    overall row, Holm-corrected across the pairs so that when nothing changed the chance that any pair's
+    headline claims a change stays at `alpha`."""
+    pairs = []
+    for before, after, change in PAIRS:
+        if scored.get(before) is not None and scored.get(after) is not None:
+            rows = verdict_rows(scored[before], scored[after], seed, alpha, bootstrap_rounds, change)
+            pairs.append({"before": before, "after": after, "change": change, "rows": rows,
+                          "overall": next(r for r in rows if r["benchmark"] == "all")})
+    changed = holm_rejections({i: pair["overall"]["p_value"] for i, pair in enumerate(pairs)}, alpha)
+    for i, pair in enumerate(pairs):
+        o = pair["overall"]
+        said = "no detectable change"
+        if i in changed and o["difference"]:
+            said = f"{pair['change']} helped" if o["difference"] > 0 else f"{pair['change']} hurt"
+        lo, hi = o["difference_interval"]
+        pair["verdict"] = (f"{said} (difference {100 * o['difference']:+.1f} points, 95% interval {100 * lo:+.1f} to "
+                           f"{100 * hi:+.1f}, {o['items']} items; paired test p = {o['p_value']:.3g}"
+                           + (f", Holm-corrected for {len(pairs)} pairs)" if len(pairs) > 1 else ")"))
+    return pairs
+
+
+def pairs_html(pairs: list[dict]) -> str:
+    """One row per pair of models, overall; the per-benchmark tables are in each pair's rows."""
+    import html
+
+    from medical_r1.display import html_page, verdict_class
+
+    def cells(pair):
+        o = pair["overall"]
+        said = pair["verdict"].split(" (")[0]
+        lo, hi = o["difference_interval"]
+        return (f"<tr><td>{MODELS[pair['before']]} &rarr; {MODELS[pair['after']]}</td><td class='num'>{o['items']}</td>"
+                f"<td class='num'>{100 * o['base_accuracy']:.1f}%</td><td class='num'>{100 * o['tuned_accuracy']:.1f}%</td>"
+                f"<td class='num'>{100 * o['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]</td>"
+                f"<td class='verdict {verdict_class(said)}' title='{html.escape(pair['verdict'], quote=True)}'>"
+                f"{html.escape(said)} <span class='same'>(paired p = {o['p_value']:.2g})</span></td></tr>")
+
+    return html_page("Base, SFT and SFT + GRPO", (
+        "<h2>Base, SFT and SFT + GRPO: a row per pair</h2><p>The same benchmark items, answered by each model "
+        "that exists in this work folder. Each row is one pair's overall comparison, from the exact paired test, "
+        "corrected for testing several pairs at once (Holm). Unfinished and unreadable answers count as wrong.</p>"
+        "<div class='scroll'><table><tr><th>pair</th><th>items</th><th>accuracy before</th><th>accuracy after</th>"
+        f"<th>difference, points [95%]</th><th>verdict</th></tr>{''.join(cells(p) for p in pairs)}</table></div>"))
 
 
 def verdict_html(rows: list[dict]) -> str:
@@ -243,6 +299,38 @@ def run_benchmarks(model, tokenizer, eval_data: dict, template: str, max_new_tok
     base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature,
                                         top_p, batch_size, seed, backend)
     return score_answers(items, base, similarity), score_answers(items, tuned, similarity)
+
+
+def grpo_benchmarks(model, tokenizer, work_dir, base_name: str, eval_data: dict, template: str, max_new_tokens: int,
+                    greedy: bool, temperature: float, top_p: float, batch_size: int, seed: int, backend: str,
+                    similarity: bool = False) -> list[dict] | None:
+    """07's adapter's answers to the same items, scored as the others, or None (saying why) when 07 has not run.
+    The adapter loads beside 03's on the same base model (PEFT's `load_adapter`) and is switched off again after."""
+    from medical_r1.artifacts import artifact, read_json
+
+    grpo_dir = artifact(work_dir, "grpo_adapter")
+    if not (grpo_dir / "adapter_config.json").exists():
+        print(f"07 has not run in {work_dir} (no {grpo_dir.name}/): comparing base and SFT. Run 07, then 04 again, "
+              "for the three-way table.")
+        return None
+    grpo_base = read_json(grpo_dir / "adapter_config.json")["base_model_name_or_path"]
+    if grpo_base != base_name:
+        raise ValueError(f"07's adapter ({grpo_dir}) was trained on {grpo_base}, 03's on {base_name}: run 07 again "
+                         "with START_FROM = 'adapter' (or the same MODEL_NAME) before comparing them")
+    adapter_dir = artifact(work_dir, "adapter")
+    if grpo_dir.stat().st_mtime < adapter_dir.stat().st_mtime:
+        print(f"note: 07's adapter is older than 03's ({adapter_dir.name}/ was written again after 07 ran), so "
+              "SFT + GRPO below started from an earlier SFT adapter; run 07 again to compare like with like.")
+    items = [item for name in sorted(eval_data) for item in eval_data[name]]
+    questions = [{"id": item["id"], "question": mc_question(item)} for item in items]
+    model.load_adapter(str(grpo_dir), adapter_name="grpo")
+    model.set_adapter("grpo")
+    try:
+        answers = generate_answers(model, tokenizer, questions, template, max_new_tokens, temperature, top_p,
+                                   not greedy, batch_size, seed, backend)
+    finally:
+        model.set_adapter("default")
+    return score_answers(items, answers, similarity)
 
 
 def benchmark_plan(model, tokenizer, eval_data: dict, template: str, max_new_tokens: int, batch_size: int,

@@ -111,6 +111,6 @@ def html_page(title: str, body: str) -> str:
 
 def verdict_class(sentence: str) -> str:
     """The colour class of a verdict: helped, hurt, or same (no detectable change)."""
-    text = sentence.lower()
-    return "helped" if text.startswith(("fine-tuning helped", "better")) else \
-        "hurt" if text.startswith(("fine-tuning hurt", "worse")) else "same"
+    said = sentence.lower().split(" (")[0]  # "fine-tuning helped", "GRPO hurt", "better than base", ...
+    return "helped" if said.endswith("helped") or said.startswith("better") else \
+        "hurt" if said.endswith("hurt") or said.startswith("worse") else "same"

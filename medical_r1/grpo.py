@@ -84,7 +84,9 @@ def save_grpo_outputs(work_dir, trainer, model, tokenizer, before: dict, start_f
     metrics = {"start_from": start_from, "steps": trainer.state.global_step, "history": history,
                "weight_changes": changes, "loss_finite": all(math.isfinite(x) for x in losses),
                "first_reward": history["reward"][0] if history["reward"] else None,
-               "last_reward": history["reward"][-1] if history["reward"] else None}
+               "last_reward": history["reward"][-1] if history["reward"] else None,
+               "train_runtime_s": next((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
+                                       None)}
     metrics["summary"] = (f"{metrics['steps']} GRPO steps from the {start_from}; mean reward "
                           f"{metrics['first_reward']:.3f} -> {metrics['last_reward']:.3f}; LoRA tensors changed: "
                           f"{changes['lora_tensors_changed']}/{changes['lora_tensors']}; base tensors changed: "

@@ -4,7 +4,8 @@ A grid file (recipes/sweeps/NAME.json) holds either `grid` (parameter -> list of
 is a setting) or `settings` (a list of {"name", "parameters"}), or both, and optionally `parameters` that every
 setting shares (for example fewer benchmark items, so that a grid fits one Kaggle session). scripts/sweep.py runs 01 and 02 once
 per model, then 03 and 04 once per setting in its own folder on a copy of that model's data, so every row has
-the same validation split, benchmark items and seed. This module reads the grid, names the settings, turns a
+the same validation split, benchmark items and seed. A named setting with `"grpo": true` runs 07 between 03 and
+04, and its row compares the base model with SFT + GRPO. This module reads the grid, names the settings, turns a
 finished setting's files into its row, and draws the page.
 """
 from __future__ import annotations
@@ -50,14 +51,16 @@ def load_grid(path) -> dict:
     for i, setting in enumerate(spec.get("settings", [])):
         if not isinstance(setting, dict) or not isinstance(setting.get("parameters"), dict):
             raise GridError(f"{path}: settings[{i}] must be an object with a 'parameters' object")
+        if not isinstance(setting.get("grpo", False), bool):
+            raise GridError(f"{path}: settings[{i}]'s 'grpo' must be true or false (true runs 07 after 03)")
         settings.append({"name": setting.get("name") or setting_name(setting["parameters"]),
-                         "parameters": setting["parameters"]})
+                         "parameters": setting["parameters"], "grpo": setting.get("grpo", False)})
     grid = spec.get("grid", {})
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise GridError(f"{path}: 'grid' must map parameter names to non-empty lists of values")
     for values in itertools.product(*grid.values()) if grid else []:
         parameters = dict(zip(grid, values))
-        settings.append({"name": setting_name(parameters), "parameters": parameters})
+        settings.append({"name": setting_name(parameters), "parameters": parameters, "grpo": False})
     if not settings:
         raise GridError(f"{path} defines no setting: give 'grid' or 'settings'")
     names = [s["name"] for s in settings]
@@ -83,14 +86,23 @@ def count_rules(scored: list[dict], rules: tuple[str, ...]) -> int:
     return sum(s["rule"] in rules for s in scored)
 
 
-def setting_row(name: str, parameters: dict, work_dir) -> dict:
-    """A finished setting's row, read from the files 03 and 04 wrote in its folder."""
+def setting_row(name: str, parameters: dict, work_dir, grpo: bool = False) -> dict:
+    """A finished setting's row, read from the files 03, 07 and 04 wrote in its folder. With `grpo` the tuned
+    model is SFT + GRPO (04's base -> SFT + GRPO pair); its validation loss is not measured (04's is SFT's)."""
     verdict = read_json(artifact(work_dir, "verdict"))
     overall = next(r for r in verdict["rows"] if r["benchmark"] == "all")
     compare = read_json(artifact(work_dir, "compare_metrics"))
     train = read_json(artifact(work_dir, "train_metrics"))
+    if grpo:
+        pairs = read_json(artifact(work_dir, "verdict_pairs"))
+        overall = next(p["overall"] for p in pairs["pairs"] if (p["before"], p["after"]) == ("base", "grpo"))
+        verdict = {"base": verdict["base"], "tuned": pairs["grpo"]}
+        compare = {**compare, "tuned_val_loss": None}
+        train = {**train, "train_runtime_s": train["train_runtime_s"] +
+                 (read_json(artifact(work_dir, "grpo_metrics")).get("train_runtime_s") or 0)}
     return {
-        "name": name, "parameters": parameters, "error": None, "items": overall["items"],
+        "name": name, "parameters": parameters, "error": None, "tuned_model": "SFT + GRPO" if grpo else "SFT",
+        "items": overall["items"],
         "base_accuracy": overall["base_accuracy"], "base_interval": overall["base_interval"],
         "tuned_accuracy": overall["tuned_accuracy"], "tuned_interval": overall["tuned_interval"],
         "difference": overall["difference"], "difference_interval": overall["difference_interval"],
@@ -159,13 +171,15 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
         lo, hi = r["difference_interval"]
         said = compared[r["name"]]
         body.append(
-            f"<tr><td>{html.escape(r['name'])}</td><td>{params}</td><td class='num'>{r['items']}</td>"
+            f"<tr><td>{html.escape(r['name'])}{' (SFT + GRPO)' if r.get('tuned_model') == 'SFT + GRPO' else ''}</td>"
+            f"<td>{params}</td><td class='num'>{r['items']}</td>"
             f"<td class='num'>{_pct(r['base_accuracy'])} [{_pct(r['base_interval'][0])}, {_pct(r['base_interval'][1])}]</td>"
             f"<td class='num'>{_pct(r['tuned_accuracy'])} [{_pct(r['tuned_interval'][0])}, {_pct(r['tuned_interval'][1])}]</td>"
             f"<td class='num'>{100 * r['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]</td>"
             f"<td class='num'>{r['base_unfinished']} / {r['tuned_unfinished']}</td>"
             f"<td class='num'>{r['base_unreadable']} / {r['tuned_unreadable']}</td>"
-            f"<td class='num'>{r['base_val_loss']:.4f} / {r['tuned_val_loss']:.4f}</td>"
+            f"<td class='num'>{r['base_val_loss']:.4f} / "
+            f"{'-' if r['tuned_val_loss'] is None else format(r['tuned_val_loss'], '.4f')}</td>"
             f"<td class='num'>{r['train_runtime_s'] or 0:.0f}</td><td class='num'>{r['train_tokens'] or '-'}</td>"
             f"<td class='verdict {verdict_class(said)}'>{said} (p = {r.get('p_value', 1.0):.3g})</td></tr>")
     return html_page("Which settings hurt least?", (
@@ -174,7 +188,8 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
         "the same items for every setting. Sorted by the observed difference, best first, not by significance: "
         f"a setting is called better or worse than the base model only when its exact paired test holds after "
         f"Holm's correction for the {len(compared)} settings compared, so the top row is not called better "
-        "for being the luckiest. Failed settings are listed last with their error.</p>"
+        "for being the luckiest. A setting marked SFT + GRPO ran 07 after 03; its tuned model is the GRPO adapter "
+        "(its validation loss is not measured). Failed settings are listed last with their error.</p>"
         f"<img src='sweep.png' alt='tuned accuracy per setting'><div class='scroll'><table>{head}{''.join(body)}"
         "</table></div>"))
 

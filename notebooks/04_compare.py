@@ -22,7 +22,8 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/04_compare.ipynb)
 #
 # **Reads:** `WORK_DIR/adapter/` (03), `answers/base.jsonl` (01), `data/val.jsonl` (02).
-# **Writes:** `WORK_DIR/answers/tuned.jsonl`, `comparison.html`, `compare_metrics.json`.
+# **Writes:** `WORK_DIR/answers/tuned.jsonl`, `comparison.html`, `verdict.json`/`.html`, `verdict_pairs.json`/`.html`
+# (base, SFT and, once 07 has run, SFT + GRPO), `compare_metrics.json`.
 # **Time on a T4 (an estimate; not yet measured on one):** about 5-10 minutes for the 8B model.
 #
 # Lower validation loss means the tuned model finds the reference reasoning more likely; it does not
@@ -162,6 +163,22 @@ write_text(artifact(WORK_DIR, "verdict_html"), verdict_html(verdict))
 show_html(artifact(WORK_DIR, "verdict_html"))
 
 # %% [markdown]
+# ## And after reinforcement learning (07)?
+# 04 compares what exists. Once 07 has run, run 04 again: 07's adapter is loaded beside 03's, answers the same
+# items, and the table gains a row per pair: base → SFT, SFT → SFT + GRPO, base → SFT + GRPO. The headlines
+# are corrected for comparing three pairs at once.
+
+# %%
+from medical_r1.benchmarks import grpo_benchmarks, pair_verdicts, pairs_html
+
+grpo_scored = grpo_benchmarks(model, tokenizer, WORK_DIR, base_name, eval_data, template, EVAL_MAX_NEW_TOKENS,
+                              EVAL_GREEDY, TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend, EVAL_SIMILARITY)
+pairs = pair_verdicts({"base": base_scored, "tuned": tuned_scored, "grpo": grpo_scored}, SEED)  # None: not run
+write_json(artifact(WORK_DIR, "verdict_pairs"), {"pairs": pairs, "grpo": grpo_scored})
+write_text(artifact(WORK_DIR, "verdict_pairs_html"), pairs_html(pairs))
+show_html(artifact(WORK_DIR, "verdict_pairs_html"))
+
+# %% [markdown]
 # ## ROUGE-L against the reference answers
 # How much of the reference response's wording the answers reproduce, on held-out questions. It rewards
 # imitation, not correctness: read it beside the benchmark verdict, not instead of it.
@@ -195,7 +212,7 @@ print(judge_summary(judge))
 from medical_r1.tracking import log_comparison_to_wandb
 
 metrics = {**losses, "rouge": rouge, "judge": judge, "verdict": verdict, "base_model": base_name,
-           "questions": len(rows)}
+           "questions": len(rows), "pairs": [{k: p[k] for k in ("before", "after", "verdict", "overall")} for p in pairs]}
 metrics["wandb"] = log_comparison_to_wandb(WORK_DIR, REPORT_TO, verdict, losses, rouge, judge)
 write_json(artifact(WORK_DIR, "compare_metrics"), metrics)
 print("W&B:", metrics["wandb"] or "off")

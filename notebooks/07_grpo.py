@@ -216,6 +216,8 @@ with training_guards(trainer, params, "grpo_checkpoints"):  # NaN loss and out-o
 # %% [markdown]
 # ## What moved
 # Mean reward per step (each rule and their sum) and the answers' length; only the LoRA tensors may change.
+# Did it help? Run 04 again: it loads this adapter beside 03's and compares base, SFT and SFT + GRPO on the
+# same benchmark items, a row per pair.
 
 # %%
 from medical_r1.display import show_image

@@ -20,6 +20,8 @@ from medical_r1.models import build_tiny_model  # noqa: E402
 from medical_r1.training import train_summary  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# 04 compares what exists: run before 07 it has base and SFT; after 07 it runs again and adds SFT + GRPO.
+AGAIN_AFTER = {"07_grpo": "04_compare"}
 
 
 def recipe_parameters(recipe: dict, work_dir: pathlib.Path) -> dict:
@@ -58,16 +60,22 @@ def execute(params: dict, work_dir: pathlib.Path, only: list[str] | None = None)
     if unknown:
         raise ValueError(f"the recipe sets {sorted(unknown)}, which no notebook's parameters cell declares")
     timings = {}
+    runs = []
     for nb in NOTEBOOKS:
         if only and nb.stem[:2] not in only:
             continue
+        runs.append((nb, nb.name))
+        again = AGAIN_AFTER.get(nb.stem)
+        if again and (not only or again[:2] in only):
+            runs.append((ROOT / "notebooks" / f"{again}.ipynb", f"{again}_after_{nb.stem[:2]}.ipynb"))
+    for nb, executed_name in runs:
         mine = {k: v for k, v in params.items() if k in declared[nb]}
         start = time.time()
-        print(f"== {nb.name} {mine}", flush=True)
-        papermill.execute_notebook(str(nb), str(executed / nb.name), parameters=mine, cwd=str(ROOT),
+        print(f"== {executed_name} {mine}", flush=True)
+        papermill.execute_notebook(str(nb), str(executed / executed_name), parameters=mine, cwd=str(ROOT),
                                    kernel_name="python3", progress_bar=False)
-        timings[nb.stem] = round(time.time() - start, 1)
-        print(f"   done in {timings[nb.stem]} s", flush=True)
+        timings[executed_name.removesuffix(".ipynb")] = round(time.time() - start, 1)
+        print(f"   done in {timings[executed_name.removesuffix('.ipynb')]} s", flush=True)
     return timings
 
 

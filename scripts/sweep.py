@@ -6,7 +6,7 @@
 01 and 02 run once per model (more exactly, once per distinct data setting) under WORK_DIR/prep/; 03 and 04
 run once per setting under WORK_DIR/settings/NAME/ on a copy of that data, so every setting is scored on the
 same validation split and benchmark items with the same seed. A setting that fails (NaN loss, out of memory)
-becomes a row with its error and the sweep goes on. Running the same command again skips the settings that
+becomes a row with its error and the sweep goes on. A setting with "grpo": true runs 03, 07 and 04. Running the same command again skips the settings that
 have finished (a Kaggle session can stop mid-sweep); --retry-failed runs the failed ones again.
 Writes WORK_DIR/sweep.html, sweep.png and sweep.json.
 """
@@ -42,12 +42,15 @@ def copy_shared_files(prep_dir: pathlib.Path, work_dir: pathlib.Path) -> None:
 
 def run_setting(setting: dict, params: dict, prep_dir: pathlib.Path, work_dir: pathlib.Path) -> dict:
     if work_dir.exists():  # a setting that was stopped midway starts again from its last checkpoint
-        for key in ("verdict", "compare_metrics", "train_metrics"):
+        for key in ("verdict", "verdict_pairs", "compare_metrics", "train_metrics", "grpo_metrics"):
             artifact(work_dir, key).unlink(missing_ok=True)
     try:
         copy_shared_files(prep_dir, work_dir)
-        run_series.execute(params, work_dir, only=["03", "04"])
-        return sweep.setting_row(setting["name"], setting["parameters"], work_dir)
+        run_series.execute(params, work_dir, only=["03"])
+        if setting["grpo"]:  # 07 before 04, so that 04 runs once and compares base, SFT and SFT + GRPO
+            run_series.execute(params, work_dir, only=["07"])
+        run_series.execute(params, work_dir, only=["04"])
+        return sweep.setting_row(setting["name"], setting["parameters"], work_dir, setting["grpo"])
     except Exception as err:  # noqa: BLE001 (any failure of one setting is that setting's row)
         return sweep.error_row(setting["name"], setting["parameters"], err)
 

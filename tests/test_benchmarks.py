@@ -124,6 +124,52 @@ def test_verdicts_helped_hurt_and_no_change():
     assert page.count("<tr>") == 2 + 3 and "fine-tuning hurt" in page  # two header rows, three benchmark rows
 
 
+def test_04_has_a_row_per_pair_of_the_models_that_exist_and_names_what_changed():
+    base = scored("X", [False] * 70 + [True] * 30)
+    sft = scored("X", [False] * 40 + [True] * 60)
+    grpo = scored("X", [False] * 10 + [True] * 90)
+    two = benchmarks.pair_verdicts({"base": base, "tuned": sft, "grpo": None})  # 07 not run
+    assert [(p["before"], p["after"]) for p in two] == [("base", "tuned")]
+    assert two[0]["verdict"].startswith("fine-tuning helped") and "Holm" not in two[0]["verdict"]
+    three = benchmarks.pair_verdicts({"base": base, "tuned": sft, "grpo": grpo})
+    assert [(p["before"], p["after"]) for p in three] == [("base", "tuned"), ("tuned", "grpo"), ("base", "grpo")]
+    assert [p["verdict"].split(" (")[0] for p in three] == ["fine-tuning helped", "GRPO helped", "SFT + GRPO helped"]
+    assert all("Holm-corrected for 3 pairs" in p["verdict"] for p in three)
+    assert three[1]["overall"]["difference"] == pytest.approx(0.3) and three[1]["rows"][0]["verdict"].startswith("GRPO")
+    page = benchmarks.pairs_html(three)
+    assert page.count("<tr>") == 1 + 3 and page.count("class='verdict helped'") == 3 and "SFT + GRPO (07)" in page
+    worse = benchmarks.pair_verdicts({"base": base, "tuned": grpo, "grpo": sft})  # GRPO undoing SFT's gain
+    assert worse[1]["verdict"].startswith("GRPO hurt") and "class='verdict hurt'" in benchmarks.pairs_html(worse)
+
+
+def test_the_three_way_table_holds_each_pair_to_5_percent_when_nothing_changed():
+    """Three models answering alike (each item right with its own chance, the same for every model): the share of
+    simulated runs in which any pair's headline claims a change stays at or below 5%."""
+    import random
+
+    rng = random.Random(0)
+    claims, runs = 0, 300
+    for _ in range(runs):
+        chance = [rng.random() for _ in range(60)]
+        models = {m: scored("X", [rng.random() < c for c in chance]) for m in ("base", "tuned", "grpo")}
+        pairs = benchmarks.pair_verdicts(models, bootstrap_rounds=10)  # the verdict comes from the exact test
+        claims += any(not p["verdict"].startswith("no detectable change") for p in pairs)
+    assert claims / runs <= 0.05
+
+
+def test_07s_adapter_joins_04_only_if_it_exists_and_shares_03s_base_model(tmp_path, capsys):
+    from medical_r1 import artifacts
+
+    assert benchmarks.grpo_benchmarks(None, None, tmp_path, "base-model", {}, "r1_chat", 8, True, 0.6, 0.95, 1, 0,
+                                      "cpu") is None
+    assert "07 has not run" in capsys.readouterr().out
+    grpo = artifacts.artifact(tmp_path, "grpo_adapter")
+    grpo.mkdir(parents=True)
+    artifacts.write_json(grpo / "adapter_config.json", {"base_model_name_or_path": "another-model"})
+    with pytest.raises(ValueError, match="trained on another-model, 03's on base-model"):
+        benchmarks.grpo_benchmarks(None, None, tmp_path, "base-model", {}, "r1_chat", 8, True, 0.6, 0.95, 1, 0, "cpu")
+
+
 def test_unfinished_outputs_are_counted_as_no_answer_not_guessed():
     items = [{"id": "X/0", "benchmark": "X", "options": OPTIONS, "answer_idx": "B"}]
     result = benchmarks.score_answers(items, [{"output": "still thinking about B"}])

@@ -33,7 +33,8 @@ def work(tmp_path_factory):
 
 def test_every_notebook_ran_without_errors(work):
     executed = sorted(p.stem for p in (work / "executed").glob("*.ipynb"))
-    assert executed == [nb.stem for nb in sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))]
+    notebooks = [nb.stem for nb in sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))]
+    assert executed == sorted(notebooks + ["04_compare_after_07"])  # 04 again once 07 has an adapter
     for path in (work / "executed").glob("*.ipynb"):
         nb = json.loads(path.read_text())
         assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -119,6 +120,25 @@ def test_grpo_ran_with_the_rewards_and_moved_no_base_weight(work):
     assert metrics["weight_changes"]["base_tensors_changed"] == 0 and "nothing to learn from" in metrics["summary"]
     assert (artifacts.artifact(work, "grpo_adapter") / "adapter_config.json").exists()
     assert artifacts.artifact(work, "grpo_curve").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_04_after_07_compares_base_sft_and_sft_plus_grpo_on_the_same_items(work):
+    """The first 04 (before 07) compared base and SFT and said how to get the third model; 04 after 07 answered
+    the same items with 07's adapter and wrote a row per pair, Holm-corrected across the three."""
+    first = (work / "executed" / "04_compare.ipynb").read_text()
+    assert "07 has not run" in first
+    pairs = artifacts.read_json(artifacts.artifact(work, "verdict_pairs"))
+    verdict = artifacts.read_json(artifacts.artifact(work, "verdict"))
+    assert [(p["before"], p["after"]) for p in pairs["pairs"]] == [("base", "tuned"), ("tuned", "grpo"), ("base", "grpo")]
+    assert [s["id"] for s in pairs["grpo"]] == [s["id"] for s in verdict["tuned"]] == [s["id"] for s in verdict["base"]]
+    for pair in pairs["pairs"]:
+        assert pair["overall"]["items"] == len(verdict["base"]) and "Holm-corrected for 3 pairs" in pair["verdict"]
+        assert pair["verdict"].split(" (")[0] in (f"{pair['change']} helped", f"{pair['change']} hurt",
+                                                  "no detectable change")
+    page = artifacts.artifact(work, "verdict_pairs_html").read_text()
+    assert page.count("<tr>") == 4 and "SFT (03) &rarr; SFT + GRPO (07)" in page
+    metrics = artifacts.read_json(artifacts.artifact(work, "compare_metrics"))
+    assert [p["after"] for p in metrics["pairs"]] == ["tuned", "grpo", "grpo"]
 
 
 def test_merged_model_reloads_and_matches_the_adapter_model(work):

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from medical_r1 import REPO_ROOT, sweep
+from medical_r1.artifacts import artifact as artifacts_path
 
 
 def write_grid(tmp_path, spec) -> str:
@@ -29,6 +30,7 @@ def test_a_grid_expands_to_every_combination_after_the_named_settings(tmp_path):
     ({"name": "g"}, "defines no setting"),
     ({"grid": {"LEARNING_RATE": []}}, "non-empty lists"),
     ({"grid": {"learning_rate": [1e-4]}}, "UPPER_CASE"),
+    ({"settings": [{"parameters": {}, "grpo": "yes"}]}, "'grpo' must be true or false"),
     ({"settings": [{"name": "a", "parameters": {}}, {"name": "a", "parameters": {"LORA_R": 8}}]}, "share a name"),
     ({"settings": [{"name": "a"}]}, "'parameters' object"),
 ])
@@ -64,20 +66,29 @@ def test_the_summary_goes_to_wandb_offline(tmp_path, monkeypatch):
 
 @pytest.mark.notebooks
 def test_a_2x2_sweep_on_the_tiny_model_with_a_planted_failure_and_a_rerun(tmp_path):
-    """Two learning rates x two ranks; a learning rate of 1e12 makes the loss NaN, so two settings fail."""
+    """Two learning rates x two ranks; a learning rate of 1e12 makes the loss NaN, so two settings fail. A fifth
+    setting runs 07 after 03 (the demo's 4 GRPO steps), and its row compares the base model with SFT + GRPO."""
     grid = write_grid(tmp_path, {"name": "two_by_two", "parameters": {"MAX_STEPS": 4}, "grid": {
-        "LEARNING_RATE": [0.005, 1e12], "LORA_R": [4, 8]}})
+        "LEARNING_RATE": [0.005, 1e12], "LORA_R": [4, 8]},
+        "settings": [{"name": "sft_then_grpo", "parameters": {"LEARNING_RATE": 0.005, "LORA_R": 4}, "grpo": True}]})
     work = tmp_path / "sweep"
     command = [sys.executable, "scripts/sweep.py", "--recipe", "demo", "--grid", grid, "--work-dir", str(work)]
     first = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
                            env={**os.environ, "WANDB_MODE": "disabled"})
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rows = {r["name"]: r for r in json.loads((work / "sweep.json").read_text())["rows"]}
-    assert len(rows) == 4
+    assert len(rows) == 5
     failed = {name for name, r in rows.items() if r["error"]}
     assert failed == {"learning_rate-1000000000000.0_lora_r-4",
                       "learning_rate-1000000000000.0_lora_r-8"}
     assert all("NaN or infinite" in rows[name]["error"] for name in failed)
+    grpo = rows.pop("sft_then_grpo")
+    assert grpo["tuned_model"] == "SFT + GRPO" and grpo["tuned_val_loss"] is None and grpo["tuned_unfinished"] == 10
+    assert grpo["base_accuracy"] == rows["learning_rate-0.005_lora_r-4"]["base_accuracy"] and grpo["items"] == 10
+    grpo_dir = work / "settings" / "sft_then_grpo"
+    pairs = json.loads(artifacts_path(grpo_dir, "verdict_pairs").read_text())["pairs"]
+    assert len(pairs) == 3 and grpo["p_value"] == pairs[2]["overall"]["p_value"]  # base -> SFT + GRPO
+    assert not artifacts_path(work / "settings" / "learning_rate-0.005_lora_r-4", "grpo_adapter").exists()
     for name in set(rows) - failed:
         r = rows[name]
         assert r["items"] == 10 and 0 <= r["base_interval"][0] <= r["base_accuracy"] <= r["base_interval"][1] <= 1
@@ -88,7 +99,8 @@ def test_a_2x2_sweep_on_the_tiny_model_with_a_planted_failure_and_a_rerun(tmp_pa
     page = (work / "sweep.html").read_text()
     assert all(name in page for name in rows) and page.count("NaN or infinite") == 2
     compared = json.loads(first_rows)["compared_with_base"]  # each finished setting, corrected for their number
-    assert set(compared) == set(rows) - failed and "Holm's correction for the 2 settings" in page
+    assert set(compared) == set(rows) - failed | {"sft_then_grpo"} and "Holm's correction for the 3 settings" in page
+    assert "sft_then_grpo (SFT + GRPO)" in page
     assert "not by significance" in page
     assert (work / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((work / "prep").iterdir())) == 1  # 01 and 02 ran once for the one model
@@ -96,5 +108,5 @@ def test_a_2x2_sweep_on_the_tiny_model_with_a_planted_failure_and_a_rerun(tmp_pa
     again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                            env={**os.environ, "WANDB_MODE": "disabled"})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("finished earlier, skipped") == 4 and "03_train" not in again.stdout
+    assert again.stdout.count("finished earlier, skipped") == 5 and "03_train" not in again.stdout
     assert (work / "sweep.json").read_text() == first_rows
