@@ -37,7 +37,8 @@ DECISIONS = re.compile(r"platform: |^backend: |generation batch|^not installing|
 def parameters() -> dict:
     """The notebooks' defaults, but for where the model, data and benchmark file come from."""
     return {"MODEL_NAME": str(MODEL), "DATASET_NAME": str(real_shapes.REF / "data" / "medical_o1_sft.json"),
-            "EVAL_DATA": str(data_mod.SAMPLE_DATA_DIR / "eval_data.json")}
+            "EVAL_DATA": str(data_mod.SAMPLE_DATA_DIR / "eval_data.json"),
+            "TRAIN_ITEMS": str(data_mod.SAMPLE_DATA_DIR / "grpo_train.json")}
 
 
 def said(notebook: pathlib.Path) -> list[str]:

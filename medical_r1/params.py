@@ -112,7 +112,9 @@ class Params:
     chat_model: str = "adapter"
     share: str | bool = "auto"
     start_from: str = "adapter"
-    train_items: str = "data/sample/grpo_train.json"
+    # 07's training items: MedQA (Jin et al. 2021; USMLE questions, 4 options), its training split of 10,178 items
+    # (04's MedQA items are from the test split), in the columns 04 reads; the dataset card's license: CC BY 4.0.
+    train_items: str = "GBaker/MedQA-USMLE-4-options"
     grpo_items: int = 0
     num_generations: int = 4
     max_completion_length: int = 1024

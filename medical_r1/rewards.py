@@ -7,8 +7,9 @@ The answer is read by medical_r1.scorer, as 04 reads it: only after </think>, th
   (still thinking at the length limit, or naming no single option): answering is worth more than not;
 - format: a closed </think> followed by a stated answer;
 - length guard: a completion that ran to the length limit without closing its thinking is penalised.
-Training items use the HuatuoGPT-o1 evaluation schema (question, options, answer_idx) and may never share a
-question with 04's evaluation file (`check_no_overlap`).
+Training items use the HuatuoGPT-o1 evaluation schema (question, options, answer_idx), from a file in that schema
+or from a Hub dataset with those columns (the default: MedQA's USMLE 4-option training split), and never include a
+question of 04's evaluation file (`without_eval_questions`).
 """
 from __future__ import annotations
 
@@ -54,26 +55,52 @@ def normalise_question(text: str) -> str:
     return re.sub(r"[\W_]+", "", text.lower())
 
 
-def load_items(path, limit: int = 0) -> list[dict]:
-    """Training items from a file in the HuatuoGPT-o1 evaluation schema ({source: [items]}), validated as 04's;
-    the first `limit` of them (0: all)."""
+def load_items(source, limit: int = 0) -> list[dict]:
+    """Training items, validated as 04's: from a local JSON file in the HuatuoGPT-o1 evaluation schema
+    ({source: [items]}), or else from the training split of the Hub dataset named `source`, whose rows carry
+    `question`, `options` (letter -> text) and `answer_idx`; the first `limit` of them (0: all)."""
     from medical_r1.artifacts import read_json
     from medical_r1.benchmarks import validate_eval_data
 
-    data = read_json(pathlib.Path(path))
+    path = pathlib.Path(source)
+    if path.suffix == ".json" or path.exists():
+        data = read_json(path)
+    else:
+        data = {source: hub_items(source)}
     validate_eval_data(data)
     items = [{**item, "source": name} for name, items in data.items() for item in items]
     return items[:limit] if limit else items
 
 
-def check_no_overlap(train_items: list[dict], eval_data: dict) -> None:
-    """Refuse training items whose question is also in the evaluation file: training on 04's test items would make
-    its verdict meaningless. Raises ValueError naming the first few shared questions."""
+def hub_items(name: str) -> list[dict]:
+    """The training split of a Hub dataset, reduced to the columns 07 uses."""
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(name, split="train")
+    except Exception as err:  # noqa: BLE001 (offline, a wrong name, no such split: one sentence names the fix)
+        raise ValueError(f"could not load the training items {name!r} from the Hugging Face Hub "
+                         f"({type(err).__name__}: {str(err)[:200]}): turn the notebook's internet on, or set "
+                         "TRAIN_ITEMS to a local JSON file in 04's schema (data/sample/grpo_train.json)") from err
+    missing = {"question", "options", "answer_idx"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"{name} has no column(s) {sorted(missing)}: 07 needs question, options (letter -> text) and "
+                         "answer_idx, as in 04's evaluation file")
+    return [{"question": r["question"], "options": r["options"], "answer_idx": r["answer_idx"]} for r in rows]
+
+
+def without_eval_questions(train_items: list[dict], eval_data: dict) -> list[dict]:
+    """The training items minus any whose question is also in the evaluation file (compared without case,
+    punctuation or spacing): training on 04's test items would make its verdict meaningless. Says how many went."""
     evaluated = {normalise_question(item["question"]) for items in eval_data.values() for item in items}
-    shared = [item["question"] for item in train_items if normalise_question(item["question"]) in evaluated]
-    if shared:
-        raise ValueError(f"{len(shared)} training item(s) are also in the evaluation file, e.g. {shared[0][:120]!r}: "
-                         "remove them from the training items (07 must never train on 04's questions)")
+    kept = [item for item in train_items if normalise_question(item["question"]) not in evaluated]
+    dropped = len(train_items) - len(kept)
+    if not kept:
+        raise ValueError("every training item's question is in 04's evaluation file: 07 needs other questions "
+                         "(TRAIN_ITEMS)")
+    print(f"{len(kept)} training items; {dropped} left out because their question is in 04's evaluation file"
+          if dropped else f"{len(kept)} training items, none of them in 04's evaluation file")
+    return kept
 
 
 def grpo_rows(items: list[dict], tokenizer, template: str) -> list[dict]:

@@ -24,7 +24,8 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/07_grpo.ipynb)
 #
 # **Reads:** `WORK_DIR/adapter/` (03) unless `START_FROM = "base"`, `data/stats.json` (02, the template), the
-# training items and 04's evaluation file (to refuse any shared question).
+# training items (by default MedQA's USMLE training split from the Hub, CC BY 4.0) and 04's evaluation file (to
+# leave out any question it shares).
 # **Writes:** `WORK_DIR/grpo_adapter/`, `grpo_checkpoints/`, `grpo_metrics.json`, `grpo_curve.png`.
 # **Time on a T4 (an estimate; not yet measured on one):** about 85 s a step for the 8B model at the defaults,
 # almost all of it writing the `NUM_GENERATIONS` answers; 100 steps about 2.5 hours, under 7 GiB of GPU memory
@@ -33,7 +34,7 @@
 # The rewards (`medical_r1/rewards.py`, tested): correctness as HuatuoGPT-o1's RL stage scores it (1 for the
 # right option, 0.1 for a wrong one, 0 for no answer), read by the same scorer as 04, only after `</think>`; a
 # small format reward for a closed `</think>` followed by a stated answer; and a penalty for an answer that runs
-# to the length limit still thinking. The training items are never 04's questions: the notebook checks.
+# to the length limit still thinking. The training items are never 04's questions: the notebook leaves out any it shares.
 
 # %% tags=["parameters"]
 WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder
@@ -43,7 +44,7 @@ BACKEND = "auto"  # "auto", "unsloth", "transformers" or "cpu"
 MAX_SEQ_LENGTH = 2048  # as in 03
 PRECISION = "auto"  # as in 03: bf16 where the GPU has it, fp16 on a T4
 LOAD_IN_4BIT = True  # 4-bit base weights (ignored on CPU)
-TRAIN_ITEMS = "data/sample/grpo_train.json"  # questions with known answers, in 04's schema; never 04's own items
+TRAIN_ITEMS = "GBaker/MedQA-USMLE-4-options"  # a Hub dataset's training split, or a JSON file in 04's schema
 GRPO_ITEMS = 0  # how many training items to use; 0 uses all
 EVAL_DATA = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"  # 04's file, checked for overlap
 NUM_GENERATIONS = 4  # answers written per question; GRPO compares them with each other
@@ -92,7 +93,7 @@ from medical_r1.artifacts import artifact, read_json, require_artifact
 from medical_r1.benchmarks import load_eval_data
 from medical_r1.credentials import load_secrets
 from medical_r1.params import Params
-from medical_r1.rewards import check_no_overlap, load_items
+from medical_r1.rewards import load_items, without_eval_questions
 from medical_r1.runtime import setup_backend
 
 params = Params(work_dir=WORK_DIR, model_name=MODEL_NAME, start_from=START_FROM, backend=BACKEND,
@@ -103,9 +104,7 @@ params = Params(work_dir=WORK_DIR, model_name=MODEL_NAME, start_from=START_FROM,
                 grpo_grad_accum=GRPO_GRAD_ACCUM, lora_r=LORA_R, lora_alpha=LORA_ALPHA, grpo_save_steps=GRPO_SAVE_STEPS,
                 vllm_gpu_memory=VLLM_GPU_MEMORY, report_to=REPORT_TO, seed=SEED, resume=RESUME)  # checks every value
 template = read_json(require_artifact(WORK_DIR, "data_stats"))["template"]
-items = load_items(TRAIN_ITEMS, GRPO_ITEMS)
-check_no_overlap(items, load_eval_data(EVAL_DATA, 0, SEED))  # 07 must never train on 04's questions
-print(f"{len(items)} training items from {TRAIN_ITEMS}; none of them in {EVAL_DATA}")
+items = without_eval_questions(load_items(TRAIN_ITEMS, GRPO_ITEMS), load_eval_data(EVAL_DATA, 0, SEED))  # never 04's
 load_secrets()
 runtime, backend = setup_backend(BACKEND, PRECISION)
 

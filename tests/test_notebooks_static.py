@@ -162,7 +162,7 @@ LIBRARY_CALLS = {
                 "app.launch(share=share_link(SHARE), js=FOLD_SCRIPT)"],
     "07_grpo": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.get_peft_model(", "GRPOConfig(",
                 "GRPOTrainer(", "reward_funcs=[correctness_reward, format_reward, length_guard_reward]",
-                "trainer.train(resume_from_checkpoint=checkpoint)", "training_guards(", "check_no_overlap("],
+                "trainer.train(resume_from_checkpoint=checkpoint)", "training_guards(", "without_eval_questions("],
 }
 
 

@@ -32,14 +32,46 @@ def test_the_length_guard_penalises_only_a_runaway_that_never_closed_its_thinkin
                  [[1] * 8, [1] * 3, [1] * 8, [1] * 2]) == [rewards.RUNAWAY_PENALTY, 0.0, 0.0, 0.0]
 
 
-def test_training_items_never_share_a_question_with_04s_evaluation_file(tmp_path):
+def test_training_items_never_share_a_question_with_04s_evaluation_file(capsys):
     items = rewards.load_items(SAMPLE)
     eval_data = json.loads((data_mod.SAMPLE_DATA_DIR / "eval_data.json").read_text())
-    rewards.check_no_overlap(items, eval_data)  # the shipped sample is clean
+    assert rewards.without_eval_questions(items, eval_data) == items  # the shipped sample is clean
+    assert "none of them in 04's evaluation file" in capsys.readouterr().out
     planted = {**eval_data["MedQA_USLME_test"][0]}
     planted["question"] = "  " + planted["question"].upper().replace(" ", "  ") + " "  # other case and spacing
-    with pytest.raises(ValueError, match="also in the evaluation file"):
-        rewards.check_no_overlap(items + [planted], eval_data)
+    kept = rewards.without_eval_questions(items[:3] + [planted] + items[3:], eval_data)
+    assert kept == items and "1 left out because their question is in 04's evaluation file" in capsys.readouterr().out
+    evaluated = {rewards.normalise_question(q["question"]) for qs in eval_data.values() for q in qs}
+    assert not {rewards.normalise_question(item["question"]) for item in kept} & evaluated
+    with pytest.raises(ValueError, match="every training item's question is in 04's evaluation file"):
+        rewards.without_eval_questions([planted], eval_data)
+
+
+def test_the_default_training_items_come_from_the_hubs_medqa_training_split(monkeypatch):
+    """07's default reads MedQA's USMLE training split through `datasets` (the Hub's rows carry more columns than
+    07 needs); a dataset without the columns, or no internet, is one sentence naming the fix."""
+    import datasets
+
+    hub_rows = [{"question": "A 30-year-old man has a cough. What is the diagnosis?", "answer": "Asthma",
+                 "options": {"A": "Asthma", "B": "Flu", "C": "Cold", "D": "Croup"}, "answer_idx": "A",
+                 "meta_info": "step1", "metamap_phrases": ["man", "cough"]}] * 3
+    asked = []
+
+    def fake_load_dataset(name, split=None, **_):
+        asked.append((name, split))
+        if name == "offline/dataset":
+            raise ConnectionError("no internet")
+        return datasets.Dataset.from_list(hub_rows if name == params.Params().train_items else [{"text": "x"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    items = rewards.load_items(params.Params().train_items, 2)
+    assert asked == [("GBaker/MedQA-USMLE-4-options", "train")]
+    assert items == [{"question": hub_rows[0]["question"], "options": hub_rows[0]["options"], "answer_idx": "A",
+                      "source": "GBaker/MedQA-USMLE-4-options"}] * 2
+    with pytest.raises(ValueError, match=r"no column\(s\) \['answer_idx', 'options', 'question'\]"):
+        rewards.load_items("someone/other-dataset")
+    with pytest.raises(ValueError, match="turn the notebook's internet on, or set TRAIN_ITEMS to a local JSON file"):
+        rewards.load_items("offline/dataset")
 
 
 def distinct_characters(completions, **_):
