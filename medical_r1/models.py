@@ -128,10 +128,14 @@ def load_model_and_tokenizer(model_name: str, backend: str, runtime: Runtime, ma
 
 
 def add_lora(model, backend: str, p: Params):
-    """LoRA on the 7 projections with Params' settings, as 03 adds it."""
+    """LoRA on the 7 projections with Params' settings, as 03 adds it (checkpointing chosen as 03 chooses it)."""
+    from medical_r1.training import choose_gradient_checkpointing
+
+    checkpointing, _ = choose_gradient_checkpointing(p.gradient_checkpointing, model, backend, p.batch_size,
+                                                     p.max_seq_length)
     return language_model_loader(backend).get_peft_model(
         model, r=p.lora_r, target_modules=LORA_TARGET_MODULES, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-        bias="none", use_gradient_checkpointing="unsloth", random_state=p.seed, max_seq_length=p.max_seq_length)
+        bias="none", use_gradient_checkpointing=checkpointing, random_state=p.seed, max_seq_length=p.max_seq_length)
 
 
 def load_adapter_model(work_dir, backend: str, runtime: Runtime, max_seq_length: int, load_in_4bit: bool):

@@ -91,6 +91,7 @@ class Params:
     top_p: float = 0.95
     do_sample: bool = True
     gen_batch_size: int = 0
+    gradient_checkpointing: str = "auto"
     save_merged: bool = True
     push_to_hub: bool = False
     hub_repo_id: str = ""
@@ -143,6 +144,8 @@ class Params:
         for name in ("learning_rate", "grpo_learning_rate", "grpo_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.gradient_checkpointing not in ("auto", "on", "off"):
+            raise ValueError(f"gradient_checkpointing must be 'auto', 'on' or 'off', got {self.gradient_checkpointing!r}")
         if not 0 < self.vllm_gpu_memory < 1:
             raise ValueError(f"vllm_gpu_memory must be a share of the GPU's memory in (0, 1), got {self.vllm_gpu_memory!r}")
         if self.start_from not in ("adapter", "base"):

@@ -49,6 +49,7 @@ MAX_STEPS = 60  # optimizer steps; 60 steps of 4 packed rows see about 720 Engli
 PACKING = True  # lay whole examples end to end in rows of MAX_SEQ_LENGTH tokens: no padding, about 3 per row
 BATCH_SIZE = 2  # rows per device step (examples when PACKING is off); a T4 fits 2 x 2048 tokens for the 8B
 GRAD_ACCUM = 2  # device steps accumulated per update; an update sees BATCH_SIZE x GRAD_ACCUM rows
+GRADIENT_CHECKPOINTING = "auto"  # "auto" recomputes activations only where free GPU memory is short (a T4); "on", "off"
 WARMUP_STEPS = 5  # linear warm-up before the linear decay
 WEIGHT_DECAY = 0.01  # AdamW weight decay on the adapters
 OPTIM = "adamw_8bit"  # 8-bit AdamW saves memory (plain AdamW on CPU)
@@ -96,9 +97,9 @@ from medical_r1.runtime import setup_backend
 params = Params(work_dir=WORK_DIR, model_name=MODEL_NAME, backend=BACKEND, max_seq_length=MAX_SEQ_LENGTH,
                 load_in_4bit=LOAD_IN_4BIT, lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                 learning_rate=LEARNING_RATE, max_steps=MAX_STEPS, packing=PACKING, batch_size=BATCH_SIZE,
-                grad_accum=GRAD_ACCUM, warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, optim=OPTIM,
-                eval_steps=EVAL_STEPS, save_steps=SAVE_STEPS, report_to=REPORT_TO, seed=SEED, precision=PRECISION,
-                gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB, early_stopping_patience=EARLY_STOPPING_PATIENCE)  # checks every value
+                grad_accum=GRAD_ACCUM, gradient_checkpointing=GRADIENT_CHECKPOINTING, warmup_steps=WARMUP_STEPS,
+                weight_decay=WEIGHT_DECAY, optim=OPTIM, eval_steps=EVAL_STEPS, save_steps=SAVE_STEPS, report_to=REPORT_TO,
+                seed=SEED, precision=PRECISION, gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB, early_stopping_patience=EARLY_STOPPING_PATIENCE)  # checks every value
 train, val = load_formatted_data(WORK_DIR, MODEL_NAME, MAX_SEQ_LENGTH)
 load_secrets()
 runtime, backend = setup_backend(BACKEND, PRECISION, GPU_MEMORY_CAP_GIB)
@@ -123,11 +124,16 @@ model, tokenizer = FastLanguageModel.from_pretrained(
 # %% [markdown]
 # ## Add LoRA adapters
 # Small trainable matrices beside the frozen attention and MLP projections; only they are trained and saved.
+# Training keeps each layer's activations for the backward pass unless they are recomputed there (gradient
+# checkpointing): recomputing costs time, keeping them costs memory. `GRADIENT_CHECKPOINTING = "auto"` keeps them
+# only where the GPU's free memory holds them (not on a T4) and says which it chose.
 
 # %%
 from medical_r1.params import LORA_TARGET_MODULES
-from medical_r1.training import weight_snapshot
+from medical_r1.training import choose_gradient_checkpointing, weight_snapshot
 
+checkpointing, why = choose_gradient_checkpointing(GRADIENT_CHECKPOINTING, model, backend, BATCH_SIZE, MAX_SEQ_LENGTH)
+print(why)
 model = FastLanguageModel.get_peft_model(
     model,
     r=LORA_R,
@@ -135,7 +141,7 @@ model = FastLanguageModel.get_peft_model(
     lora_dropout=LORA_DROPOUT,
     target_modules=LORA_TARGET_MODULES,  # q, k, v, o, gate, up and down projections
     bias="none",
-    use_gradient_checkpointing="unsloth",  # recompute activations in the backward pass: long rows fit a T4
+    use_gradient_checkpointing=checkpointing,  # "unsloth" recomputes activations in the backward pass (a T4)
     random_state=SEED,
     max_seq_length=MAX_SEQ_LENGTH,
 )

@@ -181,3 +181,34 @@ def test_early_stopping_keeps_the_best_adapter_settings(tiny_model_dir, tmp_path
     assert trainer.args.load_best_model_at_end and trainer.args.metric_for_best_model == "eval_loss"
     assert any(type(c).__name__ == "EarlyStoppingCallback" for c in trainer.callback_handler.callbacks)
 
+
+
+LLAMA_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32}  # the real distill's config
+
+
+@pytest.mark.parametrize("gpu, total_gib, expected", [
+    ("Tesla T4", 15.0, "unsloth"),  # the free T4: 15 GiB, about 9.5 free once the 8B model is loaded
+    ("NVIDIA L4", 22.5, "unsloth"),  # 24 GB: 17 free, short of the ~18.6 GiB keeping every activation takes
+    ("NVIDIA A100-SXM4-40GB", 39.4, False),
+    ("NVIDIA H100 80GB HBM3", 79.2, False),
+])
+def test_auto_checkpointing_recomputes_only_where_free_memory_is_short(monkeypatch, gpu, total_gib, expected):
+    """GRADIENT_CHECKPOINTING = "auto" on the 8B default (2 x 2,048 tokens) after the 4-bit model took 5.5 GiB:
+    a T4 (and an L4) keep recomputing; an A100 or H100 keeps every activation. The reason names the numbers."""
+    import types
+
+    import torch
+
+    free = (total_gib - 5.5) * 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free), int(total_gib * 2**30)))
+    model = types.SimpleNamespace(config=types.SimpleNamespace(**LLAMA_8B))
+    choice, why = training_mod.choose_gradient_checkpointing("auto", model, "unsloth", 2, 2048)
+    assert choice == expected
+    assert f"{free / 2**30:.1f} GiB free" in why and ("off" in why) == (expected is False)
+    assert training_mod.activation_gib(model.config, 4096) == pytest.approx(21.6 - 7.15, abs=0.1)  # the calibration
+    assert training_mod.choose_gradient_checkpointing("on", model, "unsloth", 2, 2048)[0] == "unsloth"
+    assert training_mod.choose_gradient_checkpointing("off", model, "unsloth", 2, 2048)[0] is False
+    assert training_mod.choose_gradient_checkpointing("auto", model, "transformers", 2, 2048)[0] == "unsloth"
+    with pytest.raises(ValueError, match="gradient_checkpointing must be 'auto', 'on' or 'off'"):
+        params.Params(gradient_checkpointing="yes")
