@@ -235,7 +235,8 @@ def pairs_html(pairs: list[dict]) -> str:
         o = pair["overall"]
         said = pair["verdict"].split(" (")[0]
         lo, hi = o["difference_interval"]
-        return (f"<tr><td>{MODELS[pair['before']]} &rarr; {MODELS[pair['after']]}</td><td class='num'>{o['items']}</td>"
+        return (f"<tr><td class='label'>{MODELS[pair['before']]} &rarr; {MODELS[pair['after']]}</td>"
+                f"<td class='num'>{o['items']}</td>"
                 f"<td class='num'>{100 * o['base_accuracy']:.1f}%</td><td class='num'>{100 * o['tuned_accuracy']:.1f}%</td>"
                 f"<td class='num'>{100 * o['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]</td>"
                 f"<td class='verdict {verdict_class(said)}' title='{html.escape(pair['verdict'], quote=True)}'>"

@@ -95,6 +95,7 @@ th { background: #f6f8fa; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.text { white-space: pre-wrap; min-width: 16rem; max-width: 36rem; }
 td.verdict { min-width: 12.5rem; }
+td.label { min-width: 9rem; overflow-wrap: normal; }
 .helped { color: #1a7f37; font-weight: 600; } .hurt { color: #cf222e; font-weight: 600; } .same { color: #57606a; }
 img { max-width: 100%; height: auto; }
 """

@@ -110,7 +110,8 @@ def test_the_chat_streams_keeps_an_opened_fold_open_labels_replies_and_says_when
 
 
 def pages(tmp_path) -> dict:
-    """verdict.html, comparison.html and sweep.html as 04 and the sweep write them, on made-up results."""
+    """verdict.html, verdict_pairs.html, comparison.html and sweep.html as 04 and the sweep write them, on made-up
+    results."""
     import random
 
     rng = random.Random(0)
@@ -122,6 +123,8 @@ def pages(tmp_path) -> dict:
                 scored.append({"id": f"{name}/{i}", "benchmark": name, "gold": "A", "pred": "A" if ok else "B",
                                "rule": "answer_is", "correct": ok})
     rows = benchmarks.verdict_rows(base, tuned, bootstrap_rounds=200)
+    grpo = [{**s, "correct": True, "pred": "A"} if rng.random() < 0.3 else s for s in tuned]
+    pairs = benchmarks.pair_verdicts({"base": base, "tuned": tuned, "grpo": grpo}, bootstrap_rounds=200)
     answers = [{"question": ENGLISH, "base": "<think>" + "Fever, rash... " * 30 + "</think> Measles.",
                 "tuned": "Considering Koplik spots... " * 20 + "</think> Measles (rubeola)."},
                {"question": CHINESE, "base": "可能是糖尿病。" * 10, "tuned": "空腹血糖升高提示糖尿病。" * 8}]
@@ -130,7 +133,7 @@ def pages(tmp_path) -> dict:
                    base_unfinished=3, tuned_unfinished=5, base_unreadable=1, tuned_unreadable=0, base_val_loss=1.234,
                    tuned_val_loss=1.101, train_runtime_s=812.0, train_tokens=447140, steps=60)
     failed = sweep.error_row("learning_rate-0.002", {"LEARNING_RATE": 2e-3}, RuntimeError("the training loss became NaN"))
-    out = {"verdict": benchmarks.verdict_html(rows), "comparison": generation.comparison_html(answers, {
+    out = {"verdict": benchmarks.verdict_html(rows), "verdict_pairs": benchmarks.pairs_html(pairs), "comparison": generation.comparison_html(answers, {
                "base_val_loss": 1.234, "tuned_val_loss": 1.101}),
            "sweep": sweep.sweep_html({"name": "tutorial_vs_gentle", "description": "Three schedules."}, [setting, failed])}
     paths = {}
@@ -153,6 +156,9 @@ def test_the_pages_people_share_are_readable_at_desktop_and_phone_width(browser,
         cells = page.locator("td.verdict")
         for i in range(cells.count()):  # a verdict reads as a sentence, not a word per line
             assert cells.nth(i).evaluate("c => c.getBoundingClientRect().width") >= 190, (name, i)
+        labels = page.locator("td.label")
+        for i in range(labels.count()):  # a pair's name is never broken inside a word
+            assert labels.nth(i).evaluate("c => c.getBoundingClientRect().width") >= 140, (name, i)
         if width >= 1280 and name != "sweep":  # on a desktop the whole table shows (the sweep's may scroll)
             assert page.evaluate("[...document.querySelectorAll('.scroll')].every(b => b.scrollWidth <= b.clientWidth + 1)"), name
         numbers = page.locator("td.num")
