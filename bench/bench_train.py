@@ -36,6 +36,12 @@ CONFIGS = {
     "a_project": {"backend": "unsloth", "params": {"gradient_checkpointing": "on"}, "completion_only_loss": True},
     # (a) with the default GRADIENT_CHECKPOINTING = "auto": on a GPU with the memory, nothing recomputed.
     "a_project_auto": {"backend": "unsloth", "params": {}, "completion_only_loss": True},
+    # (a) with each packed micro-batch padded (filler unlabelled, counted as padding) to a multiple of 512 tokens,
+    # or to the full BATCH_SIZE x MAX_SEQ_LENGTH: fewer shapes for the compiled blocks, some compute on filler.
+    "a_project_bucketed_512": {"backend": "unsloth", "params": {"gradient_checkpointing": "on"},
+                               "completion_only_loss": True, "bucket": 512},
+    "a_project_bucketed_full": {"backend": "unsloth", "params": {"gradient_checkpointing": "on"},
+                                "completion_only_loss": True, "bucket": "full"},
     "b_seed": {"backend": "unsloth", "params": {"packing": False, "batch_size": 2, "grad_accum": 4},
                "completion_only_loss": False},
     "c_peft_bnb": {"backend": "transformers", "params": {"packing": False, "batch_size": 2, "grad_accum": 4},
@@ -103,6 +109,9 @@ class CountingCollator:
         batch = self.collator(examples)
         ids = batch["input_ids"]
         real = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
+        filler = getattr(self.collator, "last_filler", 0)  # a bucketed batch's filler is padding, at its end
+        if filler:
+            real[:, -filler:] = False
         self.batches.append({
             "positions": ids.numel(), "real": int(real.sum()), "labels": int((batch["labels"] != -100).sum()),
             "answer": int(completion_positions(ids, real, self.bos_id, self.assistant_id).sum())})
@@ -271,6 +280,9 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
     rows = data_mod.load_sft_rows(str(DATA), "en")
     records, dropped = data_mod.format_rows(rows, tok, p.template, p.max_seq_length, spec["completion_only_loss"])
     trainer = training_mod.make_trainer(model, tok, records, [], p, backend, runtime)
+    if spec.get("bucket"):
+        multiple = p.batch_size * p.max_seq_length if spec["bucket"] == "full" else spec["bucket"]
+        trainer.data_collator = training_mod.BucketedCollator(trainer.data_collator, multiple, tok.pad_token_id)
     counter = CountingCollator(trainer.data_collator, tok.bos_token_id, tok.convert_tokens_to_ids("<｜Assistant｜>"))
     trainer.data_collator = counter
     extra = {}

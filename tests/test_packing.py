@@ -63,3 +63,25 @@ def test_packed_examples_do_not_attend_across_boundaries(setup):
         after = model(input_ids=changed, position_ids=packed["position_ids"], use_cache=False).logits
     assert (before[0, :first] - after[0, :first]).abs().max() > 1e-3  # the change is visible where it was made
     assert torch.equal(before[0, first:], after[0, first:])  # and nowhere after the boundary
+
+
+def test_bucketed_packing_pads_to_the_bucket_with_a_filler_no_example_sees_and_the_loss_ignores(setup):
+    """bench_train's bucketed configuration: the packed row padded to a multiple of 512 tokens trains on exactly
+    the same loss, the examples' logits are unchanged, and the filler is counted."""
+    model, batch = setup["model"], examples(setup["records"][:3])
+    trainer = setup["trainers"][True]
+    bucketed = training_mod.BucketedCollator(trainer.data_collator, 512, 0)
+    packed, padded = trainer.data_collator(batch), bucketed(batch)
+    n = packed["input_ids"].shape[1]
+    assert padded["input_ids"].shape[1] % 512 == 0 and padded["input_ids"].shape[1] - n == bucketed.last_filler > 0
+    assert (padded["labels"][0, n:] == -100).all() and padded["position_ids"][0, n:].tolist() == list(range(bucketed.last_filler))
+    assert torch.equal(padded["input_ids"][0, :n], packed["input_ids"][0])
+    model.eval()
+    with torch.no_grad():
+        assert trainer.compute_loss(model, dict(padded)).item() == pytest.approx(
+            trainer.compute_loss(model, dict(packed)).item(), rel=1e-6)
+        kept = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        with_filler = model(input_ids=padded["input_ids"], position_ids=padded["position_ids"], use_cache=False).logits
+    assert torch.allclose(kept[0], with_filler[0, :n], atol=1e-5)
+    with pytest.raises(ValueError, match="needs packed, padding-free batches"):
+        training_mod.BucketedCollator(setup["trainers"][False].data_collator, 512, 0)(batch)
