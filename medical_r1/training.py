@@ -267,11 +267,19 @@ def find_callback(trainer, name: str):
     return next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == name), None)
 
 
-def oom_advice(p: Params) -> str:
-    return (f"CUDA ran out of memory. Lower, in this order: BATCH_SIZE (now {p.batch_size}; 1 with GRAD_ACCUM "
-            f"{p.batch_size * p.grad_accum} keeps the effective batch), MAX_SEQ_LENGTH (now {p.max_seq_length}; "
-            f"1024 drops about 1.4% of the English rows), or the model size (unsloth/DeepSeek-R1-Distill-Qwen-7B "
-            f"or -1.5B). Restart the kernel after an out-of-memory error.")
+def oom_advice(p: Params, folder_key: str = "checkpoints") -> str:
+    """The settings to lower, in order, for 03 or (folder_key "grpo_checkpoints") 07."""
+    if folder_key == "grpo_checkpoints":
+        return (f"CUDA ran out of memory. Lower, in this order: MAX_COMPLETION_LENGTH (now {p.max_completion_length}), "
+                f"NUM_GENERATIONS (now {p.num_generations}; GRPO_BATCH_SIZE, now {p.grpo_batch_size}, must stay a "
+                f"multiple of it), VLLM_GPU_MEMORY when vLLM writes the answers (now {p.vllm_gpu_memory}), or the "
+                "model size (unsloth/DeepSeek-R1-Distill-Qwen-7B or -1.5B). Restart the kernel after an out-of-memory "
+                "error.")
+    return (f"CUDA ran out of memory. If 03 said gradient checkpointing off, set GRADIENT_CHECKPOINTING = 'on' first "
+            f"(now {p.gradient_checkpointing!r}). Then lower, in this order: BATCH_SIZE (now {p.batch_size}; 1 with "
+            f"GRAD_ACCUM {p.batch_size * p.grad_accum} keeps the effective batch), MAX_SEQ_LENGTH (now "
+            f"{p.max_seq_length}; 1024 drops about 1.4% of the English rows), or the model size "
+            f"(unsloth/DeepSeek-R1-Distill-Qwen-7B or -1.5B). Restart the kernel after an out-of-memory error.")
 
 
 @contextlib.contextmanager
@@ -288,7 +296,7 @@ def training_guards(trainer, p: Params, folder_key: str = "checkpoints"):
     try:
         yield
     except torch.OutOfMemoryError as err:
-        raise RuntimeError(oom_advice(p)) from err
+        raise RuntimeError(oom_advice(p, folder_key)) from err
     except Exception as err:
         _raise_if_loss_was_not_finite(trainer, p, err, folder_key)
         raise
@@ -300,11 +308,13 @@ def _raise_if_loss_was_not_finite(trainer, p: Params, cause: BaseException | Non
     guard = find_callback(trainer, "StopOnNonFiniteLoss")
     if guard.bad_step is not None:
         good = last_checkpoint(p.work_dir, folder_key)
+        rate = (f"GRPO_LEARNING_RATE (now {p.grpo_learning_rate:g})" if folder_key == "grpo_checkpoints"
+                else f"LEARNING_RATE (now {p.learning_rate:g})")
         raise RuntimeError(
             f"the training loss became NaN or infinite at step {guard.bad_step}; training stopped and no adapter "
-            f"was saved. Lower LEARNING_RATE (now {p.learning_rate:g}); in fp16 (T4) an overflow can also cause "
+            f"was saved. Lower {rate}; in fp16 (T4) an overflow can also cause "
             f"this. The last good checkpoint is {good or 'none (no checkpoint was written before that step)'}; "
-            f"delete {artifact(p.work_dir, 'checkpoints')} to start afresh.") from cause
+            f"delete {artifact(p.work_dir, folder_key)} to start afresh.") from cause
 
 
 def train(trainer, p: Params, resume: bool = True):

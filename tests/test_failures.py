@@ -81,8 +81,31 @@ def test_out_of_memory_names_the_settings_to_lower(tiny_model_dir, tmp_path, en_
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(trainer, "train", oom)
-    with pytest.raises(RuntimeError, match=r"BATCH_SIZE \(now 2; 1 with GRAD_ACCUM 8.*MAX_SEQ_LENGTH \(now 2048"):
+    with pytest.raises(RuntimeError, match=r"GRADIENT_CHECKPOINTING = 'on' first \(now 'auto'\).*"
+                       r"BATCH_SIZE \(now 2; 1 with GRAD_ACCUM 8.*MAX_SEQ_LENGTH \(now 2048"):
         training_mod.train(trainer, p)
+
+
+def test_07s_guards_name_07s_settings_and_folder(tiny_model_dir, tmp_path, en_rows, monkeypatch):
+    """The guards as 07 calls them (folder "grpo_checkpoints"; any trainer inside): out of memory names the answers' length and count, not 03's batch; a NaN
+    names GRPO_LEARNING_RATE and grpo_checkpoints."""
+    p, trainer = small_trainer(tiny_model_dir, tmp_path, en_rows, num_generations=4, grpo_batch_size=8)
+
+    def oom(**kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "train", oom)
+    with pytest.raises(RuntimeError, match=r"MAX_COMPLETION_LENGTH \(now 1024\), NUM_GENERATIONS \(now 4; "
+                                           r"GRPO_BATCH_SIZE, now 8") as err:
+        with training_mod.training_guards(trainer, p, "grpo_checkpoints"):
+            trainer.train()
+    assert "BATCH_SIZE (now" not in str(err.value).replace("GRPO_BATCH_SIZE", "")
+    monkeypatch.undo()
+    trainer.add_callback(PoisonAtStep(3))
+    with pytest.raises(RuntimeError, match=r"NaN or infinite at step 4.*GRPO_LEARNING_RATE \(now 5e-06\).*"
+                                           r"grpo_checkpoints to start afresh"):
+        with training_mod.training_guards(trainer, p, "grpo_checkpoints"):
+            trainer.train()
 
 
 def test_unknown_model_while_offline_says_what_to_check():
