@@ -6,7 +6,7 @@ Measures, in one process:
 - each GRPO step's seconds (a callback), the rollout's share of it and its generated tokens/s (the trainer's own
   call of `model.generate`, timed around it), and the peak GPU memory;
 - the same prompt answered NUM_GENERATIONS times by 04's `generate_answers` at the same batch, sampling, and
-  length: the other way 07 could write its answers.
+  length (after a short untimed call that builds its graphs): the other way 07 could write its answers.
 Random weights never write EOS, so every answer runs to the length limit: the slowest and largest case.
 
 On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.md):
@@ -121,13 +121,13 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     # 04's way, same prompt, batch, sampling and length; the first call warms up (graphs, compile).
     question = [{"question": mc_question(items[0])}] * p.num_generations
     answers_runs = []
-    for _ in range(2):
+    for length in (8, p.max_completion_length):  # a short first call builds the graphs and compiles (not timed)
         sync()
         start = time.perf_counter()
-        answers = generate_answers(model, tokenizer, question, "r1_chat", p.max_completion_length,
-                                   p.grpo_temperature, 1.0, True, p.num_generations, p.seed, backend)
+        answers = generate_answers(model, tokenizer, question, "r1_chat", length, p.grpo_temperature, 1.0, True,
+                                   p.num_generations, p.seed, backend)
         sync()
-        answers_runs.append({"seconds": time.perf_counter() - start,
+        answers_runs.append({"seconds": time.perf_counter() - start, "max_new_tokens": length,
                              "new_tokens": sum(a["new_tokens"] for a in answers)})
     peak_all = torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0
     return {"params": {k: getattr(p, k) for k in ("num_generations", "max_completion_length", "grpo_batch_size",
