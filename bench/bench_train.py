@@ -282,7 +282,7 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
     trainer = training_mod.make_trainer(model, tok, records, [], p, backend, runtime)
     if spec.get("bucket"):
         multiple = p.batch_size * p.max_seq_length if spec["bucket"] == "full" else spec["bucket"]
-        trainer.data_collator = training_mod.BucketedCollator(trainer.data_collator, multiple, tok.pad_token_id)
+        trainer.data_collator = data_mod.BucketedCollator(trainer.data_collator, multiple, tok.pad_token_id)
     counter = CountingCollator(trainer.data_collator, tok.bos_token_id, tok.convert_tokens_to_ids("<｜Assistant｜>"))
     trainer.data_collator = counter
     extra = {}

@@ -230,38 +230,6 @@ def step_clock():
     return StepClock()
 
 
-class BucketedCollator:
-    """Wraps a padding-free packing collator (one row of N tokens, position ids restarting at each example) and
-    pads N up to the next multiple of `multiple` with a filler segment of its own: pad tokens, position ids from 0
-    (so no example attends to it, nor it to them), labels -100 (so the loss is unchanged). Bounds the number of
-    micro-batch shapes the compiled blocks meet, at the cost of computing the filler. `last_filler` is the filler
-    of the last batch, for counting it as padding. Used by bench/bench_train.py to measure whether it pays."""
-
-    def __init__(self, collator, multiple: int, pad_token_id: int):
-        self.collator, self.multiple, self.pad_token_id, self.last_filler = collator, multiple, pad_token_id, 0
-
-    def __call__(self, examples):
-        import torch
-
-        batch = self.collator(examples)
-        if "attention_mask" in batch or batch["input_ids"].shape[0] != 1:
-            raise ValueError("BucketedCollator needs packed, padding-free batches (one row, no attention mask)")
-        length = batch["input_ids"].shape[1]
-        filler = -length % self.multiple
-        self.last_filler = filler
-        if filler:
-            extra = {"input_ids": torch.full((1, filler), self.pad_token_id), "labels": torch.full((1, filler), -100),
-                     "position_ids": torch.arange(filler).unsqueeze(0)}
-            for key, tail in extra.items():
-                batch[key] = torch.cat([batch[key], tail.to(batch[key].dtype)], dim=1)
-        return batch
-
-    def __getattr__(self, name):  # trainers read the wrapped collator's flags (padding_free, ...)
-        if name == "collator":
-            raise AttributeError(name)
-        return getattr(self.collator, name)
-
-
 def find_callback(trainer, name: str):
     """The trainer's callback of this class name (the guards are defined inside functions), or None."""
     return next((c for c in trainer.callback_handler.callbacks if type(c).__name__ == name), None)

@@ -70,7 +70,7 @@ def test_bucketed_packing_pads_to_the_bucket_with_a_filler_no_example_sees_and_t
     the same loss, the examples' logits are unchanged, and the filler is counted."""
     model, batch = setup["model"], examples(setup["records"][:3])
     trainer = setup["trainers"][True]
-    bucketed = training_mod.BucketedCollator(trainer.data_collator, 512, 0)
+    bucketed = data_mod.BucketedCollator(trainer.data_collator, 512, 0)
     packed, padded = trainer.data_collator(batch), bucketed(batch)
     n = packed["input_ids"].shape[1]
     assert padded["input_ids"].shape[1] % 512 == 0 and padded["input_ids"].shape[1] - n == bucketed.last_filler > 0
@@ -84,4 +84,4 @@ def test_bucketed_packing_pads_to_the_bucket_with_a_filler_no_example_sees_and_t
         with_filler = model(input_ids=padded["input_ids"], position_ids=padded["position_ids"], use_cache=False).logits
     assert torch.allclose(kept[0], with_filler[0, :n], atol=1e-5)
     with pytest.raises(ValueError, match="needs packed, padding-free batches"):
-        training_mod.BucketedCollator(setup["trainers"][False].data_collator, 512, 0)(batch)
+        data_mod.BucketedCollator(setup["trainers"][False].data_collator, 512, 0)(batch)
