@@ -52,9 +52,10 @@ def wandb_run_id() -> str | None:
 
 
 def log_comparison_to_wandb(work_dir, report_to: str, verdict: list[dict], losses: dict, rouge: dict, judge: dict,
-                            environ=os.environ) -> str | None:
+                            pairs: list[dict] | None = None, environ=os.environ) -> str | None:
     """Log 04's verdict table and numbers to W&B, into the training run when 03 logged one (same run id),
-    offline under WORK_DIR/wandb without a key. Returns the run link, or None when W&B is off."""
+    offline under WORK_DIR/wandb without a key; with `pairs` (base, SFT, SFT + GRPO) their table too. Returns the
+    run link, or None when W&B is off."""
     mode, why = resolve_report_to(report_to, work_dir, environ)
     print(why)
     if mode != "wandb":
@@ -75,7 +76,15 @@ def log_comparison_to_wandb(work_dir, report_to: str, verdict: list[dict], losse
     scalars = {**losses, "base_rouge_l": rouge.get("base_rouge_l"), "tuned_rouge_l": rouge.get("tuned_rouge_l"),
                "judge_tuned_win_rate": judge.get("tuned_win_rate")}
     numbers.update({f"compare/{k}": v for k, v in scalars.items() if isinstance(v, (int, float))})
-    run.log({"compare/verdict": table, **numbers})
+    logged = {"compare/verdict": table}
+    if pairs:
+        logged["compare/pairs"] = wandb.Table(
+            columns=["before", "after", "items", "accuracy_before", "accuracy_after", "difference", "p_value", "verdict"],
+            data=[[p["before"], p["after"], p["overall"]["items"], p["overall"]["base_accuracy"],
+                   p["overall"]["tuned_accuracy"], p["overall"]["difference"], p["overall"]["p_value"], p["verdict"]]
+                  for p in pairs])
+        numbers.update({f"compare/{p['after']}_vs_{p['before']}/difference": p["overall"]["difference"] for p in pairs})
+    run.log({**logged, **numbers})
     run.summary.update(numbers)
     link = wandb_run_link()
     run.finish()

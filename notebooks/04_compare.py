@@ -205,14 +205,14 @@ print(judge_summary(judge))
 
 # %% [markdown]
 # ## Save, and log to W&B
-# Everything above goes into `compare_metrics.json`; with W&B on, the verdict table and the numbers are
-# logged into the training run of 03 (or an offline run to upload with `wandb sync`).
+# Everything above goes into `compare_metrics.json`; with W&B on, the verdict table, the pairs' table and the
+# numbers are logged into the training run of 03 (or an offline run to upload with `wandb sync`).
 
 # %%
 from medical_r1.tracking import log_comparison_to_wandb
 
 metrics = {**losses, "rouge": rouge, "judge": judge, "verdict": verdict, "base_model": base_name,
            "questions": len(rows), "pairs": [{k: p[k] for k in ("before", "after", "verdict", "overall")} for p in pairs]}
-metrics["wandb"] = log_comparison_to_wandb(WORK_DIR, REPORT_TO, verdict, losses, rouge, judge)
+metrics["wandb"] = log_comparison_to_wandb(WORK_DIR, REPORT_TO, verdict, losses, rouge, judge, pairs)
 write_json(artifact(WORK_DIR, "compare_metrics"), metrics)
 print("W&B:", metrics["wandb"] or "off")
