@@ -176,13 +176,13 @@ def main():
         (args.out / "grpo_bench_raw.json").write_text(json.dumps(raw, indent=1))
         print(json.dumps(summarise(raw), indent=1))
         return 0
+    import real_shapes
+    from t4_mode import t4_device
+
     if not (args.model / "config.json").exists():
-        subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = {[str(ROOT / 'gpu')]}; import real_shapes; "
-                        f"real_shapes.build_model('llama-8b', '{args.model}')"], check=True)
-    env = {**os.environ, "MEDICAL_R1_T4": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "gpu" / "t4_mode"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        real_shapes.build_model_in_child("llama-8b", args.model)
     child_run = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps), "--out",
-                                str(args.out), "--model", str(args.model)], env=env)
+                                str(args.out), "--model", str(args.model)], env=t4_device.child_environment(os.environ))
     raw = json.loads((args.out / "grpo_bench_raw.json").read_text())
     import torch
 

@@ -22,6 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "gpu")]
 import real_shapes  # noqa: E402
 import run_series  # noqa: E402
+from t4_mode import t4_device  # noqa: E402
 
 from medical_r1 import artifacts, install  # noqa: E402
 from medical_r1 import data as data_mod  # noqa: E402
@@ -68,14 +69,12 @@ def main():
     changed = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
     args.out.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    if not (MODEL / "config.json").exists():  # in a child process: this one must hold no GPU memory (a T4 is one
-        start = time.time()                      # process's; what others hold counts against the 15 GiB)
-        subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = {[str(ROOT / 'gpu')]}; import real_shapes; "
-                        f"real_shapes.build_model('llama-8b', '{MODEL}')"], check=True)
+    if not (MODEL / "config.json").exists():
+        start = time.time()
+        real_shapes.build_model_in_child("llama-8b", MODEL)
         print(f"built llama-8b in {time.time() - start:.0f} s", flush=True)
     # Every kernel papermill starts inherits these: sitecustomize.py makes its torch answer as a T4.
-    os.environ.update(MEDICAL_R1_T4="1", MEDICAL_R1_T4_LOG=str(LOG),
-                      PYTHONPATH=os.pathsep.join([str(ROOT / "gpu" / "t4_mode"), os.environ.get("PYTHONPATH", "")]))
+    os.environ.update(t4_device.child_environment(os.environ, LOG))
     import torch
 
     results_path = args.out / "t4_check.json"

@@ -107,6 +107,15 @@ def build_model(shape: str, out_dir, layers: int = 0):
     return n
 
 
+def build_model_in_child(shape: str, out_dir) -> None:
+    """build_model in a child process, so that the caller holds no GPU memory afterwards (in T4 mode the
+    notebooks' processes must find the GPU as empty as a T4 is: what another process holds counts)."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'gpu')!r}); import real_shapes; "
+                    f"real_shapes.build_model({shape!r}, {str(out_dir)!r})"], check=True)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--copy-reference", action="store_true")

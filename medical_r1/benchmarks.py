@@ -77,6 +77,12 @@ def mc_question(item: dict) -> str:
     return f"Please answer the following multiple-choice question:\n{item['question']}\n{lines}"
 
 
+def benchmark_questions(eval_data: dict) -> tuple[list[dict], list[dict]]:
+    """Every item of every benchmark, in a fixed order, and the prompts the models answer ({id, question})."""
+    items = [item for name in sorted(eval_data) for item in eval_data[name]]
+    return items, [{"id": item["id"], "question": mc_question(item)} for item in items]
+
+
 def score_answers(items: list[dict], outputs: list[dict], similarity: bool = False) -> list[dict]:
     scored = []
     for item, out in zip(items, outputs):
@@ -183,15 +189,21 @@ def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 
     if rows[-1]["p_value"] <= alpha:
         changed.add("all")
     for row in rows:
-        sentence = "no detectable change"
-        if row["benchmark"] in changed and row["difference"]:
-            sentence = f"{change} helped" if row["difference"] > 0 else f"{change} hurt"
-        lo, hi = row["difference_interval"]
-        test = (f"paired test p = {row['p_value']:.3g}" + ("" if row["benchmark"] == "all" else
-                f", Holm-corrected for {len(benchmarks)} benchmark{'s' if len(benchmarks) > 1 else ''}"))
-        row["verdict"] = (f"{sentence} (difference {100 * row['difference']:+.1f} points, 95% interval "
-                          f"{100 * lo:+.1f} to {100 * hi:+.1f}, {row['items']} items; {test})")
+        correction = ("" if row["benchmark"] == "all" else
+                      f", Holm-corrected for {len(benchmarks)} benchmark{'s' if len(benchmarks) > 1 else ''}")
+        row["verdict"] = verdict_sentence(row, row["benchmark"] in changed, change, correction)
     return rows
+
+
+def verdict_sentence(row: dict, claimed: bool, change: str, correction: str = "") -> str:
+    """A comparison row in words: what changed (only when the test `claimed` it), the difference with its interval,
+    the items, the paired test and `correction`, the multiple-testing correction it passed."""
+    said = "no detectable change"
+    if claimed and row["difference"]:
+        said = f"{change} helped" if row["difference"] > 0 else f"{change} hurt"
+    lo, hi = row["difference_interval"]
+    return (f"{said} (difference {100 * row['difference']:+.1f} points, 95% interval {100 * lo:+.1f} to "
+            f"{100 * hi:+.1f}, {row['items']} items; paired test p = {row['p_value']:.3g}{correction})")
 
 
 # What 04 can compare, by the name of its scored answers: the base model, 03's adapter, 07's adapter.
@@ -214,14 +226,8 @@ def pair_verdicts(scored: dict[str, list[dict]], seed: int = 0, alpha: float = 0
                           "overall": next(r for r in rows if r["benchmark"] == "all")})
     changed = holm_rejections({i: pair["overall"]["p_value"] for i, pair in enumerate(pairs)}, alpha)
     for i, pair in enumerate(pairs):
-        o = pair["overall"]
-        said = "no detectable change"
-        if i in changed and o["difference"]:
-            said = f"{pair['change']} helped" if o["difference"] > 0 else f"{pair['change']} hurt"
-        lo, hi = o["difference_interval"]
-        pair["verdict"] = (f"{said} (difference {100 * o['difference']:+.1f} points, 95% interval {100 * lo:+.1f} to "
-                           f"{100 * hi:+.1f}, {o['items']} items; paired test p = {o['p_value']:.3g}"
-                           + (f", Holm-corrected for {len(pairs)} pairs)" if len(pairs) > 1 else ")"))
+        correction = f", Holm-corrected for {len(pairs)} pairs" if len(pairs) > 1 else ""
+        pair["verdict"] = verdict_sentence(pair["overall"], i in changed, pair["change"], correction)
     return pairs
 
 
@@ -295,8 +301,7 @@ def run_benchmarks(model, tokenizer, eval_data: dict, template: str, max_new_tok
                    temperature: float, top_p: float, batch_size: int, seed: int, backend: str,
                    similarity: bool = False):
     """Answer every benchmark item with the adapter off (base) and on (tuned); score both the same way."""
-    items = [item for name in sorted(eval_data) for item in eval_data[name]]
-    questions = [{"id": item["id"], "question": mc_question(item)} for item in items]
+    items, questions = benchmark_questions(eval_data)
     base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature,
                                         top_p, batch_size, seed, backend)
     return score_answers(items, base, similarity), score_answers(items, tuned, similarity)
@@ -322,8 +327,7 @@ def grpo_benchmarks(model, tokenizer, work_dir, base_name: str, eval_data: dict,
     if grpo_dir.stat().st_mtime < adapter_dir.stat().st_mtime:
         print(f"note: 07's adapter is older than 03's ({adapter_dir.name}/ was written again after 07 ran), so "
               "SFT + GRPO below started from an earlier SFT adapter; run 07 again to compare like with like.")
-    items = [item for name in sorted(eval_data) for item in eval_data[name]]
-    questions = [{"id": item["id"], "question": mc_question(item)} for item in items]
+    items, questions = benchmark_questions(eval_data)
     model.load_adapter(str(grpo_dir), adapter_name="grpo")
     model.set_adapter("grpo")
     try:
@@ -343,13 +347,13 @@ def benchmark_plan(model, tokenizer, eval_data: dict, template: str, max_new_tok
 
     import torch
 
-    items = [item for name in sorted(eval_data) for item in eval_data[name]]
+    items, questions = benchmark_questions(eval_data)
     chosen = ""
     if not batch_size:
-        longest = max(len(encode_prompt(tokenizer, mc_question(i), template)) for i in items)
+        longest = max(len(encode_prompt(tokenizer, q["question"], template)) for q in questions)
         batch_size, why = auto_batch_size(model, longest, max_new_tokens)
         chosen = f"generation {why}.\n"
-    sample = [{"id": i["id"], "question": mc_question(i)} for i in items[:batch_size]]
+    sample = questions[:batch_size]
     generate_answers(model, tokenizer, sample[:1], template, 2, 0.6, 0.95, False, 1, 0, backend)  # compile, allocate
     if torch.cuda.is_available():
         torch.cuda.synchronize()

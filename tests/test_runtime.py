@@ -278,3 +278,11 @@ print([ask(m) for m in ("medical_r1.runtime", "unsloth.models._utils", "torch._i
 
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split() == "[(7, 5), (7, 5), (9, 0), (9, 0)] True False False Tesla T4".split()
+    # How the checks start their processes in T4 mode: the environment alone (sitecustomize.py) makes a T4.
+    sys.path.insert(0, str(REPO_ROOT / "gpu"))
+    from t4_mode import t4_device
+
+    seen = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name(), "
+                           "torch.cuda.is_bf16_supported(including_emulation=False))"], cwd=REPO_ROOT,
+                          env=t4_device.child_environment(os.environ), capture_output=True, text=True, check=True)
+    assert seen.stdout.split() == ["Tesla", "T4", "False"]

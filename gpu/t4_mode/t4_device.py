@@ -34,6 +34,16 @@ GUARDED = ("get_device_capability",)  # Unsloth's import replaces it with a cach
 _seen: set = set()
 
 
+def child_environment(environ, log_path=None) -> dict:
+    """`environ` for a new Python process that sees a T4: this folder first on PYTHONPATH (its sitecustomize.py
+    runs at the process's start) and MEDICAL_R1_T4 set; with `log_path`, where its answers are logged."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    env = {**environ, "MEDICAL_R1_T4": "1", "PYTHONPATH": os.pathsep.join([folder, environ.get("PYTHONPATH", "")])}
+    if log_path:
+        env["MEDICAL_R1_T4_LOG"] = str(log_path)
+    return env
+
+
 def log(event: dict) -> None:
     path = os.environ.get("MEDICAL_R1_T4_LOG")
     if path:
