@@ -108,3 +108,25 @@ def test_grpo_bench_times_every_rollout_the_trainer_makes_and_counts_its_tokens(
     summary = bench_grpo.summarise(raw)
     assert 0 < summary["rollout_share"] <= 1 and summary["rollout_tokens_per_s"] > 0
     assert summary["faster"] in ("generate_answers", "the trainer's generate")
+
+
+def test_the_repeated_raw_loop_cycles_over_its_first_batches_and_counts_each_use(tiny_model_dir, en_rows):
+    """r_raw_loop_repeated: 4 micro-batches taken from 2 are the 2 again, in order, and each use is counted, so the
+    timed window's tokens are those the loop computed."""
+    from medical_r1 import params
+    from medical_r1 import training as training_mod
+
+    rt = rt_mod.detect_runtime()
+    p = params.Params(model_name=tiny_model_dir, max_steps=4, batch_size=1, grad_accum=1, warmup_steps=0, packing=False,
+                      save_steps=100, eval_steps=100, report_to="none", work_dir="/tmp/raw-loop-repeat-test")
+    model, tok = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt, 2048)
+    model = models_mod.add_lora(model, "cpu", p)
+    records, _ = data_mod.format_rows(en_rows[:8], tok, "r1_chat", 2048)
+    trainer = training_mod.make_trainer(model, tok, records, [], p, "cpu", rt)
+    counter = bench_train.CountingCollator(trainer.data_collator, tok.bos_token_id,
+                                           tok.convert_tokens_to_ids("<｜Assistant｜>"))
+    trainer.data_collator = counter
+    losses = bench_train.raw_loop(trainer, model, p, 4, [], {}, profile_from=99, repeat=2)
+    assert len(counter.batches) == 4 and counter.batches[2:] == counter.batches[:2]
+    assert counter.batches[0] != counter.batches[1]  # two different examples, not one counted twice
+    assert losses[2] < losses[0]  # the same batch again, after two optimizer steps on it: learned
