@@ -42,6 +42,9 @@ CONFIGS = {
                                "completion_only_loss": True, "bucket": 512},
     "a_project_bucketed_full": {"backend": "unsloth", "params": {"gradient_checkpointing": "on"},
                                 "completion_only_loss": True, "bucket": "full"},
+    # The default on a GPU with the memory (nothing recomputed), with the full-length padding: the two together.
+    "a_project_auto_bucketed_full": {"backend": "unsloth", "params": {}, "completion_only_loss": True,
+                                     "bucket": "full"},
     "b_seed": {"backend": "unsloth", "params": {"packing": False, "batch_size": 2, "grad_accum": 4},
                "completion_only_loss": False},
     "c_peft_bnb": {"backend": "transformers", "params": {"packing": False, "batch_size": 2, "grad_accum": 4},
