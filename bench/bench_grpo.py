@@ -115,7 +115,8 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     model.generate = generate
     raw = {"backend": backend, "precision": "bf16" if runtime.bf16 else "fp16",
            "device_as_seen": torch.cuda.get_device_name(0) if gpu else "cpu", "step_seconds": timer.seconds,
-           "rollouts": rollouts, "peak_reserved_gib_training": round(peak_train, 2)}
+           "rollouts": rollouts, "peak_reserved_gib_training": round(peak_train, 2),
+           "host_load_1min_after_training": os.getloadavg()[0], "host_cpus": os.cpu_count()}  # other work on the host
     (out / "grpo_bench_raw.json").write_text(json.dumps(raw, indent=1))  # kept if what follows fails
 
     # 04's way, same prompt, batch, sampling and length; the first call warms up (graphs, compile).
@@ -130,12 +131,10 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
         answers_runs.append({"seconds": time.perf_counter() - start, "max_new_tokens": length,
                              "new_tokens": sum(a["new_tokens"] for a in answers)})
     peak_all = torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0
-    return {"params": {k: getattr(p, k) for k in ("num_generations", "max_completion_length", "grpo_batch_size",
-                                                  "grpo_grad_accum", "grpo_temperature", "lora_r", "max_seq_length")},
-            "backend": backend, "precision": "bf16" if runtime.bf16 else "fp16",
-            "device_as_seen": torch.cuda.get_device_name(0) if gpu else "cpu", "step_seconds": timer.seconds, "rollouts": rollouts,
+    return {**raw, "params": {k: getattr(p, k) for k in ("num_generations", "max_completion_length", "grpo_batch_size",
+                                                         "grpo_grad_accum", "grpo_temperature", "lora_r", "max_seq_length")},
             "completion_length": [h.get("completions/mean_length") for h in history],
-            "loss": [h.get("loss") for h in history], "peak_reserved_gib_training": round(peak_train, 2),
+            "loss": [h.get("loss") for h in history],
             "peak_reserved_gib_with_04_generation": round(peak_all, 2), "generate_answers": answers_runs}
 
 

@@ -335,6 +335,8 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
         "padding_fraction": 1 - totals["real"] / totals["positions"],
         "peak_allocated_gib": peak["peak_allocated_gib"], "peak_reserved_gib": peak["peak_reserved_gib"],
         "matmul_tflops": tflops, "matmul_parameters": n_matmul,
+        # Other work on the host slows a launch-bound step: a load far above this process's own share says so.
+        "host_load_1min_at_end": os.getloadavg()[0], "host_cpus": os.cpu_count(),
         "mfu": 4 * n_matmul * totals["real"] / seconds / (tflops * 1e12),
         "losses": losses, "load_s": load_s, "gradient_checkpointing_setting": p.gradient_checkpointing,
         "gradient_checkpointing": str(getattr(model, "_unsloth_gradient_checkpointing", "not recorded")),
