@@ -41,6 +41,17 @@ def sync():
         torch.cuda.synchronize()
 
 
+def graph_counters(model, backend: str) -> dict:
+    """Unsloth's running counts of captured and replayed CUDA-graph decode steps and of eager ones: whether a
+    rollout or 04's loop decoded through graphs (Unsloth 2026.10.9 graphs only the llama and qwen3 model
+    types, so not the Qwen2-based distills)."""
+    if backend != "unsloth":
+        return {}
+    from bench_generate import decode_graph_stats
+
+    return decode_graph_stats(model)
+
+
 def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: dict) -> dict:
     import torch
 
@@ -80,7 +91,8 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
         prompt = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]
         new = ids[:, prompt:]
         real = int((new != tokenizer.pad_token_id).sum())
-        rollouts.append({"seconds": time.perf_counter() - start, "new_tokens": real, "rows": int(ids.shape[0])})
+        rollouts.append({"seconds": time.perf_counter() - start, "new_tokens": real, "rows": int(ids.shape[0]),
+                         "decode_graphs": graph_counters(model, backend)})
         return result
 
     model.generate = timed_generate
@@ -129,7 +141,8 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
                                    p.num_generations, p.seed, backend)
         sync()
         answers_runs.append({"seconds": time.perf_counter() - start, "max_new_tokens": length,
-                             "new_tokens": sum(a["new_tokens"] for a in answers)})
+                             "new_tokens": sum(a["new_tokens"] for a in answers),
+                             "decode_graphs": graph_counters(model, backend)})
     peak_all = torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0
     return {**raw, "params": {k: getattr(p, k) for k in ("num_generations", "max_completion_length", "grpo_batch_size",
                                                          "grpo_grad_accum", "grpo_temperature", "lora_r", "max_seq_length")},

@@ -102,6 +102,7 @@ def test_grpo_bench_times_every_rollout_the_trainer_makes_and_counts_its_tokens(
                            {"num_generations": 2, "grpo_batch_size": 2, "max_completion_length": 8})
     assert len(raw["step_seconds"]) == 3 and len(raw["rollouts"]) == 3
     assert all(r["rows"] == 2 and 0 < r["new_tokens"] <= 2 * 8 for r in raw["rollouts"])
+    assert all(r["decode_graphs"] == {} for r in raw["rollouts"])  # Unsloth's graph counters: none on the CPU
     warmup, timed = raw["generate_answers"]
     assert warmup["max_new_tokens"] == 8 and timed["max_new_tokens"] == 8  # the smoke size: 8-token answers
     assert 0 < timed["new_tokens"] <= 2 * 8
