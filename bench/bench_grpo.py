@@ -52,7 +52,8 @@ def graph_counters(model, backend: str) -> dict:
     return decode_graph_stats(model)
 
 
-def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: dict) -> dict:
+def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: dict,
+          offload_embedding: str = "auto") -> dict:
     import torch
 
     from medical_r1.benchmarks import mc_question
@@ -67,8 +68,12 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     runtime, backend = setup_backend("auto", "auto")
     gpu = torch.cuda.is_available()
     FastLanguageModel = language_model_loader(backend)
+    # Unsloth's "auto" moves the input embeddings to CPU RAM on a 15 GB GPU (1.16 GB at 8B); its CUDA-graph decode
+    # step then declines ("parameters on several / non-CUDA devices") and every answer decodes eagerly.
+    # --offload-embedding false keeps them on the GPU, to measure what that costs and what it gives.
+    offload = {} if offload_embedding == "auto" else {"offload_embedding": False}
     model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(model_path), max_seq_length=p.max_seq_length,
-                                                         dtype=compute_dtype(runtime), load_in_4bit=True)
+                                                         dtype=compute_dtype(runtime), load_in_4bit=True, **offload)
     from datasets import Dataset  # after Unsloth's import, as in 07: Unsloth patches TRL's trainers when imported
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -125,7 +130,7 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     peak_train = torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0
     history = [h for h in trainer.state.log_history if "reward" in h]
     model.generate = generate
-    raw = {"backend": backend, "precision": "bf16" if runtime.bf16 else "fp16",
+    raw = {"backend": backend, "offload_embedding": offload_embedding, "precision": "bf16" if runtime.bf16 else "fp16",
            "device_as_seen": torch.cuda.get_device_name(0) if gpu else "cpu", "step_seconds": timer.seconds,
            "rollouts": rollouts, "peak_reserved_gib_training": round(peak_train, 2),
            "host_load_1min_after_training": os.getloadavg()[0], "host_cpus": os.cpu_count()}  # other work on the host
@@ -144,8 +149,9 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
                              "new_tokens": sum(a["new_tokens"] for a in answers),
                              "decode_graphs": graph_counters(model, backend)})
     peak_all = torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0
-    return {**raw, "params": {k: getattr(p, k) for k in ("num_generations", "max_completion_length", "grpo_batch_size",
-                                                         "grpo_grad_accum", "grpo_temperature", "lora_r", "max_seq_length")},
+    settings = ("num_generations", "max_completion_length", "grpo_batch_size", "grpo_grad_accum", "grpo_temperature",
+                "lora_r", "max_seq_length")
+    return {**raw, "params": {k: getattr(p, k) for k in settings},
             "completion_length": [h.get("completions/mean_length") for h in history],
             "loss": [h.get("loss") for h in history],
             "peak_reserved_gib_with_04_generation": round(peak_all, 2), "generate_answers": answers_runs}
@@ -179,12 +185,14 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="GRPO steps to time (the first one is left out)")
     parser.add_argument("--model", type=pathlib.Path, default=MODEL, help="a local model folder")
     parser.add_argument("--smoke", action="store_true", help="a CPU check of this script: short answers, no T4 mode")
+    parser.add_argument("--offload-embedding", choices=["auto", "false"], default="auto",
+                        help="Unsloth's offload_embedding: 'auto' (07's load) or 'false' (embeddings stay on the GPU)")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {"num_generations": 2, "grpo_batch_size": 2, "max_completion_length": 8} if args.smoke else {}
     if args.child or args.smoke:
-        raw = child(args.steps, args.out, args.model, overrides)
+        raw = child(args.steps, args.out, args.model, overrides, args.offload_embedding)
         (args.out / "grpo_bench_raw.json").write_text(json.dumps(raw, indent=1))
         print(json.dumps(summarise(raw), indent=1))
         return 0
@@ -193,8 +201,9 @@ def main():
 
     if not (args.model / "config.json").exists():
         real_shapes.build_model_in_child("llama-8b", args.model)
-    child_run = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps), "--out",
-                                str(args.out), "--model", str(args.model)], env=t4_device.child_environment(os.environ))
+    command = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--out", str(args.out), "--model",
+               str(args.model), "--offload-embedding", args.offload_embedding]
+    child_run = subprocess.run(command, env=t4_device.child_environment(os.environ))
     raw = json.loads((args.out / "grpo_bench_raw.json").read_text())
     import torch
 
