@@ -165,8 +165,9 @@ def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 
     The sentence comes from the exact paired test. The overall row, the headline, is tested at `alpha`. The
     per-benchmark rows are corrected for their number with Holm's step-down, so that when fine-tuning changed
     nothing the chance that any row claims a change stays at or below `alpha` (read row by row from their own
-    intervals, five rows of 30 items claimed one in 15-24% of simulated runs). Holm rather than wider intervals: it is exact for any
-    dependence between the benchmarks and rejects at least as much as Bonferroni's intervals would.
+    intervals, five rows of 30 items claimed one in 15-24% of simulated runs). Holm rather than wider intervals:
+    it is exact for any dependence between the benchmarks and rejects at least as much as Bonferroni's intervals
+    would.
     `change` names what the sentence says helped or hurt ("fine-tuning", "GRPO", ...)."""
     rows = []
     benchmarks = sorted({s["benchmark"] for s in base_scored})
@@ -214,10 +215,10 @@ PAIRS = (("base", "tuned", "fine-tuning"), ("tuned", "grpo", "GRPO"), ("base", "
 
 def pair_verdicts(scored: dict[str, list[dict]], seed: int = 0, alpha: float = 0.05,
                   bootstrap_rounds: int = 2000) -> list[dict]:
-    """Every pair of the models that were scored (None: not run; a row per pair, three when 07 has run): each pair's verdict
-    rows on the same items (per benchmark, Holm-corrected within the pair, and overall), and its headline, the
-    overall row, Holm-corrected across the pairs so that when nothing changed the chance that any pair's
-    headline claims a change stays at `alpha`."""
+    """Every pair of the models that were scored (None: not run; a row per pair, three when 07 has run): each
+    pair's verdict rows on the same items (per benchmark, Holm-corrected within the pair, and overall), and its
+    headline, the overall row, Holm-corrected across the pairs so that when nothing changed the chance that any
+    pair's headline claims a change stays at `alpha`."""
     pairs = []
     for before, after, change in PAIRS:
         if scored.get(before) is not None and scored.get(after) is not None:

@@ -98,8 +98,9 @@ params = Params(work_dir=WORK_DIR, model_name=MODEL_NAME, backend=BACKEND, max_s
                 load_in_4bit=LOAD_IN_4BIT, lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
                 learning_rate=LEARNING_RATE, max_steps=MAX_STEPS, packing=PACKING, batch_size=BATCH_SIZE,
                 grad_accum=GRAD_ACCUM, gradient_checkpointing=GRADIENT_CHECKPOINTING, warmup_steps=WARMUP_STEPS,
-                weight_decay=WEIGHT_DECAY, optim=OPTIM, eval_steps=EVAL_STEPS, save_steps=SAVE_STEPS, report_to=REPORT_TO,
-                seed=SEED, precision=PRECISION, gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB, early_stopping_patience=EARLY_STOPPING_PATIENCE)  # checks every value
+                weight_decay=WEIGHT_DECAY, optim=OPTIM, eval_steps=EVAL_STEPS, save_steps=SAVE_STEPS,
+                report_to=REPORT_TO, seed=SEED, precision=PRECISION, gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB,
+                early_stopping_patience=EARLY_STOPPING_PATIENCE)  # checks every value
 train, val = load_formatted_data(WORK_DIR, MODEL_NAME, MAX_SEQ_LENGTH)
 load_secrets()
 runtime, backend = setup_backend(BACKEND, PRECISION, GPU_MEMORY_CAP_GIB)

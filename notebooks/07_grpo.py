@@ -28,13 +28,14 @@
 # leave out any question it shares).
 # **Writes:** `WORK_DIR/grpo_adapter/`, `grpo_checkpoints/`, `grpo_metrics.json`, `grpo_curve.png`.
 # **Time on a T4 (an estimate; not yet measured on one):** about 85-90 s a step for the 8B model at the
-# defaults, almost all of it writing the `NUM_GENERATIONS` answers; 100 steps about 2.5 hours, under 7 GiB of GPU memory
-# (measured on a bigger GPU answering as a T4 does: BENCHMARKS.md, "GRPO (07)").
+# defaults, almost all of it writing the `NUM_GENERATIONS` answers; 100 steps about 2.5 hours, under 7 GiB of GPU
+# memory (measured on a bigger GPU answering as a T4 does: BENCHMARKS.md, "GRPO (07)").
 #
 # The rewards (`medical_r1/rewards.py`, tested): correctness as HuatuoGPT-o1's RL stage scores it (1 for the
 # right option, 0.1 for a wrong one, 0 for no answer), read by the same scorer as 04, only after `</think>`; a
 # small format reward for a closed `</think>` followed by a stated answer; and a penalty for an answer that runs
-# to the length limit still thinking. The training items are never 04's questions: the notebook leaves out any it shares.
+# to the length limit still thinking. The training items are never 04's questions: the notebook leaves out any it
+# shares.
 
 # %% tags=["parameters"]
 WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder

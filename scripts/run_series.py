@@ -74,8 +74,9 @@ def execute(params: dict, work_dir: pathlib.Path, only: list[str] | None = None)
         print(f"== {executed_name} {mine}", flush=True)
         papermill.execute_notebook(str(nb), str(executed / executed_name), parameters=mine, cwd=str(ROOT),
                                    kernel_name="python3", progress_bar=False)
-        timings[executed_name.removesuffix(".ipynb")] = round(time.time() - start, 1)
-        print(f"   done in {timings[executed_name.removesuffix('.ipynb')]} s", flush=True)
+        name = executed_name.removesuffix(".ipynb")
+        timings[name] = round(time.time() - start, 1)
+        print(f"   done in {timings[name]} s", flush=True)
     return timings
 
 

@@ -6,8 +6,9 @@
 01 and 02 run once per model (more exactly, once per distinct data setting) under WORK_DIR/prep/; 03 and 04
 run once per setting under WORK_DIR/settings/NAME/ on a copy of that data, so every setting is scored on the
 same validation split and benchmark items with the same seed. A setting that fails (NaN loss, out of memory)
-becomes a row with its error and the sweep goes on. A setting with "grpo": true runs 03, 07 and 04. Running the same command again skips the settings that
-have finished (a Kaggle session can stop mid-sweep); --retry-failed runs the failed ones again.
+becomes a row with its error and the sweep goes on. A setting with "grpo": true runs 03, 07 and 04. Running the
+same command again skips the settings that have finished (a Kaggle session can stop mid-sweep); --retry-failed
+runs the failed ones again.
 Writes WORK_DIR/sweep.html, sweep.png and sweep.json.
 """
 import argparse
