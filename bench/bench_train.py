@@ -67,6 +67,38 @@ TARGETS = {"a_over_c": 4.0, "a_over_b": 1.15, "a_over_r": 0.9, "a_over_r_repeate
 PROFILED_STEPS = 2  # optimizer steps after the timed window, under torch.profiler
 
 
+class BucketedCollator:
+    """Wraps a padding-free packing collator (one row of N tokens, position ids restarting at each example) and
+    pads N up to the next multiple of `multiple` with a filler segment of its own: pad tokens, position ids from 0
+    (so no example attends to it, nor it to them), labels -100 (so the loss is unchanged). Bounds the number of
+    micro-batch shapes the compiled blocks meet, at the cost of computing the filler. `last_filler` is the filler
+    of the last batch, for counting it as padding. Measured here; it did not pay (BENCHMARKS.md)."""
+
+    def __init__(self, collator, multiple: int, pad_token_id: int):
+        self.collator, self.multiple, self.pad_token_id, self.last_filler = collator, multiple, pad_token_id, 0
+
+    def __call__(self, examples):
+        import torch
+
+        batch = self.collator(examples)
+        if "attention_mask" in batch or batch["input_ids"].shape[0] != 1:
+            raise ValueError("BucketedCollator needs packed, padding-free batches (one row, no attention mask)")
+        length = batch["input_ids"].shape[1]
+        filler = -length % self.multiple
+        self.last_filler = filler
+        if filler:
+            extra = {"input_ids": torch.full((1, filler), self.pad_token_id), "labels": torch.full((1, filler), -100),
+                     "position_ids": torch.arange(filler).unsqueeze(0)}
+            for key, tail in extra.items():
+                batch[key] = torch.cat([batch[key], tail.to(batch[key].dtype)], dim=1)
+        return batch
+
+    def __getattr__(self, name):  # trainers read the wrapped collator's flags (padding_free, ...)
+        if name == "collator":
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+
 def matmul_tflops(n: int = 8192, reps: int = 30) -> float:
     """Measured bf16 dense matmul rate of this GPU (TFLOP/s), the MFU denominator."""
     import torch
@@ -305,7 +337,7 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
     trainer = training_mod.make_trainer(model, tok, records, [], p, backend, runtime)
     if spec.get("bucket"):
         multiple = p.batch_size * p.max_seq_length if spec["bucket"] == "full" else spec["bucket"]
-        trainer.data_collator = data_mod.BucketedCollator(trainer.data_collator, multiple, tok.pad_token_id)
+        trainer.data_collator = BucketedCollator(trainer.data_collator, multiple, tok.pad_token_id)
     counter = CountingCollator(trainer.data_collator, tok.bos_token_id, tok.convert_tokens_to_ids("<｜Assistant｜>"))
     trainer.data_collator = counter
     extra = {}

@@ -170,35 +170,3 @@ def token_table(tokenizer, encoded: dict, edge: int = 6):
     return pd.DataFrame([{"position": i, "token id": ids[i], "text": repr(tokenizer.decode([ids[i]])),
                           "label": labels[i], "part": "prompt (masked)" if labels[i] == -100 else
                           ("prompt" if i < cut else "completion")} for i in shown]).set_index("position")
-
-
-class BucketedCollator:
-    """Wraps a padding-free packing collator (one row of N tokens, position ids restarting at each example) and
-    pads N up to the next multiple of `multiple` with a filler segment of its own: pad tokens, position ids from 0
-    (so no example attends to it, nor it to them), labels -100 (so the loss is unchanged). Bounds the number of
-    micro-batch shapes the compiled blocks meet, at the cost of computing the filler. `last_filler` is the filler
-    of the last batch, for counting it as padding. Used by bench/bench_train.py to measure whether it pays."""
-
-    def __init__(self, collator, multiple: int, pad_token_id: int):
-        self.collator, self.multiple, self.pad_token_id, self.last_filler = collator, multiple, pad_token_id, 0
-
-    def __call__(self, examples):
-        import torch
-
-        batch = self.collator(examples)
-        if "attention_mask" in batch or batch["input_ids"].shape[0] != 1:
-            raise ValueError("BucketedCollator needs packed, padding-free batches (one row, no attention mask)")
-        length = batch["input_ids"].shape[1]
-        filler = -length % self.multiple
-        self.last_filler = filler
-        if filler:
-            extra = {"input_ids": torch.full((1, filler), self.pad_token_id), "labels": torch.full((1, filler), -100),
-                     "position_ids": torch.arange(filler).unsqueeze(0)}
-            for key, tail in extra.items():
-                batch[key] = torch.cat([batch[key], tail.to(batch[key].dtype)], dim=1)
-        return batch
-
-    def __getattr__(self, name):  # trainers read the wrapped collator's flags (padding_free, ...)
-        if name == "collator":
-            raise AttributeError(name)
-        return getattr(self.collator, name)

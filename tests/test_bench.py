@@ -45,7 +45,7 @@ def test_counting_collator_counts_padding(tokenizer, en_rows):
     assert counter.batches[0]["positions"] == 2 * max(lengths)
     assert counter.batches[0]["real"] == sum(lengths)
     packed = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
-    bucketed = bench_train.CountingCollator(data_mod.BucketedCollator(packed, 512, tokenizer.pad_token_id),
+    bucketed = bench_train.CountingCollator(bench_train.BucketedCollator(packed, 512, tokenizer.pad_token_id),
                                             tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("<｜Assistant｜>"))
     bucketed([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in records])
     assert bucketed.batches[0]["positions"] % 512 == 0 and bucketed.batches[0]["real"] == sum(lengths)

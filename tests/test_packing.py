@@ -1,5 +1,8 @@
 """Packing: whole examples laid end to end without padding must train on exactly the same loss as padded
 batches, and no example may see another's tokens."""
+import pathlib
+import sys
+
 import pytest
 import torch
 
@@ -8,6 +11,9 @@ from medical_r1 import models as models_mod
 from medical_r1 import params
 from medical_r1 import runtime as rt_mod
 from medical_r1 import training as training_mod
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+import bench_train  # noqa: E402  (the bucketed collator it measures)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +76,7 @@ def test_bucketed_packing_pads_to_the_bucket_with_a_filler_no_example_sees_and_t
     the same loss, the examples' logits are unchanged, and the filler is counted."""
     model, batch = setup["model"], examples(setup["records"][:3])
     trainer = setup["trainers"][True]
-    bucketed = data_mod.BucketedCollator(trainer.data_collator, 512, 0)
+    bucketed = bench_train.BucketedCollator(trainer.data_collator, 512, 0)
     packed, padded = trainer.data_collator(batch), bucketed(batch)
     n = packed["input_ids"].shape[1]
     assert padded["input_ids"].shape[1] % 512 == 0 and padded["input_ids"].shape[1] - n == bucketed.last_filler > 0
@@ -84,4 +90,4 @@ def test_bucketed_packing_pads_to_the_bucket_with_a_filler_no_example_sees_and_t
         with_filler = model(input_ids=padded["input_ids"], position_ids=padded["position_ids"], use_cache=False).logits
     assert torch.allclose(kept[0], with_filler[0, :n], atol=1e-5)
     with pytest.raises(ValueError, match="needs packed, padding-free batches"):
-        data_mod.BucketedCollator(setup["trainers"][False].data_collator, 512, 0)(batch)
+        bench_train.BucketedCollator(setup["trainers"][False].data_collator, 512, 0)(batch)
