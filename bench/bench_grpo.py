@@ -14,6 +14,7 @@ On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.
 Prints a table and writes grpo_bench.json.
 """
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -53,11 +54,11 @@ def graph_counters(model, backend: str) -> dict:
 
 
 def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: dict,
-          offload_embedding: str = "auto") -> dict:
+          offload_embedding: str = "notebook", rollout_speedups: bool = False) -> dict:
     import torch
 
     from medical_r1.benchmarks import mc_question
-    from medical_r1.generation import generate_answers
+    from medical_r1.generation import decode_speedups, generate_answers
     from medical_r1.models import language_model_loader
     from medical_r1.params import LORA_TARGET_MODULES, Params
     from medical_r1.rewards import correctness_reward, format_reward, grpo_rows, length_guard, load_items
@@ -69,9 +70,15 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     gpu = torch.cuda.is_available()
     FastLanguageModel = language_model_loader(backend)
     # Unsloth's "auto" moves the input embeddings to CPU RAM on a 15 GB GPU (1.16 GB at 8B); its CUDA-graph decode
-    # step then declines ("parameters on several / non-CUDA devices") and every answer decodes eagerly.
-    # --offload-embedding false keeps them on the GPU, to measure what that costs and what it gives.
-    offload = {} if offload_embedding == "auto" else {"offload_embedding": False}
+    # step then declines ("parameters on several / non-CUDA devices") and every answer decodes eagerly. 07 keeps
+    # them on the GPU where the model type is graphed ("notebook", grpo.embedding_offload); "auto" and "false"
+    # force one or the other, to measure what each costs and gives.
+    from medical_r1.grpo import embedding_offload
+
+    offload_value = {"auto": "auto", "false": False}.get(offload_embedding)
+    if offload_embedding == "notebook":
+        offload_value = embedding_offload(str(model_path), backend)[0]
+    offload = {"offload_embedding": offload_value}
     model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(model_path), max_seq_length=p.max_seq_length,
                                                          dtype=compute_dtype(runtime), load_in_4bit=True, **offload)
     from datasets import Dataset  # after Unsloth's import, as in 07: Unsloth patches TRL's trainers when imported
@@ -90,7 +97,8 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     def timed_generate(*args, **kwargs):
         sync()
         start = time.perf_counter()
-        result = generate(*args, **kwargs)
+        with decode_speedups(model, backend) if rollout_speedups else contextlib.nullcontext():
+            result = generate(*args, **kwargs)
         sync()
         ids = result if torch.is_tensor(result) else result.sequences
         prompt = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]
@@ -130,7 +138,9 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     peak_train = torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0
     history = [h for h in trainer.state.log_history if "reward" in h]
     model.generate = generate
-    raw = {"backend": backend, "offload_embedding": offload_embedding, "precision": "bf16" if runtime.bf16 else "fp16",
+    raw = {"backend": backend, "offload_embedding": offload_embedding, "offload_embedding_passed": str(offload_value),
+           "rollout_speedups": rollout_speedups,
+           "precision": "bf16" if runtime.bf16 else "fp16",
            "device_as_seen": torch.cuda.get_device_name(0) if gpu else "cpu", "step_seconds": timer.seconds,
            "rollouts": rollouts, "peak_reserved_gib_training": round(peak_train, 2),
            "host_load_1min_after_training": os.getloadavg()[0], "host_cpus": os.cpu_count()}  # other work on the host
@@ -185,14 +195,17 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="GRPO steps to time (the first one is left out)")
     parser.add_argument("--model", type=pathlib.Path, default=MODEL, help="a local model folder")
     parser.add_argument("--smoke", action="store_true", help="a CPU check of this script: short answers, no T4 mode")
-    parser.add_argument("--offload-embedding", choices=["auto", "false"], default="auto",
-                        help="Unsloth's offload_embedding: 'auto' (07's load) or 'false' (embeddings stay on the GPU)")
+    parser.add_argument("--offload-embedding", choices=["notebook", "auto", "false"], default="notebook",
+                        help="Unsloth's offload_embedding: 07's choice (grpo.embedding_offload), Unsloth's 'auto', or "
+                             "'false' (embeddings stay on the GPU)")
+    parser.add_argument("--rollout-speedups", action="store_true",
+                        help="the trainer's rollouts inside 04's decode_speedups (its head fix and attention core)")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {"num_generations": 2, "grpo_batch_size": 2, "max_completion_length": 8} if args.smoke else {}
     if args.child or args.smoke:
-        raw = child(args.steps, args.out, args.model, overrides, args.offload_embedding)
+        raw = child(args.steps, args.out, args.model, overrides, args.offload_embedding, args.rollout_speedups)
         (args.out / "grpo_bench_raw.json").write_text(json.dumps(raw, indent=1))
         print(json.dumps(summarise(raw), indent=1))
         return 0
@@ -203,6 +216,7 @@ def main():
         real_shapes.build_model_in_child("llama-8b", args.model)
     command = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--out", str(args.out), "--model",
                str(args.model), "--offload-embedding", args.offload_embedding]
+    command += ["--rollout-speedups"] if args.rollout_speedups else []
     child_run = subprocess.run(command, env=t4_device.child_environment(os.environ))
     raw = json.loads((args.out / "grpo_bench_raw.json").read_text())
     import torch

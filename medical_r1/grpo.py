@@ -29,6 +29,36 @@ def rollout_engine(backend: str) -> tuple[bool, str]:
     return True, "answers written by vLLM through Unsloth's fast_inference, as Unsloth's GRPO notebooks do"
 
 
+# Unsloth 2026.10.9 replays its decode step as CUDA graphs for these model types only, and only while every
+# parameter is on the GPU (unsloth/models/_decode_graphs.py: _SUPPORTED_MODEL_TYPES, _fingerprint).
+GRAPHED_MODEL_TYPES = ("llama", "qwen3")
+
+
+def embedding_offload(model_name: str, backend: str) -> tuple[bool | str, str]:
+    """Unsloth's `offload_embedding` for 07's load, and why. On a 15 GB GPU (a T4) its "auto" moves the 8B's input
+    embeddings to CPU RAM, and its graph decode then declines, so every answer of a rollout decodes eagerly. Kept
+    on the GPU where the model type is graphed: at the Llama-8B shape in T4 mode a GRPO step took 24.6 s instead
+    of 62.8 s (rollouts 172 against 67 tokens/s) and 8.39 GiB instead of 6.89 (BENCHMARKS.md). Elsewhere "auto":
+    Qwen2's decode is never graphed, so the room is worth more (the 14B needs it)."""
+    import pathlib
+
+    from transformers import AutoConfig
+
+    from medical_r1.artifacts import read_json
+
+    if backend != "unsloth":
+        return "auto", f"embeddings: Unsloth's offload does not apply to backend {backend!r}"
+    adapter_config = pathlib.Path(model_name) / "adapter_config.json"
+    base = read_json(adapter_config)["base_model_name_or_path"] if adapter_config.exists() else model_name
+    model_type = AutoConfig.from_pretrained(base).model_type
+    if model_type in GRAPHED_MODEL_TYPES:
+        return False, (f"embeddings kept on the GPU (offload_embedding=False): Unsloth replays {model_type}'s decode "
+                       "step as CUDA graphs only with every weight on the GPU; on the 8B default in T4 mode that made "
+                       "a GRPO step 2.5x faster for 1.5 GiB more")
+    return "auto", (f"embeddings placed by Unsloth (offload_embedding='auto'): it does not graph {model_type}'s "
+                    "decode step, so moving them to CPU RAM where memory is short costs no speed")
+
+
 def reward_examples(item: dict, reward_funcs: list, max_completion_length: int):
     """A table: what each reward gives four written answers to `item` (right, wrong, a hedge, still thinking)."""
     import json

@@ -114,27 +114,33 @@ runtime, backend = setup_backend(BACKEND, PRECISION)
 # 03's adapter loads with its base model, and its LoRA tensors keep training; `START_FROM = "base"` adds a new
 # adapter instead. Most of a GRPO step is writing the answers. Where the `vllm` package is installed, Unsloth's
 # `fast_inference` writes them with vLLM, as Unsloth's own GRPO notebooks do on Kaggle and Colab (this series'
-# install leaves vLLM out: it is a large install of its own); otherwise the model's `generate` writes them, which
-# was measured against 04's generation loop in BENCHMARKS.md. The next line says which.
+# install leaves vLLM out: it is a large install of its own); otherwise the model's `generate` writes them, with
+# Unsloth's CUDA-graph decode step where it graphs the model type (the Llama distills). The graphs need every weight
+# on the GPU, while on a T4 Unsloth would move the input embeddings to CPU RAM to save 1.16 GB: at the 8B default
+# keeping them on the GPU made a GRPO step 2.5x faster for 1.5 GiB more (BENCHMARKS.md). The next lines say which.
 
 # %%
-from medical_r1.grpo import grpo_start, rollout_engine
+from medical_r1.grpo import embedding_offload, grpo_start, rollout_engine
 from medical_r1.models import language_model_loader
 from medical_r1.params import LORA_TARGET_MODULES
 from medical_r1.runtime import compute_dtype
 from medical_r1.training import weight_snapshot
 
+start_name = grpo_start(WORK_DIR, START_FROM, MODEL_NAME)  # 03's adapter folder, or the base model
 fast_inference, why = rollout_engine(backend)
+print(why)
+offload_embedding, why = embedding_offload(start_name, backend)
 print(why)
 FastLanguageModel = language_model_loader(backend)
 model, tokenizer = FastLanguageModel.from_pretrained(
-    model_name=grpo_start(WORK_DIR, START_FROM, MODEL_NAME),  # 03's adapter folder, or the base model
+    model_name=start_name,
     max_seq_length=MAX_SEQ_LENGTH,
     dtype=compute_dtype(runtime),
     load_in_4bit=LOAD_IN_4BIT,
     fast_inference=fast_inference,  # vLLM writes the answers
     max_lora_rank=LORA_R,  # vLLM's LoRA slots (used only with fast_inference)
     gpu_memory_utilization=VLLM_GPU_MEMORY,
+    offload_embedding=offload_embedding,  # False keeps Unsloth's graph decode for the answers (line above)
 )
 model = FastLanguageModel.get_peft_model(  # on 03's adapter this keeps it (and makes it trainable)
     model,

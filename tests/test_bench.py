@@ -93,13 +93,19 @@ def test_the_raw_loop_trains_on_the_trainers_own_batches(tiny_model_dir, en_rows
     assert first["raw"] == pytest.approx(first["trainer"], rel=1e-4)
 
 
-def test_grpo_bench_times_every_rollout_the_trainer_makes_and_counts_its_tokens(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("rollout_speedups", [False, True])
+def test_grpo_bench_times_every_rollout_the_trainer_makes_and_counts_its_tokens(tiny_model_dir, tmp_path,
+                                                                               rollout_speedups):
     """bench_grpo on the tiny model (CPU, 2 answers of 8 tokens): one timed generate call per GRPO step, each
-    with the step's answers and their real new tokens; 04's loop answers the same question as often."""
+    with the step's answers and their real new tokens; 04's loop answers the same question as often. The load
+    follows 07's embedding choice unless told otherwise, and the rollouts can run inside 04's speed-ups."""
     import bench_grpo
 
     raw = bench_grpo.child(3, tmp_path, pathlib.Path(tiny_model_dir),
-                           {"num_generations": 2, "grpo_batch_size": 2, "max_completion_length": 8})
+                           {"num_generations": 2, "grpo_batch_size": 2, "max_completion_length": 8},
+                           rollout_speedups=rollout_speedups)
+    assert raw["offload_embedding"] == "notebook" and raw["offload_embedding_passed"] == "auto"  # CPU: not Unsloth
+    assert raw["rollout_speedups"] is rollout_speedups
     assert len(raw["step_seconds"]) == 3 and len(raw["rollouts"]) == 3
     assert all(r["rows"] == 2 and 0 < r["new_tokens"] <= 2 * 8 for r in raw["rollouts"])
     assert all(r["decode_graphs"] == {} for r in raw["rollouts"])  # Unsloth's graph counters: none on the CPU

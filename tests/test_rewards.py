@@ -118,3 +118,19 @@ def test_07_writes_its_answers_with_vllm_only_where_unsloth_and_vllm_are_both_th
     assert rollout_engine("unsloth") == (True, rollout_engine("unsloth")[1]) and "vLLM" in rollout_engine("unsloth")[1]
     for backend in ("transformers", "cpu"):  # vLLM present, but only Unsloth's fast_inference drives it
         assert rollout_engine(backend)[0] is False
+
+
+def test_07_keeps_the_embeddings_on_the_gpu_only_where_unsloth_graphs_the_decode(tiny_model_dir, tmp_path):
+    """Unsloth graphs llama's decode step (the Llama-8B default), not Qwen2's; 03's adapter folder answers for its
+    base model; the plain backends leave Unsloth's offload alone."""
+    from medical_r1.grpo import embedding_offload
+
+    llama = models_mod.build_tiny_model(tmp_path / "tiny-llama", "llama")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": llama}))
+    assert embedding_offload(llama, "unsloth")[0] is False
+    assert embedding_offload(str(adapter), "unsloth")[0] is False
+    assert "graphs" in embedding_offload(llama, "unsloth")[1]
+    assert embedding_offload(tiny_model_dir, "unsloth")[0] == "auto"
+    assert embedding_offload(llama, "cpu")[0] == "auto" and embedding_offload(llama, "transformers")[0] == "auto"
