@@ -32,7 +32,8 @@ MODEL = pathlib.Path("/tmp/models/llama-8b")
 LOG = WORK / "t4_device.jsonl"
 # Lines of a notebook's output that say what it decided.
 DECISIONS = re.compile(r"platform: |^backend: |generation batch|^not installing|^installed |^all pinned|Unsloth.*(Tesla|GPU)|"
-                       r"Torch: |Bfloat16|Xformers|FA2|^GPU memory|precision|attention|^gradient checkpointing", re.M)
+                       r"Torch: |Bfloat16|Xformers|FA2|^GPU memory|precision|attention|^gradient checkpointing|^embeddings|"
+                       r"^answers written", re.M)
 
 
 def parameters() -> dict:
