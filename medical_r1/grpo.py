@@ -40,17 +40,11 @@ def embedding_offload(model_name: str, backend: str) -> tuple[bool | str, str]:
     on the GPU where the model type is graphed: at the Llama-8B shape in T4 mode a GRPO step took 24.6 s instead
     of 62.8 s (rollouts 172 against 67 tokens/s) and 8.39 GiB instead of 6.89 (BENCHMARKS.md). Elsewhere "auto":
     Qwen2's decode is never graphed, so the room is worth more (the 14B needs it)."""
-    import pathlib
-
-    from transformers import AutoConfig
-
-    from medical_r1.artifacts import read_json
+    from medical_r1.models import base_model_type
 
     if backend != "unsloth":
         return "auto", f"embeddings: Unsloth's offload does not apply to backend {backend!r}"
-    adapter_config = pathlib.Path(model_name) / "adapter_config.json"
-    base = read_json(adapter_config)["base_model_name_or_path"] if adapter_config.exists() else model_name
-    model_type = AutoConfig.from_pretrained(base).model_type
+    model_type = base_model_type(model_name)
     if model_type in GRAPHED_MODEL_TYPES:
         return False, (f"embeddings kept on the GPU (offload_embedding=False): Unsloth replays {model_type}'s decode "
                        "step as CUDA graphs only with every weight on the GPU; on the 8B default in T4 mode that made "

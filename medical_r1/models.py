@@ -32,6 +32,25 @@ def load_tokenizer(model_name: str):
         raise _explain_missing_model(model_name, err) from err
 
 
+def base_model_name(model_name: str) -> str:
+    """The model itself, or the base model an adapter folder (adapter_config.json) was trained on."""
+    import pathlib
+
+    adapter_config = pathlib.Path(model_name) / "adapter_config.json"
+    return read_json(adapter_config)["base_model_name_or_path"] if adapter_config.exists() else model_name
+
+
+def base_model_type(model_name: str) -> str:
+    """The config's model_type ("llama", "qwen2") of a model, or of the base model an adapter folder names."""
+    from transformers import AutoConfig
+
+    base = base_model_name(model_name)
+    try:
+        return AutoConfig.from_pretrained(base).model_type
+    except OSError as err:
+        raise _explain_missing_model(base, err) from err
+
+
 class PlainLanguageModel:
     """Unsloth's three FastLanguageModel calls, built on plain transformers + PEFT, for where Unsloth cannot
     run: bitsandbytes 4-bit on a GPU older than compute capability 7.0 or without Unsloth ("transformers"),
@@ -48,13 +67,10 @@ class PlainLanguageModel:
         """(model, tokenizer). A folder holding an adapter (adapter_config.json) loads its base model with the
         adapter on top, as Unsloth does. The tokenizer gets a pad token (pad = eos is fine: labels are built
         before padding)."""
-        import pathlib
-
         import torch
         from transformers import AutoModelForCausalLM
 
-        adapter_config = pathlib.Path(model_name) / "adapter_config.json"
-        base_name = read_json(adapter_config)["base_model_name_or_path"] if adapter_config.exists() else model_name
+        base_name = base_model_name(model_name)
         kwargs: dict[str, Any] = {"dtype": dtype or (torch.float32 if self.backend == "cpu" else torch.bfloat16)}
         if self.backend == "transformers":
             kwargs["attn_implementation"] = "sdpa"
@@ -72,7 +88,7 @@ class PlainLanguageModel:
             raise _explain_missing_model(base_name, err) from err
         except torch.OutOfMemoryError as err:
             raise RuntimeError(oom_advice(Params(model_name=base_name, max_seq_length=max_seq_length))) from err
-        if adapter_config.exists():
+        if base_name != model_name:  # an adapter folder
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, model_name, is_trainable=True)  # as Unsloth loads one
@@ -141,7 +157,7 @@ def add_lora(model, backend: str, p: Params):
 def load_adapter_model(work_dir, backend: str, runtime: Runtime, max_seq_length: int, load_in_4bit: bool):
     """Base model + the adapter that 03 saved; the base model's name is read from the adapter config."""
     adapter_dir = require_artifact(work_dir, "adapter")
-    base_name = read_json(adapter_dir / "adapter_config.json")["base_model_name_or_path"]
+    base_name = base_model_name(str(adapter_dir))
     model, tokenizer = load_model_and_tokenizer(str(adapter_dir), backend, runtime, max_seq_length, load_in_4bit)
     return model, tokenizer, base_name
 

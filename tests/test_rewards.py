@@ -134,3 +134,5 @@ def test_07_keeps_the_embeddings_on_the_gpu_only_where_unsloth_graphs_the_decode
     assert "graphs" in embedding_offload(llama, "unsloth")[1]
     assert embedding_offload(tiny_model_dir, "unsloth")[0] == "auto"
     assert embedding_offload(llama, "cpu")[0] == "auto" and embedding_offload(llama, "transformers")[0] == "auto"
+    with pytest.raises(OSError, match="could not load model .*Check MODEL_NAME"):
+        embedding_offload(str(tmp_path / "no-such-model"), "unsloth")
