@@ -27,9 +27,10 @@
 # training items (by default MedQA's USMLE training split from the Hub, CC BY 4.0) and 04's evaluation file (to
 # leave out any question it shares).
 # **Writes:** `WORK_DIR/grpo_adapter/`, `grpo_checkpoints/`, `grpo_metrics.json`, `grpo_curve.png`.
-# **Time on a T4 (an estimate; not yet measured on one):** about 85-90 s a step for the 8B model at the
-# defaults, almost all of it writing the `NUM_GENERATIONS` answers; 100 steps about 2.5 hours, under 7 GiB of GPU
-# memory (measured on a bigger GPU answering as a T4 does: BENCHMARKS.md, "GRPO (07)").
+# **Time on a T4 (an estimate; not yet measured on one):** about 40 s a step for the 8B model at the defaults,
+# almost all of it writing the `NUM_GENERATIONS` answers; 100 steps a little over an hour, in about 8.4 GiB of GPU
+# memory (measured on a bigger GPU answering as a T4 does: BENCHMARKS.md, "GRPO (07)"). The Qwen distills write
+# their answers without Unsloth's CUDA graphs and take longer.
 #
 # The rewards (`medical_r1/rewards.py`, tested): correctness as HuatuoGPT-o1's RL stage scores it (1 for the
 # right option, 0.1 for a wrong one, 0 for no answer), read by the same scorer as 04, only after `</think>`; a
