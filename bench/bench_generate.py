@@ -5,7 +5,8 @@ as it comes, Unsloth's attention core: 04 before), graphs_relayout_batched_B (th
 head's input re-laid out, Unsloth's attention core), new_batched_B (all three: 04's path now); graphs_only and
 relayout_only rows on request (--only-rows). Each row captures its own decode graphs. Also compares the first
 decode steps' logits of each path with the old one, records what layout the head receives, and runs the
-default batch at --t4-new-tokens under a 15 GiB cap in float16 (in its own process).
+default batch at --t4-new-tokens under a 15 GiB cap in float16 (in its own process; --t4-mode makes torch and
+Unsloth see a T4 there, --t4-offload-embedding and --t4-batch set its load and batch, --t4-cap-only runs only it).
 --loop-questions N adds the tutorials' one-question-per-call loop.
 
 On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.md):
@@ -114,14 +115,15 @@ def raw_generate(model, tok, questions, new_tokens, **extra):
                               do_sample=False, pad_token_id=tok.pad_token_id, **extra)
 
 
-def load_4bit_with_adapter(model_dir, precision="bf16", memory_cap_gib=0, max_seq_length=4096, adapter_std=0.0):
+def load_4bit_with_adapter(model_dir, precision="bf16", memory_cap_gib=0, max_seq_length=4096, adapter_std=0.0,
+                           **unsloth_options):
     """(model, tokenizer, backend) as 04 runs it: the 4-bit base with a LoRA adapter, through Unsloth.
     adapter_std > 0 draws LoRA's B from N(0, adapter_std) (seed 0): a trained adapter is not zero, and with a
     zero one the base and the tuned model, or a wrong merge, could not differ."""
     import torch
 
     runtime, backend = rt_mod.setup_backend("unsloth", precision, memory_cap_gib=memory_cap_gib)
-    model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, max_seq_length)
+    model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, max_seq_length, **unsloth_options)
     model = models_mod.add_lora(model, backend, params.Params(model_name=model_dir))
     if adapter_std:
         torch.manual_seed(0)
@@ -222,25 +224,45 @@ def compare_first_steps(reference, candidate) -> dict:
     return {**check, "greedy_tokens_equal": torch.equal(ref_tokens.cpu(), cand_tokens.cpu())}
 
 
-def t4_cap_run(model_dir, new_tokens, out):
-    """The default batch (GEN_BATCH_SIZE = 0: chosen from free memory) at new_tokens output tokens each, under a
-    15 GiB cap in float16 (what a T4 has), on the 4-bit path a T4 runs: does it fit? Peak memory recorded."""
-    model, tok, _ = load_4bit_with_adapter(model_dir, "fp16", memory_cap_gib=15)
-    batch = params.Params().gen_batch_size  # 0: chosen from the memory left under the cap, as 04 does
-    questions = eval_questions(2 * generation.AUTO_BATCH_SIZES[-1])
+def t4_cap_run(model_dir, new_tokens, out, batch=0, offload_embedding="default"):
+    """A batch (0: GEN_BATCH_SIZE's default, chosen from free memory as 04 does) at new_tokens output tokens each,
+    under a 15 GiB cap in float16 (what a T4 has), on the 4-bit path a T4 runs: does it fit, how fast, through
+    Unsloth's graphs or not? In T4 mode (--t4-mode) Unsloth also decides as on a T4, and on a 15 GB GPU it moves
+    the 8B's input embeddings to CPU RAM, which turns its graphs off; offload_embedding "false" keeps them."""
+    import os
+
+    options = {} if offload_embedding == "default" else {"offload_embedding": {"auto": "auto", "false": False}[
+        offload_embedding]}
+    model, tok, _ = load_4bit_with_adapter(model_dir, "fp16", memory_cap_gib=15, **options)
+    batch = batch or params.Params().gen_batch_size
+    questions = eval_questions(2 * max(batch, generation.AUTO_BATCH_SIZES[-1]))
     try:
         row = timed_generation(model, tok, questions, batch, new_tokens, path="new", warm=False)
     except Exception as err:  # noqa: BLE001 (recorded: an out-of-memory here is the finding)
         row = {"error": f"{type(err).__name__}: {str(err)[:300]}", **rt_mod.peak_gpu_memory_gib()}
-    row.update(cap_gib=15, dtype="float16", path="4-bit + LoRA, Unsloth CUDA-graph decode")
+    row.update(cap_gib=15, dtype="float16", path="4-bit + LoRA, 04's decode path", offload_embedding=offload_embedding,
+               t4_mode=os.environ.get("MEDICAL_R1_T4") == "1")
     artifacts.write_json(out / "t4_cap.json", row)
     print("t4 cap", row, flush=True)
 
 
-def main():
+def capped_run(model_dir, args) -> dict:
+    """t4_cap_run in a process of its own (in T4 mode with --t4-mode); what it wrote to t4_cap.json."""
     import os
     import subprocess
 
+    from t4_mode import t4_device
+
+    env = t4_device.child_environment(os.environ) if args.t4_mode else os.environ
+    subprocess.run([sys.executable, __file__, "--model-dir", model_dir, "--out", str(args.out), "--t4-cap",
+                    "--t4-new-tokens", str(args.t4_new_tokens), "--t4-batch", str(args.t4_batch),
+                    "--t4-offload-embedding", args.t4_offload_embedding], check=False, env=env)
+    cap = args.out / "t4_cap.json"
+    result = json.loads(cap.read_text()) if cap.exists() else {"error": "the capped run wrote nothing"}
+    print(json.dumps(result), flush=True)
+    return result
+
+def main():
     import torch
 
     parser = argparse.ArgumentParser()
@@ -252,6 +274,12 @@ def main():
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[32, 0], help="0: chosen as 04 does (auto)")
     parser.add_argument("--t4-cap", action="store_true", help="(internal) the 15 GiB run, in its own process")
     parser.add_argument("--t4-new-tokens", type=int, default=1024)
+    parser.add_argument("--t4-batch", type=int, default=0, help="the capped run's batch (0: chosen as 04 does)")
+    parser.add_argument("--t4-mode", action="store_true",
+                        help="the capped run's torch and Unsloth see a T4 (gpu/t4_mode), so Unsloth decides as there")
+    parser.add_argument("--t4-offload-embedding", choices=["default", "auto", "false"], default="default",
+                        help="the capped run's offload_embedding: Unsloth's default, 'auto', or 'false' (on the GPU)")
+    parser.add_argument("--t4-cap-only", action="store_true", help="only the capped run")
     parser.add_argument("--only-rows", nargs="*", help="run only these rows (names as in the table)")
     parser.add_argument("--skip-t4-cap", action="store_true", help="leave out the 15 GiB run")
     parser.add_argument("--skip-checks", action="store_true", help="leave out the logit and layout checks")
@@ -265,7 +293,9 @@ def main():
         model_dir = f"/tmp/models/{args.shape}"
         real_shapes.build_model(args.shape, model_dir)
     if args.t4_cap:
-        return t4_cap_run(model_dir, args.t4_new_tokens, args.out)
+        return t4_cap_run(model_dir, args.t4_new_tokens, args.out, args.t4_batch, args.t4_offload_embedding)
+    if args.t4_cap_only:
+        return capped_run(model_dir, args)
     started = time.perf_counter()
     model, tok, _ = load_4bit_with_adapter(model_dir, adapter_std=0.02)
     runs, rows = {}, []
@@ -326,10 +356,7 @@ def main():
               "runs": runs, "checks": checks}
     artifacts.write_json(args.out / "generate_bench.json", report)
     if not args.skip_t4_cap:
-        subprocess.run([sys.executable, __file__, "--model-dir", model_dir, "--out", str(args.out), "--t4-cap",
-                        "--t4-new-tokens", str(args.t4_new_tokens)], check=False, env=os.environ)
-        cap = args.out / "t4_cap.json"
-        report["t4_cap"] = json.loads(cap.read_text()) if cap.exists() else {"error": "the capped run wrote nothing"}
+        report["t4_cap"] = capped_run(model_dir, args)
     artifacts.write_json(args.out / "generate_bench.json", report)
     print("| mode | batch | output tokens | s | tokens/s | vs old_batched_32 (04 before) | peak alloc / reserved GiB |")
     print("|---|---|---|---|---|---|---|")

@@ -137,10 +137,12 @@ def language_model_loader(backend: str):
 
 
 def load_model_and_tokenizer(model_name: str, backend: str, runtime: Runtime, max_seq_length: int,
-                             load_in_4bit: bool = True):
-    """The base model (or adapter folder) for the chosen backend, as 01, 03 and 04 load it."""
+                             load_in_4bit: bool = True, **unsloth_options):
+    """The base model (or adapter folder) for the chosen backend, as 01, 03 and 04 load it. unsloth_options go to
+    Unsloth's from_pretrained (offload_embedding, for the benchmarks); the plain backends ignore them."""
     return language_model_loader(backend).from_pretrained(
-        model_name=model_name, max_seq_length=max_seq_length, dtype=compute_dtype(runtime), load_in_4bit=load_in_4bit)
+        model_name=model_name, max_seq_length=max_seq_length, dtype=compute_dtype(runtime), load_in_4bit=load_in_4bit,
+        **unsloth_options)
 
 
 def add_lora(model, backend: str, p: Params):

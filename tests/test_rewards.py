@@ -136,3 +136,5 @@ def test_07_keeps_the_embeddings_on_the_gpu_only_where_unsloth_graphs_the_decode
     assert embedding_offload(llama, "cpu")[0] == "auto" and embedding_offload(llama, "transformers")[0] == "auto"
     with pytest.raises(OSError, match="could not load model .*Check MODEL_NAME"):
         embedding_offload(str(tmp_path / "no-such-model"), "unsloth")
+    model, _ = models_mod.load_model_and_tokenizer(llama, "cpu", rt_mod.detect_runtime(), 256, offload_embedding=False)
+    assert model.config.model_type == "llama"  # Unsloth-only load options pass through the plain backends unused
