@@ -137,3 +137,30 @@ def test_the_repeated_raw_loop_cycles_over_its_first_batches_and_counts_each_use
     assert len(counter.batches) == 4 and counter.batches[2:] == counter.batches[:2]
     assert counter.batches[0] != counter.batches[1]  # two different examples, not one counted twice
     assert losses[2] < losses[0]  # the same batch again, after two optimizer steps on it: learned
+
+
+@pytest.mark.parametrize("t4_mode", [True, False])
+def test_generate_bench_runs_its_capped_row_with_the_load_and_batch_asked_and_in_t4_mode_when_asked(
+        monkeypatch, tmp_path, t4_mode):
+    """The capped run is a process of its own: it gets the batch and embedding load asked for, and sees a T4 (the
+    T4 mode's sitecustomize first on its path) only with --t4-mode; what it wrote comes back."""
+    import argparse
+    import subprocess
+
+    import bench_generate
+
+    seen = {}
+
+    def fake_run(command, check, env):
+        seen.update(command=command, env=env)
+        (tmp_path / "t4_cap.json").write_text(json.dumps({"tokens_per_s": 1.0}))
+
+    monkeypatch.delenv("MEDICAL_R1_T4", raising=False)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    args = argparse.Namespace(out=tmp_path, t4_new_tokens=1024, t4_batch=16, t4_offload_embedding="false",
+                              t4_mode=t4_mode)
+    assert bench_generate.capped_run("/models/llama-8b", args) == {"tokens_per_s": 1.0}
+    command = seen["command"]
+    assert command[command.index("--t4-batch") + 1] == "16" and "--t4-cap" in command
+    assert command[command.index("--t4-offload-embedding") + 1] == "false"
+    assert (seen["env"].get("MEDICAL_R1_T4") == "1") is t4_mode
