@@ -262,6 +262,7 @@ def capped_run(model_dir, args) -> dict:
     print(json.dumps(result), flush=True)
     return result
 
+
 def main():
     import torch
 

@@ -53,12 +53,12 @@ CONFIGS = {
     # trainer's dataloader, model(**batch).loss.backward() and an 8-bit AdamW step; no Trainer around it.
     "r_raw_loop": {"backend": "unsloth", "params": {"gradient_checkpointing": "on"}, "completion_only_loss": True,
                    "raw": True},
-    # The same loop without gradient checkpointing (as a bare loop runs unless it asks for it): every
-    # activation kept, no recomputation. Shows what checkpointing costs, in time and in memory.
     # The same loop over (a)'s first 8 micro-batches, again and again: after the first pass every shape has been
     # compiled, so this is the bare loop's speed when shapes cost nothing (the issue's "repeated shapes").
     "r_raw_loop_repeated": {"backend": "unsloth", "params": {"gradient_checkpointing": "on"},
                             "completion_only_loss": True, "raw": True, "repeat": 8},
+    # The same loop without gradient checkpointing (as a bare loop runs unless it asks for it): every
+    # activation kept, no recomputation. Shows what checkpointing costs, in time and in memory.
     "r_raw_loop_no_checkpointing": {"backend": "unsloth", "params": {"gradient_checkpointing": "off"},
                                     "completion_only_loss": True, "raw": True, "checkpointing": False},
 }
