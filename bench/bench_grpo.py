@@ -4,7 +4,8 @@ and Unsloth see a T4 (gpu/t4_mode: fp16, 15 GiB, no FlashAttention 2).
 
 Measures, in one process:
 - each GRPO step's seconds (a callback), the rollout's share of it and its generated tokens/s (the trainer's own
-  call of `model.generate`, timed around it), and the peak GPU memory;
+  call of `model.generate`, timed around it, inside 04's decode speed-ups as 07 runs it; --plain-rollouts leaves
+  them out), and the peak GPU memory;
 - the same prompt answered NUM_GENERATIONS times by 04's `generate_answers` at the same batch, sampling, and
   length (after a short untimed call that builds its graphs): the other way 07 could write its answers.
 Random weights never write EOS, so every answer runs to the length limit: the slowest and largest case.
@@ -14,7 +15,6 @@ On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.
 Prints a table and writes grpo_bench.json.
 """
 import argparse
-import contextlib
 import json
 import os
 import pathlib
@@ -54,11 +54,11 @@ def graph_counters(model, backend: str) -> dict:
 
 
 def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: dict,
-          offload_embedding: str = "notebook", rollout_speedups: bool = False) -> dict:
+          offload_embedding: str = "notebook", rollout_speedups: bool = True) -> dict:
     import torch
 
     from medical_r1.benchmarks import mc_question
-    from medical_r1.generation import decode_speedups, generate_answers
+    from medical_r1.generation import generate_answers
     from medical_r1.models import language_model_loader
     from medical_r1.params import LORA_TARGET_MODULES, Params
     from medical_r1.rewards import correctness_reward, format_reward, grpo_rows, length_guard, load_items
@@ -73,7 +73,7 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     # step then declines ("parameters on several / non-CUDA devices") and every answer decodes eagerly. 07 keeps
     # them on the GPU where the model type is graphed ("notebook", grpo.embedding_offload); "auto" and "false"
     # force one or the other, to measure what each costs and gives.
-    from medical_r1.grpo import embedding_offload
+    from medical_r1.grpo import embedding_offload, rollouts_with_decode_speedups
 
     offload_value = {"auto": "auto", "false": False}.get(offload_embedding)
     if offload_embedding == "notebook":
@@ -91,14 +91,15 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     items = load_items(str(ITEMS), 0)
     rows = grpo_rows(items, tokenizer, "r1_chat")
 
+    if rollout_speedups:  # as 07 does
+        rollouts_with_decode_speedups(model, backend)
     rollouts = []  # (seconds, new tokens) of each generate call the trainer makes
     generate = model.generate
 
     def timed_generate(*args, **kwargs):
         sync()
         start = time.perf_counter()
-        with decode_speedups(model, backend) if rollout_speedups else contextlib.nullcontext():
-            result = generate(*args, **kwargs)
+        result = generate(*args, **kwargs)
         sync()
         ids = result if torch.is_tensor(result) else result.sequences
         prompt = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]
@@ -198,14 +199,15 @@ def main():
     parser.add_argument("--offload-embedding", choices=["notebook", "auto", "false"], default="notebook",
                         help="Unsloth's offload_embedding: 07's choice (grpo.embedding_offload), Unsloth's 'auto', or "
                              "'false' (embeddings stay on the GPU)")
-    parser.add_argument("--rollout-speedups", action="store_true",
-                        help="the trainer's rollouts inside 04's decode_speedups (its head fix and attention core)")
+    parser.add_argument("--plain-rollouts", action="store_true",
+                        help="the trainer's rollouts without 04's decode_speedups (07 wraps them: its head fix and "
+                             "attention core), as 07 ran before 2026-11-30")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {"num_generations": 2, "grpo_batch_size": 2, "max_completion_length": 8} if args.smoke else {}
     if args.child or args.smoke:
-        raw = child(args.steps, args.out, args.model, overrides, args.offload_embedding, args.rollout_speedups)
+        raw = child(args.steps, args.out, args.model, overrides, args.offload_embedding, not args.plain_rollouts)
         (args.out / "grpo_bench_raw.json").write_text(json.dumps(raw, indent=1))
         print(json.dumps(summarise(raw), indent=1))
         return 0
@@ -216,7 +218,7 @@ def main():
         real_shapes.build_model_in_child("llama-8b", args.model)
     command = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--out", str(args.out), "--model",
                str(args.model), "--offload-embedding", args.offload_embedding]
-    command += ["--rollout-speedups"] if args.rollout_speedups else []
+    command += ["--plain-rollouts"] if args.plain_rollouts else []
     child_run = subprocess.run(command, env=t4_device.child_environment(os.environ))
     raw = json.loads((args.out / "grpo_bench_raw.json").read_text())
     import torch

@@ -118,10 +118,11 @@ runtime, backend = setup_backend(BACKEND, PRECISION)
 # install leaves vLLM out: it is a large install of its own); otherwise the model's `generate` writes them, with
 # Unsloth's CUDA-graph decode step where it graphs the model type (the Llama distills). The graphs need every weight
 # on the GPU, while on a T4 Unsloth would move the input embeddings to CPU RAM to save 1.16 GB: at the 8B default
-# keeping them on the GPU made a GRPO step 2.5x faster for 1.5 GiB more (BENCHMARKS.md). The next lines say which.
+# keeping them on the GPU made a GRPO step 2.5x faster for 1.5 GiB more (BENCHMARKS.md). The trainer's `generate`
+# calls also run with the two decode speed-ups 04 uses for its answers. The next lines say which.
 
 # %%
-from medical_r1.grpo import embedding_offload, grpo_start, rollout_engine
+from medical_r1.grpo import embedding_offload, grpo_start, rollout_engine, rollouts_with_decode_speedups
 from medical_r1.models import language_model_loader
 from medical_r1.params import LORA_TARGET_MODULES
 from medical_r1.runtime import compute_dtype
@@ -152,6 +153,7 @@ model = FastLanguageModel.get_peft_model(  # on 03's adapter this keeps it (and 
     random_state=SEED,
     max_seq_length=MAX_SEQ_LENGTH,
 )
+print(rollouts_with_decode_speedups(model, backend))  # the trainer's generate calls run as 04's generate_answers
 before = weight_snapshot(model)  # to check after training that only the LoRA tensors moved
 
 # %% [markdown]

@@ -98,7 +98,8 @@ def test_grpo_bench_times_every_rollout_the_trainer_makes_and_counts_its_tokens(
                                                                                rollout_speedups):
     """bench_grpo on the tiny model (CPU, 2 answers of 8 tokens): one timed generate call per GRPO step, each
     with the step's answers and their real new tokens; 04's loop answers the same question as often. The load
-    follows 07's embedding choice unless told otherwise, and the rollouts can run inside 04's speed-ups."""
+    follows 07's embedding choice unless told otherwise, and the rollouts run inside 04's speed-ups as 07's do
+    unless told otherwise."""
     import bench_grpo
 
     raw = bench_grpo.child(3, tmp_path, pathlib.Path(tiny_model_dir),

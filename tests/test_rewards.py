@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from medical_r1 import benchmarks, params, rewards, training
+from medical_r1 import benchmarks, grpo, params, rewards, training
 from medical_r1 import data as data_mod
 from medical_r1 import models as models_mod
 from medical_r1 import runtime as rt_mod
@@ -90,6 +90,15 @@ def test_two_grpo_steps_on_the_tiny_model_use_the_rewards_and_move_only_lora(tin
     rows = rewards.grpo_rows(rewards.load_items(SAMPLE)[:4], tok, "r1_chat")
     assert all(tok(r["prompt"], add_special_tokens=False)["input_ids"].count(tok.bos_token_id) == 1 for r in rows)
     before = training.weight_snapshot(model)
+    head = model.get_output_embeddings()
+    hooks_during_rollouts, generate = [], model.generate
+
+    def counting_generate(*args, **kwargs):
+        hooks_during_rollouts.append(len(head._forward_pre_hooks))
+        return generate(*args, **kwargs)
+
+    model.generate = counting_generate
+    assert "decode speed-ups" in grpo.rollouts_with_decode_speedups(model, "cpu")  # as 07 does
     config = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=4, num_generations=2,
                         max_completion_length=12, max_steps=2, logging_steps=1, report_to="none", learning_rate=5e-3)
     trainer = GRPOTrainer(model=model, processing_class=tok, args=config, train_dataset=Dataset.from_list(rows),
@@ -103,6 +112,8 @@ def test_two_grpo_steps_on_the_tiny_model_use_the_rewards_and_move_only_lora(tin
                for h in logged)
     changes = training.weight_changes(before, model)
     assert changes["lora_tensors_changed"] > 0 and changes["base_tensors_changed"] == 0
+    # Each rollout ran inside 04's decode speed-ups (the head's layout hook), and none is left on the head after.
+    assert hooks_during_rollouts == [1, 1] and len(head._forward_pre_hooks) == 0
     assert benchmarks.mc_question(rewards.load_items(SAMPLE)[0]) in rows[0]["prompt"]
 
 
