@@ -118,6 +118,28 @@ def test_grpo_bench_times_every_rollout_the_trainer_makes_and_counts_its_tokens(
     assert summary["faster"] in ("generate_answers", "the trainer's generate")
 
 
+@pytest.mark.parametrize("t4_mode", [True, False])
+def test_the_capped_generation_run_is_capped_once(monkeypatch, tmp_path, t4_mode):
+    """Outside T4 mode the capped run caps its own process at 15 GiB; in T4 mode the process is capped already, and
+    a second cap computed from the T4's faked 15 GiB total would lift it (fraction 1.0 of the real GPU)."""
+    import bench_generate
+
+    seen = {}
+
+    def fake_load(model_dir, precision, memory_cap_gib, **options):
+        seen.update(cap=memory_cap_gib, precision=precision, options=options)
+        return object(), object(), "unsloth"
+
+    monkeypatch.setattr(bench_generate, "load_4bit_with_adapter", fake_load)
+    monkeypatch.setattr(bench_generate, "eval_questions", lambda n: [{"question": "q"}] * n)
+    monkeypatch.setattr(bench_generate, "timed_generation", lambda *a, **k: {"tokens_per_s": 1.0})
+    monkeypatch.setenv("MEDICAL_R1_T4", "1") if t4_mode else monkeypatch.delenv("MEDICAL_R1_T4", raising=False)
+    bench_generate.t4_cap_run("/models/llama-8b", 1024, tmp_path, 16, "false")
+    assert seen == {"cap": 0 if t4_mode else 15, "precision": "fp16", "options": {"offload_embedding": False}}
+    row = json.loads((tmp_path / "t4_cap.json").read_text())
+    assert row["t4_mode"] is t4_mode and row["tokens_per_s"] == 1.0
+
+
 def test_the_repeated_raw_loop_cycles_over_its_first_batches_and_counts_each_use(tiny_model_dir, en_rows):
     """r_raw_loop_repeated: 4 micro-batches taken from 2 are the 2 again, in order, and each use is counted, so the
     timed window's tokens are those the loop computed."""
