@@ -264,6 +264,7 @@ def test_t4_mode_answers_as_a_t4_to_the_libraries_and_as_the_real_gpu_to_the_com
 import sys, torch
 sys.path.insert(0, "gpu/t4_mode")
 torch.cuda.get_device_capability = lambda device=None: (9, 0)  # the real GPU: an H200
+torch.cuda.get_per_process_memory_fraction = lambda device=None: 0.106  # T4 mode's 15 GiB cap of the H200's 141
 import t4_device
 t4_device.install()
 torch.cuda.get_device_capability = lambda device=None: "a cached copy of the first answer"
@@ -271,13 +272,16 @@ ask = lambda module: eval("torch.cuda.get_device_capability()", {"__name__": mod
 print([ask(m) for m in ("medical_r1.runtime", "unsloth.models._utils", "torch._inductor.utils",
                         "triton.backends.nvidia.driver")],
       torch.cuda.is_bf16_supported(), torch.cuda.is_bf16_supported(including_emulation=False),
-      torch.backends.cuda.flash_sdp_enabled(), torch.cuda.get_device_name())
+      torch.backends.cuda.flash_sdp_enabled(), torch.cuda.get_device_name(),
+      [eval("torch.cuda.get_per_process_memory_fraction()", {"__name__": m, "torch": torch})
+       for m in ("unsloth.models._utils", "unsloth_zoo.block_swap", "torch.cuda.memory")])
 """
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.split() == "[(7, 5), (7, 5), (9, 0), (9, 0)] True False False Tesla T4".split()
+    # Unsloth reads the memory fraction as a T4 nobody capped answers it (it scales the T4's 15 GiB total by it).
+    assert out.split() == "[(7, 5), (7, 5), (9, 0), (9, 0)] True False False Tesla T4 [1.0, 1.0, 0.106]".split()
     # How the checks start their processes in T4 mode: the environment alone (sitecustomize.py) makes a T4.
     sys.path.insert(0, str(REPO_ROOT / "gpu"))
     from t4_mode import t4_device

@@ -10,7 +10,10 @@ H100/H200 refuses ("no kernel image is available"). Triton also keeps the functi
 and Unsloth swaps in a cached copy of whatever it finds at import, which torch.cuda here declines (a cache decides
 nothing). bf16 emulation answers everyone, and Unsloth wraps it as it does on a T4 (its default becomes
 including_emulation=False, which transformers' bf16 check then asks). Memory is capped at 15 GiB for the allocator
-and reported as 15 GiB in all, the bytes in use counted as they are.
+and reported as 15 GiB in all, the bytes in use counted as they are. The cap is T4 mode's own, so the process's
+memory fraction answers 1.0, as on a T4 nobody capped: Unsloth multiplies the fraction by the total it is told, and
+the big GPU's real fraction (15 GiB of 141) times a T4's 15 GiB left it about 1.6 GiB, so its offload_embedding
+"auto" moved the input embeddings to CPU RAM where a T4 keeps them (before 2026-11-30).
 
 Started by sitecustomize.py beside this file when MEDICAL_R1_T4=1, in every Python process (papermill's kernels
 too). With MEDICAL_R1_T4_LOG set, each process appends JSON lines there: which module got which T4 answer, and
@@ -116,6 +119,8 @@ def install() -> None:
     cuda.get_device_name = lambda device=None: NAME
     cuda.is_bf16_supported = is_bf16_supported
     cuda.mem_get_info = answer_by_caller(real_mem_get_info, t4_mem_get_info)
+    cuda.get_per_process_memory_fraction = answer_by_caller(cuda.get_per_process_memory_fraction,
+                                                            lambda device=None: 1.0)
     cuda._lazy_init = lazy_init
     cuda._t4_installed = True
     torch.backends.cuda.enable_flash_sdp(False)  # torch's flash and cuDNN attention kernels need compute capability 8.0
