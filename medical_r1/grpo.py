@@ -35,11 +35,12 @@ GRAPHED_MODEL_TYPES = ("llama", "qwen3")
 
 
 def embedding_offload(model_name: str, backend: str) -> tuple[bool | str, str]:
-    """Unsloth's `offload_embedding` for 07's load, and why. On a 15 GB GPU (a T4) its "auto" moves the 8B's input
-    embeddings to CPU RAM, and its graph decode then declines, so every answer of a rollout decodes eagerly. Kept
-    on the GPU where the model type is graphed: at the Llama-8B shape in T4 mode a GRPO step took 24.6 s instead
-    of 62.8 s (rollouts 172 against 67 tokens/s) and 8.39 GiB instead of 6.89 (BENCHMARKS.md). Elsewhere "auto":
-    Qwen2's decode is never graphed, so the room is worth more (the 14B needs it)."""
+    """Unsloth's `offload_embedding` for 07's load, and why. Its "auto" moves the input embeddings to CPU RAM when it
+    estimates that a training step would not fit beside them, and its graph decode then declines, so every answer of
+    a rollout decodes eagerly: at the Llama-8B shape in T4 mode a GRPO step took 62.8 s with them moved against 24.6 s
+    without (rollouts 67 against 172 tokens/s), for 1.5 GiB less (BENCHMARKS.md). By its estimate a T4 keeps the 8B's
+    (about 2.7 GB wanted, about 9 GiB free after loading); False makes that sure where the model type is graphed.
+    Elsewhere "auto": Qwen2's decode is never graphed, so the room is worth more (the 14B needs it)."""
     from medical_r1.models import base_model_type
 
     if backend != "unsloth":
@@ -47,17 +48,18 @@ def embedding_offload(model_name: str, backend: str) -> tuple[bool | str, str]:
     model_type = base_model_type(model_name)
     if model_type in GRAPHED_MODEL_TYPES:
         return False, (f"embeddings kept on the GPU (offload_embedding=False): Unsloth replays {model_type}'s decode "
-                       "step as CUDA graphs only with every weight on the GPU; on the 8B default in T4 mode that made "
-                       "a GRPO step 2.5x faster for 1.5 GiB more")
+                       "step as CUDA graphs only with every weight on the GPU; with the 8B's embeddings in CPU RAM a "
+                       "GRPO step took 2.5x as long")
     return "auto", (f"embeddings placed by Unsloth (offload_embedding='auto'): it does not graph {model_type}'s "
                     "decode step, so moving them to CPU RAM where memory is short costs no speed")
 
 
 def rollouts_with_decode_speedups(model, backend: str) -> str:
     """Makes every `generate` call on `model` (the trainer's rollouts) run inside 04's decode_speedups: its output
-    head reading its weights once and, in Unsloth's graph step, its grouped attention core. Without them, at the
-    Llama-8B shape in T4 mode, the trainer wrote its answers at 172 tokens/s where 04's generate_answers wrote the
-    same answers at 226 (BENCHMARKS.md). Returns the line that says so. vLLM rollouts do not call `generate`."""
+    head reading its weights once and, in Unsloth's graph step, its grouped attention core. At the Llama-8B shape in
+    T4 mode the trainer's rollouts went from 176 to 223 tokens/s with them (04's generate_answers, same answers:
+    218-230), a GRPO step from 24.0 to 19.2 s (BENCHMARKS.md). Returns the line that says so. vLLM rollouts do not
+    call `generate`."""
     import functools
 
     from medical_r1.generation import decode_speedups

@@ -27,10 +27,10 @@
 # training items (by default MedQA's USMLE training split from the Hub, CC BY 4.0) and 04's evaluation file (to
 # leave out any question it shares).
 # **Writes:** `WORK_DIR/grpo_adapter/`, `grpo_checkpoints/`, `grpo_metrics.json`, `grpo_curve.png`.
-# **Time on a T4 (an estimate; not yet measured on one):** about 40 s a step for the 8B model at the defaults,
-# almost all of it writing the `NUM_GENERATIONS` answers; 100 steps a little over an hour, in about 8.4 GiB of GPU
-# memory (measured on a bigger GPU answering as a T4 does: BENCHMARKS.md, "GRPO (07)"). The Qwen distills write
-# their answers without Unsloth's CUDA graphs and take longer.
+# **Time on a T4 (an estimate; not yet measured on one):** about 32 s a step for the 8B model at the defaults,
+# almost all of it writing the `NUM_GENERATIONS` answers; 100 steps under an hour, in about 8.2 GiB of GPU memory
+# (measured on a bigger GPU answering as a T4 does: BENCHMARKS.md, "GRPO (07)"). The Qwen distills write their
+# answers without Unsloth's CUDA graphs and take longer.
 #
 # The rewards (`medical_r1/rewards.py`, tested): correctness as HuatuoGPT-o1's RL stage scores it (1 for the
 # right option, 0.1 for a wrong one, 0 for no answer), read by the same scorer as 04, only after `</think>`; a
@@ -117,9 +117,10 @@ runtime, backend = setup_backend(BACKEND, PRECISION)
 # `fast_inference` writes them with vLLM, as Unsloth's own GRPO notebooks do on Kaggle and Colab (this series'
 # install leaves vLLM out: it is a large install of its own); otherwise the model's `generate` writes them, with
 # Unsloth's CUDA-graph decode step where it graphs the model type (the Llama distills). The graphs need every weight
-# on the GPU, while on a T4 Unsloth would move the input embeddings to CPU RAM to save 1.16 GB: at the 8B default
-# keeping them on the GPU made a GRPO step 2.5x faster for 1.5 GiB more (BENCHMARKS.md). The trainer's `generate`
-# calls also run with the two decode speed-ups 04 uses for its answers. The next lines say which.
+# on the GPU, so the load keeps the input embeddings there (Unsloth's "auto" would move them to CPU RAM if it judged
+# memory short; with the 8B's moved, a GRPO step took 2.5x as long), and the trainer's `generate` calls run with the
+# two decode speed-ups 04 uses for its answers (a step 1.25x faster at the 8B default; BENCHMARKS.md). The next
+# lines say which.
 
 # %%
 from medical_r1.grpo import embedding_offload, grpo_start, rollout_engine, rollouts_with_decode_speedups
