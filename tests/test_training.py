@@ -53,9 +53,25 @@ def test_val_loss_falls_and_matches_the_trainer(trained):
     assert losses["tuned_val_loss"] == pytest.approx(tuned, abs=1e-5)
 
 
+def test_val_loss_row_by_row_equals_the_whole_batch_cross_entropy(trained):
+    """eval_loss upcasts only the label positions of one row at a time (memory on a T4); the figure must be the
+    cross-entropy of the whole padded batch at once, per label token."""
+    model, val = trained["model"], trained["val"][:4]
+    width = max(len(r["input_ids"]) for r in val)
+    ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in val])
+    labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in val])
+    mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in val])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    whole = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                                              ignore_index=-100)
+    assert generation.eval_loss(model, val, batch_size=4) == pytest.approx(whole.item(), abs=1e-5)
+    assert generation.eval_loss(model, val, batch_size=3) == pytest.approx(whole.item(), abs=1e-5)
+
+
 def test_inputs_go_to_the_decoder_even_when_the_first_parameter_lives_elsewhere(trained, monkeypatch):
-    """On a T4, Unsloth loads 04's adapter with the input embeddings moved to CPU RAM and `model.device` pinned to
-    the GPU decoder; the first parameter is then on another device than the inputs must go to. Emulated here by a
+    """Where Unsloth judges memory short, it loads 04's adapter with the input embeddings moved to CPU RAM and
+    `model.device` pinned to the GPU decoder; the first parameter is then on another device than the inputs must go to. Emulated here by a
     first parameter on the meta device: validation loss and answers come out as before."""
     model, tok, val = trained["model"], trained["tok"], trained["val"]
     expected = generation.eval_loss(model, val[:4])
