@@ -227,8 +227,9 @@ def compare_first_steps(reference, candidate) -> dict:
 def t4_cap_run(model_dir, new_tokens, out, batch=0, offload_embedding="default"):
     """A batch (0: GEN_BATCH_SIZE's default, chosen from free memory as 04 does) at new_tokens output tokens each,
     under a 15 GiB cap in float16 (what a T4 has), on the 4-bit path a T4 runs: does it fit, how fast, through
-    Unsloth's graphs or not? In T4 mode (--t4-mode) Unsloth also decides as on a T4, and on a 15 GB GPU it moves
-    the 8B's input embeddings to CPU RAM, which turns its graphs off; offload_embedding "false" keeps them."""
+    Unsloth's graphs or not? In T4 mode (--t4-mode) Unsloth also decides as on a T4 (its "auto" keeps the 8B's
+    input embeddings on the GPU there; moved to CPU RAM they would turn its graphs off); offload_embedding "auto"
+    and "false" pass Unsloth's choices explicitly."""
     import os
 
     options = {} if offload_embedding == "default" else {"offload_embedding": {"auto": "auto", "false": False}[
