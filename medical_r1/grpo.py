@@ -58,12 +58,14 @@ def rollouts_with_decode_speedups(model, backend: str) -> str:
     """Makes every `generate` call on `model` (the trainer's rollouts) run inside 04's decode_speedups: its output
     head reading its weights once and, in Unsloth's graph step, its grouped attention core. At the Llama-8B shape in
     T4 mode the trainer's rollouts went from 176 to 223 tokens/s with them (04's generate_answers, same answers:
-    218-230), a GRPO step from 24.0 to 19.2 s (BENCHMARKS.md). Returns the line that says so. vLLM rollouts do not
-    call `generate`."""
+    218-230), a GRPO step from 24.0 to 19.2 s (BENCHMARKS.md). Returns the line that says so. With vLLM (Unsloth
+    sets `vllm_engine` on the model) the rollouts do not call `generate`, and nothing is wrapped."""
     import functools
 
     from medical_r1.generation import decode_speedups
 
+    if getattr(model, "vllm_engine", None) is not None:
+        return "rollouts written by vLLM: 04's decode speed-ups do not apply"
     generate = model.generate
 
     @functools.wraps(generate)

@@ -117,6 +117,15 @@ def test_two_grpo_steps_on_the_tiny_model_use_the_rewards_and_move_only_lora(tin
     assert benchmarks.mc_question(rewards.load_items(SAMPLE)[0]) in rows[0]["prompt"]
 
 
+def test_07_leaves_generate_alone_where_vllm_writes_the_rollouts(tiny_model_dir):
+    model, _ = models_mod.load_model_and_tokenizer(tiny_model_dir, "cpu", rt_mod.detect_runtime(), 256)
+    generate = model.generate
+    model.vllm_engine = object()  # what Unsloth's fast_inference load sets
+    assert "vLLM" in grpo.rollouts_with_decode_speedups(model, "unsloth") and model.generate == generate
+    model.vllm_engine = None
+    assert "decode speed-ups" in grpo.rollouts_with_decode_speedups(model, "cpu") and model.generate != generate
+
+
 def test_07_writes_its_answers_with_vllm_only_where_unsloth_and_vllm_are_both_there(monkeypatch):
     import importlib.util
 
