@@ -15,6 +15,7 @@ Prints a table and writes generate_bench.json and t4_cap.json.
 """
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -230,14 +231,9 @@ def t4_cap_run(model_dir, new_tokens, out, batch=0, offload_embedding="default")
     Unsloth's graphs or not? In T4 mode (--t4-mode) Unsloth also decides as on a T4 (its "auto" keeps the 8B's
     input embeddings on the GPU there; moved to CPU RAM they would turn its graphs off); offload_embedding "auto"
     and "false" pass Unsloth's choices explicitly."""
-    import os
-
     options = {} if offload_embedding == "default" else {"offload_embedding": {"auto": "auto", "false": False}[
         offload_embedding]}
-    # T4 mode caps the process at 15 GiB itself; capping again would read its 15 GiB total as the GPU's and lift
-    # the cap (that happened in the 2026-11-30 run: 17.75 GiB reserved).
-    t4_mode = os.environ.get("MEDICAL_R1_T4") == "1"
-    model, tok, _ = load_4bit_with_adapter(model_dir, "fp16", memory_cap_gib=0 if t4_mode else 15, **options)
+    model, tok, _ = load_4bit_with_adapter(model_dir, "fp16", memory_cap_gib=15, **options)
     batch = batch or params.Params().gen_batch_size
     questions = eval_questions(2 * max(batch, generation.AUTO_BATCH_SIZES[-1]))
     try:
@@ -245,14 +241,13 @@ def t4_cap_run(model_dir, new_tokens, out, batch=0, offload_embedding="default")
     except Exception as err:  # noqa: BLE001 (recorded: an out-of-memory here is the finding)
         row = {"error": f"{type(err).__name__}: {str(err)[:300]}", **rt_mod.peak_gpu_memory_gib()}
     row.update(cap_gib=15, dtype="float16", path="4-bit + LoRA, 04's decode path", offload_embedding=offload_embedding,
-               t4_mode=t4_mode)
+               t4_mode=os.environ.get("MEDICAL_R1_T4") == "1")
     artifacts.write_json(out / "t4_cap.json", row)
     print("t4 cap", row, flush=True)
 
 
 def capped_run(model_dir, args) -> dict:
     """t4_cap_run in a process of its own (in T4 mode with --t4-mode); what it wrote to t4_cap.json."""
-    import os
     import subprocess
 
     from t4_mode import t4_device

@@ -261,10 +261,14 @@ def test_t4_mode_answers_as_a_t4_to_the_libraries_and_as_the_real_gpu_to_the_com
     """gpu/t4_mode (the GPU checks' T4 mode): Unsloth, transformers and the helpers must see 7.5, while torch's
     compiler and Triton must see the GPU that runs the kernels, even after Unsloth assigns its cached copy."""
     code = """
-import sys, torch
+import sys, types, torch
 sys.path.insert(0, "gpu/t4_mode")
 torch.cuda.get_device_capability = lambda device=None: (9, 0)  # the real GPU: an H200
-torch.cuda.get_per_process_memory_fraction = lambda device=None: 0.106  # T4 mode's 15 GiB cap of the H200's 141
+torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(name="NVIDIA H200", major=9, minor=0,
+                                                                             total_memory=140 * 2**30)
+fraction = {"real": 15 / 140}  # T4 mode's own cap: 15 GiB of the H200's 140
+torch.cuda.set_per_process_memory_fraction = lambda value, device=None: fraction.update(real=value)
+torch.cuda.get_per_process_memory_fraction = lambda device=None: fraction["real"]
 import t4_device
 t4_device.install()
 torch.cuda.get_device_capability = lambda device=None: "a cached copy of the first answer"
@@ -272,16 +276,23 @@ ask = lambda module: eval("torch.cuda.get_device_capability()", {"__name__": mod
 print([ask(m) for m in ("medical_r1.runtime", "unsloth.models._utils", "torch._inductor.utils",
                         "triton.backends.nvidia.driver")],
       torch.cuda.is_bf16_supported(), torch.cuda.is_bf16_supported(including_emulation=False),
-      torch.backends.cuda.flash_sdp_enabled(), torch.cuda.get_device_name(),
-      [eval("torch.cuda.get_per_process_memory_fraction()", {"__name__": m, "torch": torch})
-       for m in ("unsloth.models._utils", "unsloth_zoo.block_swap", "torch.cuda.memory")])
+      torch.backends.cuda.flash_sdp_enabled(), torch.cuda.get_device_name())
+fractions = lambda: [eval("torch.cuda.get_per_process_memory_fraction()", {"__name__": m, "torch": torch})
+                     for m in ("unsloth.models._utils", "unsloth_zoo.block_swap", "torch.cuda.memory")]
+print(fractions())
+eval("torch.cuda.set_per_process_memory_fraction(0.5)", {"__name__": "medical_r1.runtime", "torch": torch})
+print(fractions(), fraction["real"] * 2 * 140 / 15)
 """
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    # Unsloth reads the memory fraction as a T4 nobody capped answers it (it scales the T4's 15 GiB total by it).
-    assert out.split() == "[(7, 5), (7, 5), (9, 0), (9, 0)] True False False Tesla T4 [1.0, 1.0, 0.106]".split()
+    lines = out.splitlines()
+    assert lines[0].split() == "[(7, 5), (7, 5), (9, 0), (9, 0)] True False False Tesla T4".split()
+    # Memory fractions are of a T4's 15 GiB: T4 mode's cap reads 1.0 as on a T4 nobody capped (Unsloth scales the
+    # T4's total by it), and a cap the code sets (0.5 of a T4) becomes 0.5 x 15 of the 140 GiB, never more.
+    assert lines[1] == f"[1.0, 1.0, {15 / 140}]"
+    assert lines[2] == f"[0.5, 0.5, {0.5 * 15 / 140}] 1.0"
     # How the checks start their processes in T4 mode: the environment alone (sitecustomize.py) makes a T4.
     sys.path.insert(0, str(REPO_ROOT / "gpu"))
     from t4_mode import t4_device

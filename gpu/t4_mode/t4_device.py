@@ -10,10 +10,11 @@ H100/H200 refuses ("no kernel image is available"). Triton also keeps the functi
 and Unsloth swaps in a cached copy of whatever it finds at import, which torch.cuda here declines (a cache decides
 nothing). bf16 emulation answers everyone, and Unsloth wraps it as it does on a T4 (its default becomes
 including_emulation=False, which transformers' bf16 check then asks). Memory is capped at 15 GiB for the allocator
-and reported as 15 GiB in all, the bytes in use counted as they are. The cap is T4 mode's own, so the process's
-memory fraction answers 1.0, as on a T4 nobody capped: Unsloth multiplies the fraction by the total it is told, and
-the big GPU's real fraction (15 GiB of 141) times a T4's 15 GiB left it about 1.6 GiB, so its offload_embedding
-"auto" moved the input embeddings to CPU RAM where a T4 keeps them (before 2026-11-30).
+and reported as 15 GiB in all, the bytes in use counted as they are. Memory fractions are a T4's too, set and
+read: the cap is 1.0 of a T4 (as on a T4 nobody capped), and a fraction the code sets (the notebooks'
+GPU_MEMORY_CAP_GIB) is of the T4's 15 GiB. Before 2026-11-30 they were the big GPU's: Unsloth multiplied the real
+fraction (15 GiB of 141) by the T4's 15 GiB, saw about 1.6 GiB and moved the input embeddings to CPU RAM where a
+T4 keeps them, and a 15 GiB cap set by the code (fraction 1.0 of the T4 it was told of) lifted the cap.
 
 Started by sitecustomize.py beside this file when MEDICAL_R1_T4=1, in every Python process (papermill's kernels
 too). With MEDICAL_R1_T4_LOG set, each process appends JSON lines there: which module got which T4 answer, and
@@ -104,14 +105,19 @@ def install() -> None:
     def is_bf16_supported(including_emulation: bool = True):
         return including_emulation  # a T4 has no bf16 units; a bf16 tensor can still be made there
 
+    real_set_fraction, real_get_fraction = cuda.set_per_process_memory_fraction, cuda.get_per_process_memory_fraction
+
+    def t4_share(device=None):
+        """A T4's memory as a fraction of the real GPU's: a fraction of a T4 times this is one of the real GPU."""
+        return MEMORY_BYTES / real_properties(device).total_memory
+
     capped = []
 
     def lazy_init():
         real_lazy_init()
         if not capped:
             capped.append(True)
-            total = real_properties(cuda.current_device()).total_memory
-            cuda.set_per_process_memory_fraction(MEMORY_BYTES / total)
+            real_set_fraction(t4_share(cuda.current_device()))
 
     cuda.__class__ = KeepsT4Answers
     cuda.get_device_capability = answer_by_caller(real_capability, lambda device=None: CAPABILITY)
@@ -119,8 +125,10 @@ def install() -> None:
     cuda.get_device_name = lambda device=None: NAME
     cuda.is_bf16_supported = is_bf16_supported
     cuda.mem_get_info = answer_by_caller(real_mem_get_info, t4_mem_get_info)
-    cuda.get_per_process_memory_fraction = answer_by_caller(cuda.get_per_process_memory_fraction,
-                                                            lambda device=None: 1.0)
+    cuda.set_per_process_memory_fraction = answer_by_caller(
+        real_set_fraction, lambda fraction, device=None: real_set_fraction(fraction * t4_share(device), device))
+    cuda.get_per_process_memory_fraction = answer_by_caller(
+        real_get_fraction, lambda device=None: real_get_fraction(device) / t4_share(device))
     cuda._lazy_init = lazy_init
     cuda._t4_installed = True
     torch.backends.cuda.enable_flash_sdp(False)  # torch's flash and cuDNN attention kernels need compute capability 8.0
