@@ -71,9 +71,8 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     FastLanguageModel = language_model_loader(backend)
     # Unsloth's "auto" moves the input embeddings to CPU RAM when it judges the GPU's memory short (1.16 GB at 8B);
     # its CUDA-graph decode step then declines ("parameters on several / non-CUDA devices") and every answer decodes
-    # eagerly. 07 keeps
-    # them on the GPU where the model type is graphed ("notebook", grpo.embedding_offload); "auto" and "false"
-    # force one or the other, to measure what each costs and gives.
+    # eagerly. 07 keeps them on the GPU where the model type is graphed ("notebook", grpo.embedding_offload); "auto"
+    # and "false" force one or the other, to measure what each costs and gives.
     from medical_r1.grpo import embedding_offload, rollouts_with_decode_speedups
 
     offload_value = {"auto": "auto", "false": False}.get(offload_embedding)
