@@ -71,8 +71,8 @@ def test_val_loss_row_by_row_equals_the_whole_batch_cross_entropy(trained):
 
 def test_inputs_go_to_the_decoder_even_when_the_first_parameter_lives_elsewhere(trained, monkeypatch):
     """Where Unsloth judges memory short, it loads 04's adapter with the input embeddings moved to CPU RAM and
-    `model.device` pinned to the GPU decoder; the first parameter is then on another device than the inputs must go to. Emulated here by a
-    first parameter on the meta device: validation loss and answers come out as before."""
+    `model.device` pinned to the GPU decoder; the first parameter is then on another device than the inputs must
+    go to. Emulated here by a first parameter on the meta device: validation loss and answers come out as before."""
     model, tok, val = trained["model"], trained["tok"], trained["val"]
     expected = generation.eval_loss(model, val[:4])
     kwargs = dict(template="r1_chat", max_new_tokens=4, temperature=0.6, top_p=0.95, do_sample=False, seed=0,
