@@ -17,6 +17,10 @@ VOCAB_SIZE = 2048  # small enough for a fast CPU model, large enough that words 
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 SPECIAL_TOKENS = [EOS, BOS, "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"]  # the real distills' set
+# In the real tokenizer.json only BOS and EOS are "special": the turn markers and <think>, </think> are added tokens
+# that decoding keeps, so `decode(..., skip_special_tokens=True)` (TRL's completions, 04's answers) still shows
+# </think> (deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B, tokenizer.json, ids 151644-151649).
+KEPT_WHEN_DECODING = ["<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"]
 
 # Our own template, rendering the same text as DeepSeek's: bos, optional system text, user turns,
 # assistant turns with everything up to the last </think> dropped, and the <think>\n generation prompt.
@@ -63,6 +67,10 @@ def build():
     fast.chat_template = CHAT_TEMPLATE
     OUT.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(OUT))
+    saved = json.loads((OUT / "tokenizer.json").read_text(encoding="utf-8"))
+    for token in saved["added_tokens"]:
+        token["special"] = token["content"] not in KEPT_WHEN_DECODING
+    (OUT / "tokenizer.json").write_text(json.dumps(saved, ensure_ascii=False, indent=2), encoding="utf-8")
     print(f"wrote {OUT} ({len(fast)} tokens)")
 
 

@@ -23,6 +23,16 @@ def test_fixture_has_the_real_special_tokens(tokenizer):
         assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
 
 
+def test_decoding_keeps_think_and_the_turn_markers_as_the_real_tokenizer_does(tokenizer):
+    """In the real tokenizer.json only BOS and EOS are special; <think>, </think> and the turn markers are kept by
+    decode(skip_special_tokens=True), which TRL's GRPO uses for the completions its rewards read and 04 for its
+    answers. A fixture that dropped </think> would make every answer look unfinished."""
+    text = "<｜User｜>Hi<｜Assistant｜><think>\nReasoning\n</think>\n\nThe answer is B."
+    ids = tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
 def test_r1_chat_prompt_exact_tokens(tokenizer):
     ids = sh.encode_prompt(tokenizer, "Hi", "r1_chat")
     tokens = tokenizer.convert_ids_to_tokens(ids)
