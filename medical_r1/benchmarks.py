@@ -17,6 +17,13 @@ EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "M
                    "GPQA_Medical_test")
 
 
+# How an answer was read, in the order the verdict page lists them: the scorer's rules (a committed statement, a
+# marked or standalone letter, an option's text), the model reader (medical_r1.model_reader), the opt-in similarity,
+# and the two kinds of no answer.
+RULES = ("answer_is", "marked_letter", "standalone_letter", "option_text", "model_extracted", "similarity",
+         "unreadable", "unfinished")
+
+
 class EvalDataError(ValueError):
     pass
 
@@ -149,10 +156,10 @@ def detectable_difference(n: int) -> float:
 def _model_counts(scored: list[dict]) -> dict:
     n = len(scored)
     correct = sum(s["correct"] for s in scored)
+    rules = {rule: sum(s["rule"] == rule for s in scored) for rule in RULES}
     return {"correct": correct, "accuracy": correct / n, "interval": wilson_interval(correct, n),
-            "unfinished": sum(s["rule"] == "unfinished" for s in scored),
-            "unreadable": sum(s["rule"] == "unreadable" for s in scored),
-            "similarity": sum(s["rule"] == "similarity" for s in scored)}
+            "unfinished": rules["unfinished"], "unreadable": rules["unreadable"], "similarity": rules["similarity"],
+            "model_extracted": rules["model_extracted"], "rules": rules}
 
 
 def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], seed: int = 0, alpha: float = 0.05,
@@ -232,85 +239,37 @@ def pair_verdicts(scored: dict[str, list[dict]], seed: int = 0, alpha: float = 0
     return pairs
 
 
-def pairs_html(pairs: list[dict]) -> str:
-    """One row per pair of models, overall; the per-benchmark tables are in each pair's rows."""
-    import html
+def _read_by_model(model, tokenizer, items, questions, outputs, scored, template, threshold) -> None:
+    """The model reader (medical_r1.model_reader) on the answers the rules could not read, with the model as it
+    answered (the caller sets the adapter); says how many it tried and read."""
+    from medical_r1.model_reader import read_unreadable
 
-    from medical_r1.display import html_page, verdict_class
-
-    def cells(pair):
-        o = pair["overall"]
-        said = pair["verdict"].split(" (")[0]
-        lo, hi = o["difference_interval"]
-        return (f"<tr><td class='label'>{MODELS[pair['before']]} &rarr; {MODELS[pair['after']]}</td>"
-                f"<td class='num'>{o['items']}</td>"
-                f"<td class='num'>{100 * o['base_accuracy']:.1f}%</td><td class='num'>{100 * o['tuned_accuracy']:.1f}%</td>"
-                f"<td class='num'>{100 * o['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]</td>"
-                f"<td class='verdict {verdict_class(said)}' title='{html.escape(pair['verdict'], quote=True)}'>"
-                f"{html.escape(said)} <span class='same'>(paired p = {o['p_value']:.2g})</span></td></tr>")
-
-    return html_page("Base, SFT and SFT + GRPO", (
-        "<h2>Base, SFT and SFT + GRPO: a row per pair</h2><p>The same benchmark items, answered by each model "
-        "that exists in this work folder. Each row is one pair's overall comparison, from the exact paired test, "
-        "corrected for testing several pairs at once (Holm). Unfinished and unreadable answers count as wrong.</p>"
-        "<div class='scroll'><table><tr><th>pair</th><th>items</th><th>accuracy before</th><th>accuracy after</th>"
-        f"<th>difference, points [95%]</th><th>verdict</th></tr>{''.join(cells(p) for p in pairs)}</table></div>"))
-
-
-def verdict_html(rows: list[dict]) -> str:
-    import html
-
-    from medical_r1.display import html_page, verdict_class
-
-    def pct(x):
-        return f"{100 * x:.1f}%"
-
-    def model_cells(r, model):
-        lo, hi = r[f"{model}_interval"]
-        similar = f" (+{r[f'{model}_similarity']} by similarity)" if r[f"{model}_similarity"] else ""
-        return (f"<td class='num'>{r[f'{model}_correct']}</td>"
-                f"<td class='num'>{r[f'{model}_unfinished']} / {r[f'{model}_unreadable']}{similar}</td>"
-                f"<td class='num'>{pct(r[f'{model}_accuracy'])} [{100 * lo:.1f}, {100 * hi:.1f}]</td>")
-
-    def verdict_cell(r):
-        said = r["verdict"].split(" (")[0]
-        corrected = "" if r["benchmark"] == "all" else "; verdict Holm-corrected"
-        return (f"<td class='verdict {verdict_class(said)}' title='{html.escape(r['verdict'], quote=True)}'>"
-                f"{html.escape(said)} <span class='same'>(paired p = {r['p_value']:.2g}{corrected})</span></td>")
-
-    body = "".join(
-        f"<tr><td>{html.escape(r['benchmark'])}</td><td class='num'>{r['items']}</td>{model_cells(r, 'base')}"
-        f"{model_cells(r, 'tuned')}<td class='num'>{100 * r['difference']:+.1f} "
-        f"[{100 * r['difference_interval'][0]:+.1f}, {100 * r['difference_interval'][1]:+.1f}]</td>"
-        f"<td class='num'>{100 * r['detectable_difference']:.0f} points</td>{verdict_cell(r)}</tr>" for r in rows)
-    per_model = "<th>correct</th><th>unfinished / unreadable</th><th>accuracy, % [95%]</th>"
-    return html_page("Did fine-tuning help?", (
-        "<h2>Did fine-tuning help?</h2><p>Unfinished: still thinking when the token limit came. Unreadable: "
-        "the answer names no option. Both count as wrong and are never guessed. Detectable: the smallest "
-        "difference, in points of accuracy, this many items detect with 80% power.</p><p>Read the last row (all) "
-        "first: it is the headline, from an exact paired test at 5%. The per-benchmark rows are corrected for "
-        "testing several benchmarks at once (Holm), so that when fine-tuning changed nothing the chance that any row "
-        "says helped or hurt stays at 5%; a benchmark row that says no detectable change may still differ, by "
-        "less than this many items can show. The intervals are each benchmark's own 95% intervals.</p>"
-        "<div class='scroll'><table><tr><th rowspan='2'>benchmark</th>"
-        "<th rowspan='2'>items</th><th colspan='3'>base model</th><th colspan='3'>fine-tuned</th>"
-        "<th rowspan='2'>difference, points [95%]</th><th rowspan='2'>detectable</th><th rowspan='2'>verdict</th>"
-        f"</tr><tr>{per_model}{per_model}</tr>{body}</table></div>"))
+    prompts = [{"question": q["question"], "options": item["options"]} for q, item in zip(questions, items)]
+    found = read_unreadable(model, tokenizer, prompts, outputs, scored, template, threshold)
+    if found["tried"]:
+        print(f"model reader: {found['read']} of {found['tried']} answers the rules could not read were read by "
+              f"the model at probability >= {threshold}")
 
 
 def run_benchmarks(model, tokenizer, eval_data: dict, template: str, max_new_tokens: int, greedy: bool,
                    temperature: float, top_p: float, batch_size: int, seed: int, backend: str,
-                   similarity: bool = False):
-    """Answer every benchmark item with the adapter off (base) and on (tuned); score both the same way."""
+                   similarity: bool = False, model_reader: float = 0):
+    """Answer every benchmark item with the adapter off (base) and on (tuned); score both the same way: the rules,
+    then, where they read nothing and `model_reader` > 0, the model itself at that probability or above."""
     items, questions = benchmark_questions(eval_data)
     base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature,
                                         top_p, batch_size, seed, backend)
-    return score_answers(items, base, similarity), score_answers(items, tuned, similarity)
+    base_scored, tuned_scored = score_answers(items, base, similarity), score_answers(items, tuned, similarity)
+    if model_reader:
+        with model.disable_adapter():
+            _read_by_model(model, tokenizer, items, questions, base, base_scored, template, model_reader)
+        _read_by_model(model, tokenizer, items, questions, tuned, tuned_scored, template, model_reader)
+    return base_scored, tuned_scored
 
 
 def grpo_benchmarks(model, tokenizer, work_dir, base_name: str, eval_data: dict, template: str, max_new_tokens: int,
                     greedy: bool, temperature: float, top_p: float, batch_size: int, seed: int, backend: str,
-                    similarity: bool = False) -> list[dict] | None:
+                    similarity: bool = False, model_reader: float = 0) -> list[dict] | None:
     """07's adapter's answers to the same items, scored as the others, or None (saying why) when 07 has not run.
     The adapter loads beside 03's on the same base model (PEFT's `load_adapter`) and is switched off again after."""
     from medical_r1.artifacts import artifact, read_json
@@ -334,9 +293,12 @@ def grpo_benchmarks(model, tokenizer, work_dir, base_name: str, eval_data: dict,
     try:
         answers = generate_answers(model, tokenizer, questions, template, max_new_tokens, temperature, top_p,
                                    not greedy, batch_size, seed, backend)
+        scored = score_answers(items, answers, similarity)
+        if model_reader:
+            _read_by_model(model, tokenizer, items, questions, answers, scored, template, model_reader)
     finally:
         model.set_adapter("default")
-    return score_answers(items, answers, similarity)
+    return scored
 
 
 def benchmark_plan(model, tokenizer, eval_data: dict, template: str, max_new_tokens: int, batch_size: int,

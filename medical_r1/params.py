@@ -106,6 +106,7 @@ class Params:
     eval_greedy: bool = True
     eval_max_new_tokens: int = 1024
     eval_similarity: bool = False
+    eval_model_reader: float = 0.5
     rouge_items: int = 10
     gguf_quantizations: list = dataclasses.field(default_factory=list)
     judge_model: str = ""
@@ -169,6 +170,9 @@ class Params:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {self.backend!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be 'auto', 'fp16' or 'bf16', got {self.precision!r}")
+        if isinstance(self.eval_model_reader, bool) or not 0 <= self.eval_model_reader <= 1:
+            raise ValueError(f"eval_model_reader must be a probability in [0, 1] (0 turns the model reader off), "
+                             f"got {self.eval_model_reader!r}")
         if self.gpu_memory_cap_gib < 0:
             raise ValueError(f"gpu_memory_cap_gib must be >= 0 (0 means no cap), got {self.gpu_memory_cap_gib!r}")
         if self.chat_model not in ("adapter", "merged"):

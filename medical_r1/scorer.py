@@ -1,59 +1,131 @@
 """The answer a clinician would read: which option an R1-style output commits to, after its last </think>.
 
-Every mention of an option in the answer (its letter, or its text) is found and marked asserted ("the answer is
-C", "I pick D", "答案为C", "C is correct", "ruling out A and B leaves C") or negated ("it isn't A", "B is
-wrong", "rule out A", "not lithium", "答案并非A", "排除A"). The committed answer is the last asserted, non-negated
-mention (second thoughts win); without one, the only option named and not negated. Two live answers with no
-statement choosing between them ("A or C", "either B or D could be right") are a hedge: unreadable, never guessed.
-Option text matches whole words ("no" is not in "cannot" or "know"); text in Chinese, which has no spaces, matches
-as it stands, and a one-character Chinese option only right after an answer phrase. An output still thinking
-when its tokens ran out is "unfinished". `similarity` (opt-in) reads an answer that names no option as its most
-similar option, reported apart.
+Read the way answers are written, not from a list of phrasings:
+1. Commitments first. An answer commits with a statement: a lead-in before the option ("the answer is", "Answer —",
+   "going with", "the most likely diagnosis is", "the one that is not a feature ... is", 本题选, 答案：), a verdict
+   after it ("C is correct", "C项正确"), `\\boxed{C}`, a ✅, or a line that holds only the option ("**C**",
+   "C. Nephrolithiasis", under a "Final Answer" heading). The last commitment that stands wins ("the answer is C.
+   Wait, actually D" is D). One stands unless its own sentence takes it back or makes it hypothetical ("a common
+   incorrect answer is C", "for a child the answer would be A", "C seems right at first glance") or negates it
+   ("the answer is not C"); one that names two options ("Answer: B and D", "A or C") or hangs on a condition
+   ("if pregnant, A; otherwise B") is no answer.
+2. Options are found by syntax, not by character. A letter is an option where letters refer to options: in
+   brackets, in bold, after "option" or a lead-in, before a verb ("C is", "B and D"), at the end of a clause; not
+   inside names ("E. coli", "D-dimer", "B cells", "vitamin B", "Lp(a)", "CHA2DS2-VASc") nor as the article that opens
+   a sentence ("A 74-year-old man"). Full-width letters and brackets are read as ASCII (NFKC).
+3. Option text only as whole tokens in its own sense: the longest of texts that share words ("overt
+   hypothyroidism"), a number as a quantity of its own (not "1 mg" in "1 mg/mL", nor "15" inside a sum), and
+   function-word options ("yes", "no", "none") only as a whole statement ("No." but not "no difference").
+4. Without a commitment, the only option named and not dismissed (not, ruled out, contraindicated, has no role,
+   would worsen, ❌, 排除, ...) is the answer; two live options are a hedge: unreadable, never guessed.
+An output still thinking when its tokens ran out is "unfinished". `similarity` (opt-in) reads an answer naming no
+option as its most similar option, reported apart.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 
 from src_helpers import split_thinking
 
-# Phrases after which the next option is the one chosen. A letter may be lower case right after one of these
-# ("the answer is c"), but not an article or a pronoun ("the answer is a fracture", "I think").
-_LEAD_IN = (r"(?:final\s+)?answer\s*(?:is|would be|should be|must be|=)?\s*(?:option|choice|letter)?\s*[:：]?"
-            r"|(?:correct|right|best|final)\s+(?:option|choice)\s*(?:is|would be)?\s*[:：]?"
-            r"|(?:i would|i'd|i will|i'll|i|we)\s+(?:go with|choose|pick|select|opt for)(?:\s+option|\s+choice)?"
-            r"|my\s+(?:final\s+)?(?:answer|choice|pick)\s*(?:is)?\s*[:：]?|(?:that|which|this)?\s*leaves(?:\s+us\s+with)?"
-            r"|leaving|so it(?:'s| is)(?:\s+option)?|it must be(?:\s+option)?"
-            r"|答案(?:应该是|应为|是|为|选)?\s*[:：]?|正确(?:答案|选项)(?:是|为|应为)?\s*[:：]?|应为|应选|而是"
-            r"|(?:应|故|所以|因此|最终|我)选(?:择)?(?:项)?(?:是|为)?\s*[:：]?|答\s*[:：]")
-_LEAD_IN_BEFORE = re.compile(rf"(?:{_LEAD_IN})\s*[\(\[（*\s]*$", re.IGNORECASE)
-_CHOSEN_AFTER = re.compile(r"^[\s*)\]）]*(?:[.:：]\s*[^.;。；]{0,60}?\s)?(?:is|would be|seems|appears)\s+(?:to be\s+)?(?:the\s+)?"
-                           r"(?:correct|right|best|most likely|most appropriate|answer)\b|^[\s*)\]）]*(?:是)?(?:正确|最合适|最佳)",
-                           re.IGNORECASE)
-# Negation: a cue before a mention, or a verdict after it, in the same stretch of text.
-_NOT_BEFORE = re.compile(r"\b(?:not|isn't|aren't|never|cannot be|can't be|rather than|instead of|rules? out|ruled out"
-                         r"|ruling out|excludes?|excluded|excluding|eliminates?|eliminated|eliminating|unlike|except)\b"
-                         r"|不是|并非|而非|排除|不选|除了", re.IGNORECASE)
-_NOT_AFTER = re.compile(r"\b(?:is|are|was|were|seems|appears)\s+(?:not|wrong|incorrect|unlikely|less likely|ruled out"
-                        r"|excluded|eliminated|false)\b|\b(?:isn't|aren't|wrong|incorrect)\b|\bcan be (?:ruled out|excluded"
-                        r"|eliminated)\b|不对|错误|不正确|可以排除|被排除|不符合|不成立", re.IGNORECASE)
-# Where a negation's reach ends: sentence and clause punctuation, and the words that turn to another option.
+_I = re.IGNORECASE
+# What may stand between a lead-in and the option: markup, punctuation, "option", \boxed{, quotes.
+_SKIP = r"(?:[\s*_#:=>(\[{$`'\"“”‘’✅✔☑]|[-—–]|\\boxed|\\text(?:bf)?|\boption\b|\bchoice\b|\bletter\b|选项)*"
+# Statements after which the next option is the one chosen (English, then Chinese). "answer ... is" may hold a
+# few words between ("The answer, therefore, is C"); a short filler after it ("is probably C") is checked apart.
+_LEAD_IN = re.compile(
+    r"(?:\b(?:final\s+|correct\s+|right\s+|best\s+|my\s+|the\s+)?(?:answer|ans\.?)(?:\b[^.;!?\n]{0,40}?\b(?:is|would be"
+    r"|should be|must be|will be|remains))?"
+    r"|\b(?:correct|right|best|final|most\s+(?:likely|appropriate|probable|accurate|suitable|consistent))\s+(?:option"
+    r"|choice|response|selection|diagnosis|treatment|management|step|drug|explanation|cause|mechanism|test|finding"
+    r"|investigation|intervention|therapy|agent|medication)\b(?:[^.;!?\n]{0,40}?\b(?:is|are|would be|=))?"
+    r"|\b(?:most\s+(?:likely|probable|appropriate|consistent\s+with)|best\s+(?:treated|managed|explained)\s+(?:with|by)"
+    r"|(?:the\s+)?(?:diagnosis|treatment of choice|drug of choice|next step)\s+(?:is|would be|:))"
+    r"|\bthe\s+(?:[\w-]+\s+){0,2}?(?:one|option|choice|exception|odd one out|statement|item|finding|feature|drug|test"
+    r"|answer|diagnosis|cause|step|sign|symptom|agent|treatment|therapy|management|regimen|vasopressor|investigation"
+    r"|intervention|mechanism|medication|organism|antibiotic)\b[^.;!?\n]{0,80}?\b(?:is|would be|remains)"
+    r"|\b(?:recommend(?:s|ed)?|treat(?:ed)?\s+with|start(?:ing)?|initiate|give|administer)\b"
+    r"|\b(?:so|thus|hence|therefore|i\.e\.),?|[✅✔☑]|→|=>"
+    r"|\b(?:i(?:'ll|'d| would| will)?|we(?:'ll|'d)?)\s+(?:say|answer|lean\s+(?:towards?|to))\b|\bmy\s+(?:pick|vote|bet)\b"
+    r"|\b(?:points?|pointing)\s+(?:to(?:wards)?|at)|\b(?:suggests?|indicates?|favou?rs?|confirms?|establish(?:es)?)\b"
+    r"|\bconsistent\s+with"
+    r"|\b(?:go(?:ing)?|went|stick(?:ing)?|settle[ds]?|settling)\s+(?:with|on|for)"
+    r"|\b(?:choose|chose|choosing|pick|picked|picking|select|selected|selecting|opt(?:ing)?\s+for)"
+    r"|\b(?:leaves|leaving|left\s+with)(?:\s+us)?(?:\s+with)?|\bso\s+it(?:'s|\s+is)|\bit\s+(?:must|has to|should)\s+be"
+    r"|\bactually\b,?(?:\s+it(?:'s|\s+is))?|\b(?:or|no),?\s+rather\b,?"
+    r"|(?:本题|故|所以|因此|最终|我|应|当|则|宜|可)?(?:选择?|答案)(?:项)?(?:应该|应|当)?(?:是|为|选)?|答|应为|而是|当选"
+    r"|正确(?:答案|选项|的是|的选项)(?:是|为|应为)?|最(?:佳|合适|恰当|可能|准确)的?(?:选择|选项|答案|诊断|治疗)?(?:是|为)"
+    r"|诊断(?:为|是|考虑)|考虑(?:为|是))", _I)
+_LEAD_IN_BEFORE = re.compile(rf"(?P<lead>{_LEAD_IN.pattern}){_SKIP}((?:[\w'-]{{2,}}\s+){{0,3}}?){_SKIP}$", _I)
+# Only a heading's lead-in reaches the next line ("**Final Answer**" over "C"); "✔" or "so" does not.
+_HEADING = re.compile(r"answer|ans\b|答案|答|选|choice|option|diagnosis|conclusion|verdict|recommendation", _I)
+_CHOSEN_AFTER = re.compile(
+    r"^[\s*)\]}'\"’”]*(?:[.:)\-—–]\s*[^.;!?\n]{0,60}?\s)?(?:is|was|would be|seems|appears|remains|looks|fits)\s+(?:to be\s+)?"
+    r"(?:clearly\s+|therefore\s+|thus\s+|indeed\s+|also\s+|by far\s+)?(?:the\s+)?(?:correct|right|best|most likely|most"
+    r" appropriate|most consistent|answer|better|preferred|true|one|appropriate|first[- ]line|recommended|treatment of"
+    r" choice|drug of choice|indicated|diagnosis|likeliest|next step|(?:immediate|initial|first) step)\b|^[\s*)\]}]*(?:is|are|does)\s*(?:[.!]|$)"
+    r"|^[^\n✅✔☑❌✗✘]{0,60}?[✅✔☑]|^[\s*)\]}]*(?:项|选项)?(?:是|为|最)?"
+    r"(?:正确|最合适|最佳|最恰当|符合题意|当选)", _I)
+_BOXED = re.compile(r"\\boxed\{\s*(?:\\text(?:bf)?\{)?\s*$")
+# A mention taken back in its own clause ("A is tempting", "C seems right at first glance"), or a statement named as
+# the wrong one just before it ("a common incorrect answer is C").
+_RETRACTED = re.compile(
+    r"\b(?:at first(?:\s+(?:glance|sight))?|initially|tempting|might\s+(?:think|choose|pick|be tempted)|may\s+seem"
+    r"|one might|some(?:one)?\s+(?:might|would|may)|would have been|a distractor|a trap|misleading)\b|常见错误|容易误选", _I)
+_TAKEN_BACK = re.compile(r"\b(?:no,?\s+wait|wait,?\s+no|scratch that|on second thought|actually,?\s+no)\b|不对", _I)
+# A later dismissal strong enough to take back an earlier choice of the same option.
+_STRONG_NOT = re.compile(r"contraindicat\w*|\b(?:wrong|incorrect|ruled out|excluded|eliminated|not (?:the )?(?:answer"
+                         r"|correct|right))\b|不对|错误|排除|禁忌", _I)
+_WRONG_STATEMENT = re.compile(r"\b(?:incorrect|wrong|mistaken|tempting|trap|distractor|common|popular|naive|obvious"
+                              r"|tempted)\s+(?:[\w-]+\s+)?$", _I)
+# A commitment that hangs on a condition: "if pregnant, A; otherwise B", "D would be right only for ...".
+_CONDITION = re.compile(r"\b(?:unless|otherwise|only\s+(?:if|when|for|in))\b|\bif\s+(?!we\b|you\b|one\b|i\b|all\b"
+                        r"|everything\b|this\b)|如果|若|否则", _I)
+_HYPOTHETICAL = re.compile(r"\b(?:for|in)\s+an?\s+\w+|\bwere\b", _I)  # with "would be": "for a child ... would be A"
+_MODAL = re.compile(r"\b(?:would|could|might)\s+be\b", _I)
+_SENTENCE_END = re.compile(r"[.!?。！？](?=\s|$)|[\n;；]|\b(?:but|however|whereas)\b|但是?", _I)
+# Dismissals: a cue before the option, or a verdict after it, within its clause.
+_NOT_BEFORE = re.compile(
+    r"\b(?:not|isn't|aren't|wasn't|never|cannot be|can't be|rather than|instead of|rules? out|ruled out|ruling out"
+    r"|excludes?|excluded|excluding|eliminates?|eliminated|eliminating|unlike|against|avoid|no (?:role|need|place)"
+    r"\s+for|contraindicat\w*|despite|in spite of|already (?:on|taking|receiving|given)|failed)\b|[❌✗✘]|不是|并非|而非|排除|不选|除了|不能选|不应选", _I)
+_NOT_ADJACENT = re.compile(r"\b(?:than|over|vs\.?|versus)\s+(?:the\s+|an?\s+)?$", _I)
+_NOT_AFTER = re.compile(
+    r"\b(?:is|are|was|were|seems|appears|would be|remains)\s+(?:also\s+)?(?:not|wrong|incorrect|unlikely|less likely"
+    r"|ruled out|excluded|eliminated|false|contraindicated|inappropriate|irrelevant|unnecessary|harmful|dangerous)\b|\b(?:isn't|aren't|wasn't|wrong|incorrect|unlikely|less likely|contraindicated|(?:has|have|plays?) no"
+    r" (?:role|place|indication)|would (?:worsen|harm|be harmful)|worsens|(?:does|do)(?:n't| not) (?:fit|explain|match"
+    r"|account|cause)|fails? to|cannot explain|can't explain|not indicated|inappropriate|irrelevant|a distractor"
+    r"|a trap|can be (?:ruled out|excluded|eliminated))\b|[❌✗✘]|不对|错误|不正确|可以排除|被排除|不符合|不成立|不能|不会"
+    r"|无关|禁用|禁忌|不宜|不适合|不是", _I)
+_VERDICT_START = re.compile(rf"(?:[\w'-]+\s+){{0,2}}?(?:{_NOT_AFTER.pattern})", _I)  # "here is wrong", not a later clause's
+_DOUBLE_NEGATIVE = re.compile(r"\b(?:not|n't|cannot|never|no)\s+(?:\w+\s+)?$", _I)
 _STRETCH_END = re.compile(r"[.;:!?。；！？\n,，—]|\s-\s|\b(?:but|so|therefore|thus|hence|because|since|leaves|leaving"
-                          r"|instead|whereas|while|then)\b|所以|因此|故|而是|应为|但", re.IGNORECASE)
-_HEDGE_AFTER = re.compile(r"^[\s*)\]）]*(?:or|/|and/or|或者?)\s*(?:option\s*)?[\(\[（*\s]*$", re.IGNORECASE)
-_BRACKETED = re.compile(r"[\(\[（]\s*([A-Ja-j])\s*[\)\]）]")
-_BOLD = re.compile(r"\*\*\s*([A-J])\s*(?:\*\*|[.:)])")
-_CAPITAL = re.compile(r"(?<![A-Za-z0-9])([A-J])(?![A-Za-z0-9])")
-_LOWER = re.compile(r"(?<![A-Za-z0-9])([a-j])(?![A-Za-z0-9'])")
-_OPTION_WORD = re.compile(r"\b(?:option|choice)\s*$", re.IGNORECASE)
-# "A patient", "I think": an article or a pronoun, unless a verb or list follows ("A is wrong", "A and B").
-_WORD_AFTER = re.compile(r"\s+([a-z']+)")
-_LETTER_FOLLOWERS = {"is", "was", "would", "could", "can", "seems", "appears", "fits", "remains", "and", "or", "nor",
-                     "are", "might", "may", "must", "should", "cannot", "isn't", "wasn't", "also", "alone", "too"}
-# "vitamin D", "hepatitis B", "type I": a capital that belongs to a name, not an option.
+                          r"|instead|whereas|while|then|which)\b|所以|因此|故|而是|应为|但", _I)
+_TWO_ANSWERS = re.compile(r"^[\s*)\]}'\"’”.]*(?:,|/|&|\+|\band\b|\bor\b|and/or|或者?|和|与|、|及)\s*(?:option\s*)?"
+                          r"[\s(\[*'\"]*$", _I)
+_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-Za-z])(?![A-Za-z0-9])")
+# A capital that belongs to a name, not an option: "vitamin D", "hepatitis B", "type I".
 _NAME_BEFORE = re.compile(r"\b(?:vitamin|hepatitis|type|class|grade|stage|phase|factor|group|complex|category"
-                          r"|schedule|lead|zone|cluster|level|protein|cell|mode|wave|point|vessel)\s*$", re.IGNORECASE)
+                          r"|schedule|lead|zone|cluster|level|protein|cell|mode|wave|point|vessel|plan|step|part|lp)"
+                          r"\s*\(?$", _I)
+# Words after a letter that make it an option ("C is", "B and D"); any other word makes it a name or an article.
+_FOLLOWERS = {"is", "was", "would", "could", "can", "seems", "appears", "fits", "remains", "and", "or", "nor", "are",
+              "might", "may", "must", "should", "cannot", "isn't", "wasn't", "also", "alone", "too", "only", "looks",
+              "best", "matches", "explains", "makes", "describes", "correctly", "here", "instead", "then", "has",
+              "does", "doesn't", "will", "won't", "wins", "stands", "as", "because", "since", "over", "rather", "fit", "match",
+              "explain", "seem", "appear", "look", "remain", "were", "be", "both", "together", "the"}
+_FUNCTION_WORDS = {"yes", "no", "maybe", "none", "all", "both", "neither", "true", "false", "either"}
+_COMPARING = re.compile(r"\b(?:similar|like|unlike|than|different|versus|vs|compared|resembles?)\b", _I)
+# After the pronoun "I" only these make it option I ("I is better", "H and I"), not "I would", "I can".
+_I_FOLLOWERS = {"is", "and", "or", "nor", "fits", "seems", "appears", "remains", "wins", "matches"}
+# A number option stands as an answer after a copula, "=", a colon or at the start, not as one value among others.
+_NUMBER_SLOT = re.compile(r"(?:^|[=:~]|\b(?:is|are|be|of|at|to|was|were|now|gives?|equals?|about|approximately"
+                          r"|roughly))\s*$", _I)
+_ROUTE = re.compile(r"^(?:intravenous|iv|oral|inhaled|nebuli[sz]ed|intramuscular|im|subcutaneous|topical|high-intensity"
+                    r"|low-dose|high-dose)\s+", _I)
 _CJK = re.compile(r"[\u3400-\u9fff]")
+_NUMBER = re.compile(r"^[\d.,]+")
 
 
 @dataclasses.dataclass
@@ -64,97 +136,219 @@ class Mention:
     kind: str  # "marked_letter", "standalone_letter" or "option_text"
     asserted: bool = False
     negated: bool = False
+    retracted: bool = False
+    conditional: bool = False
+    dismissed: bool = False  # negated in words that would take back an earlier choice ("contraindicated", "wrong")
 
 
-def _letter_mentions(answer: str, letters: set) -> list[Mention]:
-    found: dict[int, Mention] = {}
-    for pattern, kind in ((_BRACKETED, "marked_letter"), (_BOLD, "marked_letter")):
-        for m in pattern.finditer(answer):
-            if m.group(1).upper() in letters:
-                found.setdefault(m.start(1), Mention(m.group(1).upper(), m.start(1), m.end(1), kind))
-    for m in _CAPITAL.finditer(answer):
-        letter, before = m.group(1), answer[:m.start()]
-        if letter not in letters or m.start() in found or _NAME_BEFORE.search(before):
+def normalise(text: str) -> str:
+    """Full-width letters, brackets and colons as ASCII (NFKC), so "答案：Ｂ" reads as "答案:B"."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def _lead_in(text: str, start: int):
+    """The lead-in match that ends just before `start` (with its filler words), or None. A filler that compares
+    ("the mechanism is similar to B") makes no commitment."""
+    lead = _LEAD_IN_BEFORE.search(text[max(0, start - 160):start])
+    if lead and "\n" in lead.group()[lead.end("lead") - lead.start():] and not _HEADING.search(lead.group("lead")):
+        return None
+    return None if lead and _COMPARING.search(lead.group(2)) else lead
+
+
+def _letter_mentions(text: str, options: dict) -> list[Mention]:
+    found = []
+    for m in _LETTER.finditer(text):
+        raw, letter = m.group(1), m.group(1).upper()
+        if letter not in options:
             continue
-        marked = _OPTION_WORD.search(before) or _LEAD_IN_BEFORE.search(before)
-        word = _WORD_AFTER.match(answer, m.end())
-        if letter == "I" and not marked:
-            continue  # the pronoun, unless an option word or answer phrase says otherwise
-        if letter == "A" and not marked and word and word.group(1) not in _LETTER_FOLLOWERS:
-            continue  # the article
-        found[m.start()] = Mention(letter, m.start(), m.end(), "standalone_letter")
-    for m in _LOWER.finditer(answer):
-        before = answer[:m.start()]
-        if m.group(1).upper() in letters and m.start() not in found and (
-                _OPTION_WORD.search(before) or _LEAD_IN_BEFORE.search(before)):
-            word = _WORD_AFTER.match(answer, m.end())
-            if m.group(1) in "ai" and word and word.group(1) not in _LETTER_FOLLOWERS:
+        before, after = text[max(0, m.start() - 40):m.start()], text[m.end():m.end() + 40]
+        if re.match(r"[-–]\w|['’]\w|\.\s*[a-z]", after) or re.search(r"\w[-–'’]$", before) or _NAME_BEFORE.search(before):
+            continue  # D-dimer, I'd, E. coli, anti-B, vitamin B, Lp(a)
+        bracketed = re.search(r"(?:^|[^\w])[(\[]\s*$", before) and re.match(r"\s*[)\]]", after)
+        bold = re.search(r"\*\*\s*$", before) and re.match(r"\s*(?:\*\*|[.:)])", after)
+        marked = bool(bracketed or bold or re.search(r"(?:\boption|\bchoice|选项|选)\s*$", before, _I)
+                      or _BOXED.search(before) or _lead_in(text, m.start()))
+        word = re.match(r"\s+([\w']+)", after)
+        follower = bool(word and word.group(1).lower() in _FOLLOWERS)
+        verdict = bool(_CHOSEN_AFTER.match(after) or _NOT_AFTER.match(after.lstrip(" )]*.:")))
+        line = text[text.rfind("\n", 0, m.start()) + 1:]
+        line = line[:line.find("\n")] if "\n" in line else line
+        alone = re.fullmatch(r"[\s>*_#\-•]*[(\[]?\s*\w\s*[)\]]?[\s*_.]*", line) is not None
+        if raw.islower():
+            if not (marked or alone or _CHOSEN_AFTER.match(after) or (re.match(r"\s*[).]", after) and verdict)):
                 continue
-            found[m.start()] = Mention(m.group(1).upper(), m.start(), m.end(), "standalone_letter")
-    return list(found.values())
+            if raw in "ai" and word and not follower and not bracketed:
+                continue  # "the answer is a fracture", "i think"
+        elif not marked:
+            if letter == "I" and not (alone or (word and word.group(1).lower() in _I_FOLLOWERS)):
+                continue  # the pronoun
+            if word and not follower:
+                continue  # "A 74-year-old man", "B cells", "A CT scan"
+        kind = "marked_letter" if bracketed or bold else "standalone_letter"
+        found.append(Mention(letter, m.start(), m.end(), kind))
+    return found
 
 
-def _text_mentions(answer: str, options: dict) -> list[Mention]:
+def _sense(text: str, m: re.Match, option: str) -> bool:
+    """Is this match of an option's text used in the option's own sense?"""
+    before, after = text[:m.start()], text[m.end():]
+    if _NUMBER.match(option):  # a quantity of its own: not inside a sum, a ratio or a longer number
+        if not (_NUMBER_SLOT.search(before) or _lead_in(text, m.start())) or re.search(r"[\d.,]$", before):
+            return False
+        return not re.match(r"\s*[-+×*/÷)]\s*\d|/|[.,]\d", after)
+    if option.lower() in _FUNCTION_WORDS:  # "No." or "the answer is no", not "no difference"
+        return bool(re.match(r"\s*(?:[.,;:!?)*—–]|$)", after) or _lead_in(text, m.start()))
+    return True
+
+
+def _text_mentions(text: str, options: dict) -> list[Mention]:
     spans = []
-    for letter, text in options.items():
-        text = text.strip()
-        if not text:
+    forms = []
+    for letter, option in options.items():
+        option = normalise(option).strip()
+        forms.append((letter, option))
+        short = _ROUTE.sub("", option)  # "Intravenous alteplase" is also written "IV alteplase" or "alteplase"
+        if short != option and len(short) >= 5 and short.lower() not in {o.lower() for o in options.values()}:
+            forms.append((letter, short))
+    for letter, option in forms:
+        if not option:
             continue
-        if _CJK.search(text):
-            pattern = re.escape(text)  # no spaces to mark word boundaries in Chinese
-        else:
-            pattern = r"(?<![A-Za-z0-9])" + re.escape(text) + r"(?![A-Za-z0-9])"
-        for m in re.finditer(pattern, answer, re.IGNORECASE):
-            if len(text) == 1 and _CJK.search(text) and not _LEAD_IN_BEFORE.search(answer[:m.start()]):
+        cjk = _CJK.search(option)
+        pattern = re.escape(option) if cjk else r"(?<![\w])" + re.escape(option) + r"(?![\w])"
+        for m in re.finditer(pattern, text, _I):
+            if cjk and len(option) == 1 and not _lead_in(text, m.start()):
                 continue  # one Chinese character (是, 否) is part of too many words to count on its own
+            if not cjk and not _sense(text, m, option):
+                continue
             spans.append(Mention(letter, m.start(), m.end(), "option_text"))
-    # "Acute cystitis" also contains "cystitis": keep the longest text at each place.
+    # "Overt hypothyroidism" also contains "hypothyroidism": keep the longest text at each place.
     return [s for s in spans if not any(o is not s and o.start <= s.start and s.end <= o.end and
                                         o.end - o.start > s.end - s.start for o in spans)]
 
 
-def _stretch(answer: str, start: int, end: int) -> tuple[int, int]:
-    """The stretch of text around [start, end) that a negation can reach."""
-    left = max((m.end() for m in _STRETCH_END.finditer(answer, 0, start)), default=0)
-    right = next((m.start() for m in _STRETCH_END.finditer(answer, end)), len(answer))
+def _stretch(text: str, start: int, end: int) -> tuple[int, int]:
+    """The clause around [start, end) that a dismissal can reach."""
+    left = max((m.end() for m in _STRETCH_END.finditer(text, 0, start)), default=0)
+    right = next((m.start() for m in _STRETCH_END.finditer(text, end)), len(text))
     return left, right
 
 
+def _sentence(text: str, start: int, end: int) -> tuple[str, str]:
+    """The text of the statement's own sentence (up to a semicolon or a "but") before it and after it."""
+    left = max((m.end() for m in _SENTENCE_END.finditer(text, 0, start)), default=0)
+    right = next((m.start() for m in _SENTENCE_END.finditer(text, end)), len(text))
+    return text[left:start], text[end:right]
+
+
+def _own_text_end(text: str, m: Mention, options: dict) -> int:
+    """Where the words about a mention begin: after its markup and, for a letter, its option's text."""
+    rest = re.match(r"[\s*)\]}.:'\"’”]*", text[m.end:])
+    end = m.end + rest.end()
+    own = normalise(options[m.letter]).strip()
+    if m.kind != "option_text" and own and text[end:end + len(own)].lower() == own.lower():
+        end += len(own) + re.match(r"[\s*)\]}.:]*", text[end + len(own):]).end()
+    return end + re.match(r"[\s\-—–:]*", text[end:]).end()
+
+
+def _negated(text: str, m: Mention, options: dict) -> bool:
+    left, _ = _stretch(text, m.start, m.end)
+    for cue in _NOT_BEFORE.finditer(text, left, m.start):
+        if not _DOUBLE_NEGATIVE.search(text[max(0, cue.start() - 30):cue.start()]):
+            return True  # "doesn't exclude B" is no dismissal of B
+    if _NOT_ADJACENT.search(text[left:m.start]):
+        return True
+    after = _own_text_end(text, m, options)
+    _, right = _stretch(text, after, after)
+    return bool(_VERDICT_START.match(text[after:max(right, after)]))
+
+
+def _answer_lines(text: str, options: dict) -> dict[int, str]:
+    """Lines that hold only an option ("**C**", "(c)", "C. Nephrolithiasis"), by their start: the letter each names."""
+    lines = {}
+    for line in re.finditer(r"[^\n]+", text):
+        m = re.fullmatch(r"[\s>*_#\-•✅✔$]*(?:\\boxed\{)?[(\[]?\s*([A-Ja-j])\s*[)\]}]?\$?[\s*_]*(?:[.:)\-—–]\s*(.*?))?"
+                         r"[\s*_.!$]*", line.group())
+        if m and m.group(1).upper() in options:
+            rest, own = (m.group(2) or "").strip(" *_."), normalise(options[m.group(1).upper()]).strip()
+            if not rest or rest.lower() == own.lower():
+                lines[line.start()] = m.group(1).upper()
+    return lines
+
+
 def find_mentions(answer: str, options: dict) -> list[Mention]:
-    mentions = sorted(_letter_mentions(answer, set(options)) + _text_mentions(answer, options), key=lambda m: m.start)
+    """Every option the answer names (letters, then text), each marked asserted, conditional, negated or retracted."""
+    text = normalise(answer)
+    texts = _text_mentions(text, options)
+    letters = [m for m in _letter_mentions(text, options)  # "Both A and B" as an option's own text names no letter
+               if not any(t.start <= m.start < t.end and t.letter != m.letter for t in texts)]
+    mentions = sorted(letters + texts, key=lambda m: m.start)
+    lines = _answer_lines(text, options)
+    listing = len(set(lines.values())) > 1  # options listed one per line, not an answer
     for m in mentions:
-        before, after = answer[:m.start], answer[m.end:]
-        m.asserted = bool(_LEAD_IN_BEFORE.search(before) or _CHOSEN_AFTER.search(after))
-        left, right = _stretch(answer, m.start, m.end)
-        m.negated = bool(_NOT_BEFORE.search(answer, left, m.start) or _NOT_AFTER.search(answer, m.end, right))
+        lead = _lead_in(text, m.start)
+        lead_start = m.start - len(text[max(0, m.start - 160):m.start]) + lead.start() if lead else m.start
+        chosen_after = _CHOSEN_AFTER.match(text[m.end:m.end + 120])
+        line_start = text.rfind("\n", 0, m.start) + 1
+        # "...: all of the above." A colon or dash that ends with the option and its sentence states a conclusion.
+        concluded = re.search(r"(?:[:—–]|->)\s*$", text[:m.start]) and re.match(r"[\s*)\]]*(?:[.!]|$)",
+                                                                                  text[_own_text_end(text, m, options):])
+        m.asserted = bool(lead or chosen_after or concluded or (not listing and lines.get(line_start) == m.letter))
+        # In "the answer is not A but C" the filler's negation is A's; only what follows its last "but" is C's.
+        filler = re.split(r"\b(?:but|rather|instead)\b", lead.group(2), flags=_I)[-1] if lead else ""
+        m.negated = bool(re.search(r"\b(?:not|never|than|no)\b", filler, _I)
+                         or re.search(r"(?:不|非|别|勿)\w?$|\b(?:not|never|n't|avoid|no)\s+(?:\w+\s+)?$", text[:lead_start])
+                         or (not lead and _negated(text, m, options))
+                         or (lead and _NOT_AFTER.match(text[_own_text_end(text, m, options):][:40])))
+        left, right = _stretch(text, m.start, m.end)
+        m.retracted = bool(_RETRACTED.search(text, left, right) or (lead and _WRONG_STATEMENT.search(text[:lead_start])))
+        m.dismissed = bool(m.negated and _STRONG_NOT.search(text, left, max(right, m.end)))
+        before, after = _sentence(text, lead_start, m.end)
+        said = text[lead_start:m.end] + (chosen_after.group() if chosen_after else "")
+        m.conditional = bool(_CONDITION.search(before + said + after) or (
+            m.asserted and _MODAL.search(before + said + after) and _HYPOTHETICAL.search(before + after)))
+        m.retracted = m.retracted or bool(m.asserted and _TAKEN_BACK.search(after))
     return mentions
 
 
-def _hedged(answer: str, chosen: Mention, mentions: list[Mention]) -> bool:
-    """Does the answer statement name a second option as an alternative ("the answer is A or C")?"""
-    return any(m.letter != chosen.letter and m.start >= chosen.end and _HEDGE_AFTER.match(answer[chosen.end:m.start])
-               for m in mentions)
+def _two_answers(text: str, chosen: Mention, mentions: list[Mention]) -> bool:
+    """Does the committed statement name a second option beside it ("Answer: B and D", "A or C")?"""
+    later = [m for m in mentions if m.start >= chosen.end]
+    end = chosen.end
+    for m in later:
+        if m.letter == chosen.letter:
+            end = m.end
+            continue
+        return not m.negated and _TWO_ANSWERS.match(text[end:m.start]) is not None
+    return False
 
 
 def extract_choice(output: str, options: dict, similarity: bool = False) -> tuple[str | None, str]:
-    """(letter, rule): "answer_is" for an answer statement, otherwise the kind of the only option named
-    ("marked_letter", "standalone_letter", "option_text"); (None, "unfinished") without </think>; (None,
-    "unreadable") for no option or a hedge, or (letter, "similarity") when `similarity` is asked for."""
+    """(letter, rule): "answer_is" for a committed statement, otherwise the kind of the only option named or of
+    its answer line ("marked_letter", "standalone_letter", "option_text"); (None, "unfinished") without </think>;
+    (None, "unreadable") for no option, two answers or a hedge, or (letter, "similarity") when asked for."""
     import difflib
 
     _, answer, finished = split_thinking(output)
     if not finished:
         return None, "unfinished"
+    text = normalise(answer)
     mentions = find_mentions(answer, options)
-    chosen = [m for m in mentions if m.asserted and not m.negated]
-    if chosen:
-        last = chosen[-1]
-        if _hedged(answer, last, mentions):
+    # Second thoughts: an option dismissed outright after it was chosen is no longer chosen.
+    standing = [m for i, m in enumerate(mentions) if not any(
+        later.dismissed and later.letter == m.letter for later in mentions[i + 1:])]
+    committed = [m for m in standing if m.asserted and not (m.negated or m.retracted or m.conditional)]
+    if committed:
+        last = committed[-1]
+        for m in reversed(committed[:-1]):  # "**B. Acute pyelonephritis**": the letter, then its own text
+            if m.letter == last.letter and re.fullmatch(r"[\s*.:)\]—–-]*", text[m.end:last.start]):
+                last = m
+        if _two_answers(text, last, mentions):
             return None, "unreadable"
-        return last.letter, "answer_is"
-    live = [m for m in mentions if not m.negated]
+        by_statement = _lead_in(text, last.start) or _CHOSEN_AFTER.match(text[last.end:last.end + 120])
+        return last.letter, "answer_is" if by_statement else last.kind
+    live = [m for m in standing if not (m.negated or m.retracted or m.conditional)]
     if len({m.letter for m in live}) == 1:
-        return live[0].letter, live[0].kind
+        return live[-1].letter, live[-1].kind
     if similarity and answer and not live:
         lowered = answer.lower()
         best = max(options, key=lambda k: difflib.SequenceMatcher(None, lowered, options[k].lower()).ratio())

@@ -45,6 +45,7 @@ EVAL_ITEMS = 30  # items per benchmark (5 benchmarks; about an hour on a T4, est
 EVAL_GREEDY = True  # greedy decoding for the benchmarks, so a rerun scores the same; False samples
 EVAL_MAX_NEW_TOKENS = 1024  # answers still thinking at this length count as "unfinished", never guessed
 EVAL_SIMILARITY = False  # True reads an answer naming no option as its most similar option (counted apart)
+EVAL_MODEL_READER = 0.5  # where the rules read no answer, the model reads its own, accepted at this probability or above (counted apart); 0 turns it off
 ROUGE_ITEMS = 10  # validation questions whose answers are scored by ROUGE-L against the reference
 JUDGE_MODEL = ""  # an LLM judge, e.g. "gpt-4o-mini", compares the ROUGE answers blind; empty keeps it off
 JUDGE_BASE_URL = "https://api.openai.com/v1"  # any OpenAI-compatible endpoint; the key is the JUDGE_API_KEY secret
@@ -136,11 +137,15 @@ show_html(artifact(WORK_DIR, "comparison_html"))
 
 # %% [markdown]
 # ## Did fine-tuning help? Benchmark accuracy, base vs tuned
-# Each item is answered twice by the same loaded model, once with the adapter switched off. The letter is
-# read only after the last \`</think>\` ("the answer is c", 答案是 B, 选C, a bold or bracketed letter, a
-# standalone capital letter, or the text of exactly one option), and the rule that fired is recorded. An
-# answer that never closed its thought is "unfinished"; one that names no option is "unreadable". Both count
-# as wrong and are reported apart, never guessed.
+# Each item is answered twice by the same loaded model, once with the adapter switched off. The answer is read
+# only after the last \`</think>\`, the way it is written (`medical_r1/scorer.py`): the last committed statement
+# ("the answer is c", \\boxed{C}, 本题选B, "C is correct", a line holding only the option), else the one option
+# named and not dismissed, by its letter or its text; never a letter inside a name such as "E. coli" or "D-dimer".
+# Where these rules read nothing, the model reads its own answer (zero-shot answer extraction: its output, then
+# "Therefore, among A through D, the answer is (", and the letters' probabilities), accepted only at
+# `EVAL_MODEL_READER` or above. An answer that never closed its thought is "unfinished"; one that commits to no
+# single option is "unreadable". Both count as wrong, are never guessed, and the page shows per model how many
+# answers each rule read, so that a change in answering style after fine-tuning is visible.
 #
 # First, how long this will take here, measured on a short warm-up, and how wide the intervals will be.
 # To evaluate a whole benchmark (MedQA has 1,273 items), set `EVAL_ITEMS = 0`; see the README for the time.
@@ -153,10 +158,12 @@ print(benchmark_plan(model, tokenizer, eval_data, template, EVAL_MAX_NEW_TOKENS,
 
 # %%
 from medical_r1.artifacts import write_json
-from medical_r1.benchmarks import run_benchmarks, verdict_html, verdict_rows
+from medical_r1.benchmarks import run_benchmarks, verdict_rows
+from medical_r1.verdict_pages import verdict_html
 
 base_scored, tuned_scored = run_benchmarks(model, tokenizer, eval_data, template, EVAL_MAX_NEW_TOKENS, EVAL_GREEDY,
-                                           TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend, EVAL_SIMILARITY)
+                                           TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend, EVAL_SIMILARITY,
+                                           EVAL_MODEL_READER)
 verdict = verdict_rows(base_scored, tuned_scored, SEED)
 write_json(artifact(WORK_DIR, "verdict"), {"rows": verdict, "base": base_scored, "tuned": tuned_scored})
 write_text(artifact(WORK_DIR, "verdict_html"), verdict_html(verdict))
@@ -169,10 +176,12 @@ show_html(artifact(WORK_DIR, "verdict_html"))
 # are corrected for comparing three pairs at once.
 
 # %%
-from medical_r1.benchmarks import grpo_benchmarks, pair_verdicts, pairs_html
+from medical_r1.benchmarks import grpo_benchmarks, pair_verdicts
+from medical_r1.verdict_pages import pairs_html
 
 grpo_scored = grpo_benchmarks(model, tokenizer, WORK_DIR, base_name, eval_data, template, EVAL_MAX_NEW_TOKENS,
-                              EVAL_GREEDY, TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend, EVAL_SIMILARITY)
+                              EVAL_GREEDY, TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend, EVAL_SIMILARITY,
+                              EVAL_MODEL_READER)
 pairs = pair_verdicts({"base": base_scored, "tuned": tuned_scored, "grpo": grpo_scored}, SEED)  # None: not run
 write_json(artifact(WORK_DIR, "verdict_pairs"), {"pairs": pairs, "grpo": grpo_scored})
 write_text(artifact(WORK_DIR, "verdict_pairs_html"), pairs_html(pairs))

@@ -33,9 +33,10 @@
 # answers without Unsloth's CUDA graphs and take longer.
 #
 # The rewards (`medical_r1/rewards.py`, tested): correctness as HuatuoGPT-o1's RL stage scores it (1 for the
-# right option, 0.1 for a wrong one, 0 for no answer), read by the same scorer as 04, only after `</think>`; a
+# right option, 0.1 for a wrong one, 0 for no answer), read by the same rules as 04, only after `</think>`; a
 # small format reward for a closed `</think>` followed by a stated answer; and a penalty for an answer that runs
-# to the length limit still thinking. The training items are never 04's questions: the notebook leaves out any it
+# to the length limit still thinking. 04 also lets the model read an answer the rules cannot; the rewards do not:
+# the policy should learn to commit to an option in words. The training items are never 04's questions: the notebook leaves out any it
 # shares.
 
 # %% tags=["parameters"]

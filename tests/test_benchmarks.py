@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from medical_r1 import benchmarks, rouge
+from medical_r1 import benchmarks, rouge, verdict_pages
 from medical_r1 import data as data_mod
 
 OPTIONS = {"A": "Acute cystitis", "B": "Acute pyelonephritis", "C": "Nephrolithiasis", "D": "Urethritis",
@@ -20,7 +20,7 @@ LABELLED = [
      "marked_letter"),
     ("...</think>\n\n**B**", "B", "marked_letter"),
     ("...</think>\n\nI would choose (C) here.", "C", "answer_is"),
-    ("...</think>\n\nA patient with white cell casts most likely has option B.", "B", "standalone_letter"),
+    ("...</think>\n\nA patient with white cell casts most likely has option B.", "B", "answer_is"),
     ("...</think>\n\nI think it is D, urethritis being unlikely.", "D", "standalone_letter"),
     ("...</think>\n\nB", "B", "standalone_letter"),
     ("...</think>\n\nThis is acute pyelonephritis, an infection of the kidney.", "B", "option_text"),
@@ -75,7 +75,7 @@ def test_similarity_is_only_an_opt_in_and_reported_apart():
     guessed = benchmarks.score_answers(items, [{"output": output}], similarity=True)
     row = benchmarks.verdict_rows(guessed, guessed)[0]
     assert row["base_correct"] == 1 and row["base_similarity"] == 1 and row["base_unreadable"] == 0
-    assert "by similarity" in benchmarks.verdict_html([row])
+    assert "by similarity" in verdict_pages.verdict_html([row])
 
 
 @pytest.mark.parametrize("output, letter, rule", LABELLED)
@@ -120,8 +120,10 @@ def test_verdicts_helped_hurt_and_no_change():
     assert rows["all"]["items"] == 200
     same = benchmarks.verdict_rows(base, base)
     assert all(r["verdict"].startswith("no detectable change") for r in same)
-    page = benchmarks.verdict_html(list(rows.values()))
-    assert page.count("<tr>") == 2 + 3 and "fine-tuning hurt" in page  # two header rows, three benchmark rows
+    page = verdict_pages.verdict_html(list(rows.values()))
+    verdict_table, reading_table = page.split("How the answers were read")
+    assert verdict_table.count("<tr>") == 2 + 3 and "fine-tuning hurt" in page  # two header rows, three benchmarks
+    assert reading_table.count("<tr>") == 1 + 2  # a header, then the base and the fine-tuned model
 
 
 def test_04_has_a_row_per_pair_of_the_models_that_exist_and_names_what_changed():
@@ -136,10 +138,11 @@ def test_04_has_a_row_per_pair_of_the_models_that_exist_and_names_what_changed()
     assert [p["verdict"].split(" (")[0] for p in three] == ["fine-tuning helped", "GRPO helped", "SFT + GRPO helped"]
     assert all("Holm-corrected for 3 pairs" in p["verdict"] for p in three)
     assert three[1]["overall"]["difference"] == pytest.approx(0.3) and three[1]["rows"][0]["verdict"].startswith("GRPO")
-    page = benchmarks.pairs_html(three)
-    assert page.count("<tr>") == 1 + 3 and page.count("class='verdict helped'") == 3 and "SFT + GRPO (07)" in page
+    pairs_table, reading_table = verdict_pages.pairs_html(three).split("How the answers were read")
+    assert pairs_table.count("<tr>") == 1 + 3 and pairs_table.count("class='verdict helped'") == 3
+    assert reading_table.count("<tr>") == 1 + 3 and "SFT + GRPO (07)" in reading_table  # each model once
     worse = benchmarks.pair_verdicts({"base": base, "tuned": grpo, "grpo": sft})  # GRPO undoing SFT's gain
-    assert worse[1]["verdict"].startswith("GRPO hurt") and "class='verdict hurt'" in benchmarks.pairs_html(worse)
+    assert worse[1]["verdict"].startswith("GRPO hurt") and "class='verdict hurt'" in verdict_pages.pairs_html(worse)
 
 
 def test_the_three_way_table_holds_each_pair_to_5_percent_when_nothing_changed():
@@ -189,7 +192,7 @@ def test_the_verdict_table_counts_each_kind_of_answer_per_model():
     assert (row["tuned_correct"], row["tuned_unfinished"], row["tuned_unreadable"]) == (3, 1, 0)
     assert row["base_accuracy"] == 0.25 and row["tuned_accuracy"] == 0.75 and row["difference"] == 0.5
     assert row["detectable_difference"] == pytest.approx(2.8 * (0.5 / 4) ** 0.5)
-    page = benchmarks.verdict_html([row])
+    page = verdict_pages.verdict_html([row])
     for header in ("correct", "unfinished / unreadable", "accuracy, % [95%]", "detectable"):
         assert f">{header}</th>" in page, header
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from medical_r1 import REPO_ROOT, benchmarks, chat, generation, sweep
+from medical_r1 import REPO_ROOT, benchmarks, chat, generation, sweep, verdict_pages
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = REPO_ROOT / "runs" / "browser"
@@ -133,7 +133,7 @@ def pages(tmp_path) -> dict:
                    base_unfinished=3, tuned_unfinished=5, base_unreadable=1, tuned_unreadable=0, base_val_loss=1.234,
                    tuned_val_loss=1.101, train_runtime_s=812.0, train_tokens=447140, steps=60)
     failed = sweep.error_row("learning_rate-0.002", {"LEARNING_RATE": 2e-3}, RuntimeError("the training loss became NaN"))
-    out = {"verdict": benchmarks.verdict_html(rows), "verdict_pairs": benchmarks.pairs_html(pairs), "comparison": generation.comparison_html(answers, {
+    out = {"verdict": verdict_pages.verdict_html(rows), "verdict_pairs": verdict_pages.pairs_html(pairs), "comparison": generation.comparison_html(answers, {
                "base_val_loss": 1.234, "tuned_val_loss": 1.101}),
            "sweep": sweep.sweep_html({"name": "tutorial_vs_gentle", "description": "Three schedules."}, [setting, failed])}
     paths = {}

@@ -1,4 +1,4 @@
-"""medical_r1.scorer on 114 R1-style outputs written and labelled for this project (tests/fixtures/scorer_cases.json),
+"""medical_r1.scorer on 312 R1-style outputs written and labelled for this project (tests/fixtures/scorer_cases.json),
 and HuatuoGPT-o1's own scorer on the same outputs (scripts/compare_scorers.py, the README's table)."""
 import sys
 
@@ -12,14 +12,19 @@ import compare_scorers  # noqa: E402
 ROWS = compare_scorers.readings()
 # The families the scorer must read: the issue's, and what it read before.
 FAMILIES = {"today", "today_zh", "negation", "negation_zh", "elimination", "elimination_zh", "second_thoughts",
-            "hedge", "word_boundary", "negated_text", "choose", "ten_options", "zh_text", "unfinished"}
+            "hedge", "word_boundary", "negated_text", "choose", "ten_options", "zh_text", "unfinished",
+            # issue #33's: closing statements after distractors, names that look like letters, option text in
+            # another sense, distractors stated as answers, EXCEPT questions, two answers, lower case and full width,
+            # the prose SFT teaches, no single answer; and two sets written after the design, unseen by it
+            "closing", "closing_zh", "names_letters", "text_sense", "distractor", "except", "two_answers",
+            "lower_width", "prose", "no_answer", "unseen_1", "unseen_2"}
 
 
 def test_the_scorer_reads_what_a_clinician_would_on_the_labelled_set():
     misread = [(r["family"], r["output"].split("</think>")[-1], r["expected"], r["ours"]) for r in ROWS
                if r["ours"] != r["expected"]]
-    assert len(ROWS) >= 80 and FAMILIES <= {r["family"] for r in ROWS}
-    assert 1 - len(misread) / len(ROWS) >= 0.99, misread
+    assert len(ROWS) >= 200 and FAMILIES <= {r["family"] for r in ROWS}
+    assert 1 - len(misread) / len(ROWS) >= 0.98, misread
     assert not [m for m in misread if m[2] is None], "an output that commits to no answer was given a letter"
 
 
@@ -55,3 +60,40 @@ def test_an_artifact_that_does_not_parse_names_its_file(tmp_path):
     with pytest.raises(ValueError, match="train_metrics.json.*line 1"):
         artifacts.read_json(broken)
     assert artifacts.read_json(artifacts.write_json(tmp_path / "ok.json", {"a": 1})) == {"a": 1}
+
+
+LETTER_STYLE = ("The answer is {L}.", "**{L}. {T}**", "Answer: ({L})", "Final answer: {L}", "{L}",
+                "\\boxed{{{L}}}")
+# Distractors discussed by their text, without a negation word, then a closing statement in prose.
+DISMISSALS = ("{T} is reserved for another setting.", "{T} has no role here.", "{T} would worsen the picture.",
+              "{T} fits a different presentation.", "{T} comes later, if at all.")
+CLOSINGS = ("The most likely answer is {t}.", "{T} is the best choice.", "This points to {t}.",
+            "Therefore, {t}.", "The correct option is {t}.", "So I would go with {t}.")
+
+
+def test_letter_and_prose_answers_score_alike():
+    """The same committed answers (the gold option for even items, a wrong one for odd) written as a letter and as
+    prose that discusses the distractors by name: the two accuracies stay within 2 points, and both read nearly
+    every answer. A scorer that read letters only would score the prose near zero; one that read the first option
+    named would score the prose by its distractors."""
+    items = [i for name, rows in artifacts.read_json(REPO_ROOT / "data/sample/eval_data.json").items() for i in rows]
+    items += [i for rows in artifacts.read_json(REPO_ROOT / "data/sample/grpo_train.json").values() for i in rows]
+    correct = {"letter": 0, "prose": 0}
+    read = {"letter": 0, "prose": 0}
+    for n, item in enumerate(items):
+        options, gold = item["options"], item["answer_idx"]
+        letters = sorted(options)
+        chosen = gold if n % 2 == 0 else letters[(letters.index(gold) + 1) % len(letters)]
+        text = options[chosen]
+        others = [k for k in letters if k != chosen][:2]
+        letter = LETTER_STYLE[n % len(LETTER_STYLE)].format(L=chosen, T=text)
+        prose = " ".join(DISMISSALS[(n + i) % len(DISMISSALS)].format(T=options[k][0].upper() + options[k][1:])
+                         for i, k in enumerate(others))
+        prose += " " + CLOSINGS[n % len(CLOSINGS)].format(t=text, T=text[0].upper() + text[1:])
+        for style, answer in (("letter", letter), ("prose", prose)):
+            found, _ = scorer.extract_choice("Let me weigh each option.\n</think>\n\n" + answer, options)
+            read[style] += found is not None
+            correct[style] += found == gold
+    n = len(items)
+    assert n >= 40 and read["letter"] >= 0.95 * n and read["prose"] >= 0.95 * n, read
+    assert abs(correct["letter"] - correct["prose"]) / n <= 0.02, correct

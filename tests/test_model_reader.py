@@ -1,0 +1,101 @@
+"""The second reader (medical_r1.model_reader) on the tiny model: where the rules read no answer, the model's own
+next-token probabilities after the answer prompt give the letter, accepted only at the threshold."""
+import pytest
+
+from medical_r1 import benchmarks, model_reader
+from src_helpers import encode_text
+
+ITEM = {"id": "X/0", "benchmark": "X", "question": "Which drug?", "answer_idx": "C",
+        "options": {"A": "Lithium", "B": "Donepezil", "C": "Haloperidol", "D": "Memantine"}}
+# A finished answer the rules cannot read: it names no option.
+UNREADABLE = "Weighing the options carefully.\n</think>\n\nThe picture is a movement disorder of the elderly."
+
+
+def scored_unreadable(output=UNREADABLE):
+    outputs = [{"output": output}]
+    return outputs, benchmarks.score_answers([ITEM], outputs)
+
+
+def prompts():
+    return [{"question": benchmarks.mc_question(ITEM), "options": ITEM["options"]}]
+
+
+@pytest.fixture
+def means_c(adapter_model):
+    """The tiny model made to mean C: +30 on the logit of the token "C" at the last position, as a model that wrote
+    an answer about option C would put its weight there. Records the ids each forward pass saw."""
+    model, tokenizer = adapter_model
+    letter_c = encode_text(tokenizer, "C")[0]
+    seen = []
+
+    def bias(module, args, output):
+        output[:, -1, letter_c] += 30.0
+        return output
+
+    handles = [model.get_output_embeddings().register_forward_hook(bias),
+               model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"][0].tolist()),
+                                               with_kwargs=True)]
+    yield model, tokenizer, seen
+    for handle in handles:
+        handle.remove()
+
+
+def test_where_the_rules_read_nothing_the_model_reads_its_own_answer(means_c):
+    model, tokenizer, seen = means_c
+    outputs, scored = scored_unreadable()
+    assert scored[0]["rule"] == "unreadable"
+    found = model_reader.read_unreadable(model, tokenizer, prompts(), outputs, scored, "r1_chat", 0.5)
+    assert found == {"tried": 1, "read": 1}
+    assert scored[0]["rule"] == "model_extracted" and scored[0]["pred"] == "C" and scored[0]["correct"]
+    assert 0.5 <= scored[0]["model_probability"] <= 1
+    # What the model read: the question as asked, its own output, then the fixed answer prompt.
+    text = tokenizer.decode(seen[0])
+    assert benchmarks.mc_question(ITEM) in text and UNREADABLE in text
+    assert text.endswith("Therefore, among A through D, the answer is (")
+    counts = benchmarks.verdict_rows(scored, scored)[-1]
+    assert counts["tuned_model_extracted"] == 1 and counts["tuned_rules"]["model_extracted"] == 1
+
+
+def test_below_the_threshold_the_answer_stays_unreadable_with_its_probability(adapter_model):
+    """The random tiny model spreads its weight over its whole vocabulary: no letter comes near 0.5."""
+    model, tokenizer = adapter_model
+    outputs, scored = scored_unreadable()
+    found = model_reader.read_unreadable(model, tokenizer, prompts(), outputs, scored, "r1_chat", 0.5)
+    assert found == {"tried": 1, "read": 0}
+    assert scored[0]["rule"] == "unreadable" and scored[0]["pred"] is None and not scored[0]["correct"]
+    assert 0 <= scored[0]["model_probability"] < 0.5
+
+
+def test_only_finished_unreadable_answers_are_given_to_the_model(means_c):
+    """An answer the rules read keeps its reading, and an unfinished one was never an answer: neither is tried."""
+    model, tokenizer, seen = means_c
+    for output, rule in (("...</think>\n\nThe answer is B.", "answer_is"), ("Still thinking about C and", "unfinished")):
+        outputs, scored = scored_unreadable(output)
+        assert model_reader.read_unreadable(model, tokenizer, prompts(), outputs, scored, "r1_chat", 0.5)["tried"] == 0
+        assert scored[0]["rule"] == rule
+    outputs, scored = scored_unreadable()
+    assert model_reader.read_unreadable(model, tokenizer, prompts(), outputs, scored, "r1_chat", 0)["tried"] == 0
+    assert not seen
+
+
+def test_run_benchmarks_reads_the_base_answers_with_the_adapter_off(means_c, monkeypatch):
+    """04's path: the base model's unreadable answers are read with the adapter switched off, the tuned ones on."""
+    model, tokenizer, _ = means_c
+    states = []
+    real = model_reader.letter_probabilities
+
+    def spy(model, *args, **kwargs):
+        states.append(bool(model.base_model.model.model.layers[0].self_attn.q_proj.disable_adapters))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(model_reader, "letter_probabilities", spy)
+    monkeypatch.setattr(benchmarks, "answer_base_and_tuned", lambda *a, **k: ([{"output": UNREADABLE}],) * 2)
+    base, tuned = benchmarks.run_benchmarks(model, tokenizer, {"X": [ITEM]}, "r1_chat", 8, True, 0.6, 0.95, 1, 0,
+                                            "cpu", model_reader=0.5)
+    assert states == [True, False]
+    assert base[0]["rule"] == tuned[0]["rule"] == "model_extracted"
+
+
+def test_a_letter_written_as_more_than_one_token_is_refused_by_name(tokenizer):
+    with pytest.raises(ValueError, match="'Cx'.*EVAL_MODEL_READER"):
+        model_reader.letter_token_ids(tokenizer, ["A", "Cx"])
