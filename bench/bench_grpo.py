@@ -15,6 +15,7 @@ On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.
 Prints a table and writes grpo_bench.json.
 """
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -53,17 +54,23 @@ def graph_counters(model, backend: str) -> dict:
     return decode_graph_stats(model)
 
 
+def letter_share_reward(completions: list[str], **_) -> list[float]:
+    """The share of an answer's characters that are ASCII letters: a reward random weights earn unequally (their
+    answers are random tokens of every script), so GRPO's advantages are not all zero. Only for --reward spread."""
+    return [sum(c.isascii() and c.isalpha() for c in text) / max(1, len(text)) for text in completions]
+
+
 def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: dict,
-          offload_embedding: str = "notebook", rollout_speedups: bool = True) -> dict:
+          offload_embedding: str = "notebook", rollout_speedups: bool = True, reward: str = "07") -> dict:
     import torch
 
     from medical_r1.benchmarks import mc_question
     from medical_r1.generation import generate_answers
     from medical_r1.models import language_model_loader
     from medical_r1.params import LORA_TARGET_MODULES, Params
-    from medical_r1.rewards import correctness_reward, format_reward, grpo_rows, length_guard, load_items
+    from medical_r1.rewards import closed_thinking_reward, correctness_reward, format_reward, length_guard, load_items
+    from medical_r1.training import weight_changes, weight_snapshot
     from medical_r1.runtime import compute_dtype, setup_backend
-    from medical_r1.training import runtime_training_args
 
     p = Params(**overrides)  # 07's defaults unless a smoke test shrinks them
     runtime, backend = setup_backend("auto", "auto")
@@ -81,15 +88,14 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     offload = {"offload_embedding": offload_value}
     model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(model_path), max_seq_length=p.max_seq_length,
                                                          dtype=compute_dtype(runtime), load_in_4bit=True, **offload)
-    from datasets import Dataset  # after Unsloth's import, as in 07: Unsloth patches TRL's trainers when imported
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from transformers import TrainerCallback  # after Unsloth's import, as in 07: Unsloth patches TRL when imported
+
+    from medical_r1.grpo import make_grpo_trainer
 
     model = FastLanguageModel.get_peft_model(model, r=p.lora_r, lora_alpha=p.lora_alpha,
                                              target_modules=LORA_TARGET_MODULES, use_gradient_checkpointing="unsloth",
                                              random_state=p.seed, max_seq_length=p.max_seq_length)
     items = load_items(str(ITEMS), 0)
-    rows = grpo_rows(items, tokenizer, "r1_chat")
 
     if rollout_speedups:  # as 07 does
         rollouts_with_decode_speedups(model, backend)
@@ -124,22 +130,23 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
             self.seconds.append(time.perf_counter() - self.start)
 
     timer = StepTimer()
-    config = GRPOConfig(output_dir=str(out / "grpo_bench_checkpoints"), max_steps=steps,
-                        learning_rate=p.grpo_learning_rate, per_device_train_batch_size=p.grpo_batch_size,
-                        gradient_accumulation_steps=p.grpo_grad_accum, num_generations=p.num_generations,
-                        max_completion_length=p.max_completion_length, temperature=p.grpo_temperature, seed=p.seed,
-                        logging_steps=1, save_strategy="no", report_to="none",
-                        **runtime_training_args(backend, runtime, "adamw_8bit"))
-    trainer = GRPOTrainer(model=model, processing_class=tokenizer, args=config, train_dataset=Dataset.from_list(rows),
-                          reward_funcs=[correctness_reward, format_reward, length_guard(p.max_completion_length)],
-                          callbacks=[timer])
+    # 07's own trainer, for `steps` steps, checkpoints beyond them, in the benchmark's folder.
+    p = dataclasses.replace(p, work_dir=str(out / "grpo_bench"), grpo_max_steps=steps, grpo_save_steps=steps + 1,
+                            report_to="none")
+    rewards = {"07": [correctness_reward, format_reward, length_guard(p.max_completion_length)],
+               "spread": [closed_thinking_reward, letter_share_reward]}[reward]
+    trainer = make_grpo_trainer(model, tokenizer, items, "r1_chat", p, backend, runtime, rewards)
+    trainer.add_callback(timer)
+    before = weight_snapshot(model)
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     peak_train = torch.cuda.max_memory_reserved() / 2**30 if gpu else 0.0
     history = [h for h in trainer.state.log_history if "reward" in h]
     model.generate = generate
-    raw = {"backend": backend, "offload_embedding": offload_embedding, "offload_embedding_passed": str(offload_value),
+    raw = {"reward_funcs": [f.__name__ for f in rewards], "weight_changes": weight_changes(before, model),
+           "rewards_per_step": [{k: v for k, v in h.items() if k.startswith(("reward", "frac_reward"))} for h in history],
+           "backend": backend, "offload_embedding": offload_embedding, "offload_embedding_passed": str(offload_value),
            "rollout_speedups": rollout_speedups,
            "precision": "bf16" if runtime.bf16 else "fp16",
            "device_as_seen": torch.cuda.get_device_name(0) if gpu else "cpu", "step_seconds": timer.seconds,
@@ -202,12 +209,16 @@ def main():
     parser.add_argument("--plain-rollouts", action="store_true",
                         help="the trainer's rollouts without 04's decode_speedups (07 wraps them: its head fix and "
                              "attention core), as 07 ran before 2026-11-30")
+    parser.add_argument("--reward", choices=["07", "spread"], default="07",
+                        help="07's three rewards, or a closed </think> plus the share of ASCII letters: rewards random "
+                             "weights earn unequally, to show GRPO's advantages and LoRA moving at this shape")
     parser.add_argument("--child", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = {"num_generations": 2, "grpo_batch_size": 2, "max_completion_length": 8} if args.smoke else {}
     if args.child or args.smoke:
-        raw = child(args.steps, args.out, args.model, overrides, args.offload_embedding, not args.plain_rollouts)
+        raw = child(args.steps, args.out, args.model, overrides, args.offload_embedding, not args.plain_rollouts,
+                    args.reward)
         (args.out / "grpo_bench_raw.json").write_text(json.dumps(raw, indent=1))
         print(json.dumps(summarise(raw), indent=1))
         return 0
@@ -217,7 +228,7 @@ def main():
     if not (args.model / "config.json").exists():
         real_shapes.build_model_in_child("llama-8b", args.model)
     command = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--out", str(args.out), "--model",
-               str(args.model), "--offload-embedding", args.offload_embedding]
+               str(args.model), "--offload-embedding", args.offload_embedding, "--reward", args.reward]
     command += ["--plain-rollouts"] if args.plain_rollouts else []
     child_run = subprocess.run(command, env=t4_device.child_environment(os.environ))
     raw = json.loads((args.out / "grpo_bench_raw.json").read_text())

@@ -78,6 +78,48 @@ def rollouts_with_decode_speedups(model, backend: str) -> str:
             "step gets the grouped attention core)")
 
 
+def make_grpo_trainer(model, tokenizer, items: list[dict], template: str, p, backend: str, runtime,
+                      reward_funcs: list):
+    """The GRPOTrainer that 07 builds in its cells, for the tests, the learning check and the benchmark;
+    `reward_funcs` are 07's three or another (the learning check's). A test checks that 07's GRPOConfig and
+    GRPOTrainer calls pass the same settings as these, `p` (Params) standing for 07's parameters cell."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from medical_r1.rewards import grpo_rows
+    from medical_r1.tracking import resolve_report_to
+    from medical_r1.training import runtime_training_args, training_callbacks
+
+    report_to, why = resolve_report_to(p.report_to, p.work_dir)
+    print(why)
+    config = GRPOConfig(
+        output_dir=str(artifact(p.work_dir, "grpo_checkpoints")),
+        max_steps=p.grpo_max_steps,
+        learning_rate=p.grpo_learning_rate,
+        per_device_train_batch_size=p.grpo_batch_size,
+        gradient_accumulation_steps=p.grpo_grad_accum,
+        num_generations=p.num_generations,
+        max_completion_length=p.max_completion_length,
+        temperature=p.grpo_temperature,
+        seed=p.seed,
+        logging_steps=1,
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=p.grpo_save_steps,
+        save_total_limit=2,
+        report_to=report_to,
+        **runtime_training_args(backend, runtime, "adamw_8bit"),
+    )
+    return GRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        args=config,
+        train_dataset=Dataset.from_list(grpo_rows(items, tokenizer, template)),
+        reward_funcs=reward_funcs,
+        callbacks=training_callbacks(),
+    )
+
+
 def reward_examples(item: dict, reward_funcs: list, max_completion_length: int):
     """A table: what each reward gives four written answers to `item` (right, wrong, a hedge, still thinking)."""
     import json

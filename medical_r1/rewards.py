@@ -41,6 +41,12 @@ def format_reward(completions: list[str], options: list, **_) -> list[float]:
             for text, opts in zip(completions, options)]
 
 
+def closed_thinking_reward(completions: list[str], **_) -> list[float]:
+    """The format reward's first step: 1 for a completion that closed its thinking with </think>, 0 otherwise. What a
+    tiny model can learn to do; the learning check trains on it (medical_r1.learning)."""
+    return [1.0 if "</think>" in text else 0.0 for text in completions]
+
+
 def length_guard(max_completion_length: int):
     """The length guard for a given limit: RUNAWAY_PENALTY for a completion that used every token it was allowed
     and never closed its thinking, 0 otherwise."""

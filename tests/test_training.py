@@ -228,3 +228,16 @@ def test_auto_checkpointing_recomputes_only_where_free_memory_is_short(monkeypat
     assert training_mod.choose_gradient_checkpointing("auto", model, "transformers", 2, 2048)[0] == "unsloth"
     with pytest.raises(ValueError, match="gradient_checkpointing must be 'auto', 'on' or 'off'"):
         params.Params(gradient_checkpointing="yes")
+
+
+@pytest.mark.parametrize("mask_completion", [False, True], ids=["encoded_as_02", "completion_masked"])
+def test_sft_learns_what_it_is_shown(tmp_path, mask_completion):
+    """03's trainer (training.make_trainer) on one example encoded as 02 encodes it: greedy decoding of its prompt
+    then repeats the first 12 tokens of its answer, which the base model (adapter off) does not. With the answer's
+    labels masked (a collator that hides what the model must learn, the eos alone left) the same assertion fails."""
+    from medical_r1 import learning
+
+    result = learning.sft_learns(tmp_path, mask_completion)
+    learned = result["tuned_matched"] == learning.REPRODUCED_TOKENS and result["base_matched"] < 3
+    assert learned == (not mask_completion), result
+    assert result["losses"][-1] < result["losses"][0]
