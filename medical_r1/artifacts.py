@@ -92,7 +92,11 @@ def require_artifact(work_dir, key: str) -> pathlib.Path:
     the file is first looked for among the attached outputs of the earlier notebooks."""
     path = artifact(work_dir, key)
     if not path.exists() and copy_from_kaggle_input(work_dir, key) is None:
-        raise FileNotFoundError(f"{path} is missing: run notebooks/{ARTIFACTS[key][1]}.ipynb first "
+        notebook = ARTIFACTS[key][1]
+        if KAGGLE_INPUT.is_dir():
+            raise FileNotFoundError(f"{path.name} from {notebook} is missing: attach your run of {notebook} under "
+                                    f"Add Input > Your Work > Notebooks (and run it first if it has not finished).")
+        raise FileNotFoundError(f"{path} is missing: run notebooks/{notebook}.ipynb first "
                                 f"with the same WORK_DIR ({work_dir}).")
     return path
 

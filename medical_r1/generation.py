@@ -106,6 +106,33 @@ def grouped_query_decode_attention(attn, queries, kv_len: int, keep_mask, fused:
     return out.reshape(batch, heads, 1, head_dim)
 
 
+# The Unsloth releases whose private `unsloth.models.llama._decode_attention_core` (its signature and what it returns)
+# grouped_decode_attention was written against and checked on a GPU; another release keeps Unsloth's own core.
+UNSLOTH_CORE_TESTED = ("2026.10.9",)
+_SAID = set()
+
+
+def unsloth_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("unsloth")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def replaces_unsloth_core() -> bool:
+    """Whether the installed Unsloth is one the grouped attention core was tested on; says once when it is not."""
+    version = unsloth_version()
+    if version in UNSLOTH_CORE_TESTED:
+        return True
+    if version not in _SAID:
+        _SAID.add(version)
+        print(f"decode attention: Unsloth {version}'s own core (the grouped core was tested on Unsloth "
+              f"{', '.join(UNSLOTH_CORE_TESTED)} only; answers are the same, a little slower at large batches)")
+    return False
+
+
 @contextlib.contextmanager
 def grouped_decode_attention(active: bool = True, fused: bool = True):
     """For the block, the attention of Unsloth's CUDA-graph decode step (which runs between the captured
@@ -116,7 +143,7 @@ def grouped_decode_attention(active: bool = True, fused: bool = True):
     Unsloth is not loaded (CPU)."""
     llama = sys.modules.get("unsloth.models.llama")
     original = getattr(llama, "_decode_attention_core", None)
-    if not active or original is None:
+    if not active or original is None or not replaces_unsloth_core():
         yield
         return
 

@@ -14,6 +14,7 @@ from medical_r1.display import plot_loss_curve
 from medical_r1.params import Params
 from medical_r1.runtime import (
     Runtime,
+    free_gpu_bytes,
     is_main_process,
     peak_gpu_memory_gib,
     process_rank,
@@ -67,7 +68,7 @@ def choose_gradient_checkpointing(setting: str, model, backend: str, batch_size:
         return "unsloth", (f"gradient checkpointing on: 'auto' decides only for Unsloth on a GPU (backend {backend})")
     tokens = batch_size * max_seq_length
     need = NO_RECOMPUTE_MARGIN * activation_gib(model.config, tokens) + NO_RECOMPUTE_HEADROOM_GIB
-    free = torch.cuda.mem_get_info()[0] / 2**30
+    free = free_gpu_bytes() / 2**30  # under GPU_MEMORY_CAP_GIB, what the cap leaves, not the device's free memory
     if free >= need:
         return False, (f"gradient checkpointing off: {free:.1f} GiB free holds the activations of {batch_size} x "
                        f"{max_seq_length} tokens (about {need:.1f} GiB with a margin), so none are recomputed "

@@ -19,7 +19,9 @@
 # Find out where this notebook runs, which GPU it has, which training backend the series will use,
 # and which secrets are available, without ever printing a secret's value.
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/00_setup_secrets.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/00_setup_secrets.ipynb) [![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/medical-r1/medical-r1-notebooks/blob/main/notebooks/00_setup_secrets.ipynb)
+#
+# **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; nothing to attach.
 #
 # **Reads:** nothing. **Writes:** `WORK_DIR/runtime.json` (platform, GPU, backend, which secrets were found).
 # **Time on a T4 (an estimate; not yet measured on one):** under a minute (a few minutes more the first time, if the install cell installs packages).

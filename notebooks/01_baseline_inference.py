@@ -19,7 +19,9 @@
 # Ask the untouched DeepSeek-R1 distill a fixed set of medical questions (English and Chinese) with the
 # same prompt that training will use, so notebook 04 can put its answers next to the tuned model's.
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/01_baseline_inference.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/01_baseline_inference.ipynb) [![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/medical-r1/medical-r1-notebooks/blob/main/notebooks/01_baseline_inference.ipynb)
+#
+# **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; nothing to attach.
 #
 # **Reads:** nothing (the model comes from the Hub). **Writes:** `WORK_DIR/answers/base.jsonl`.
 # **Time on a T4 (an estimate; not yet measured on one):** about 5-10 minutes for the 8B model (5 questions, up to 1,024 new tokens each).

@@ -20,7 +20,9 @@
 # turn each into token ids with the model's own chat template, look at the lengths, and split off a
 # validation set.
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/02_format_dataset.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/02_format_dataset.ipynb) [![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/medical-r1/medical-r1-notebooks/blob/main/notebooks/02_format_dataset.ipynb)
+#
+# **On Kaggle:** *Settings > Accelerator*: none needed (CPU); *Internet*: on; secrets under *Add-ons > Secrets*; nothing to attach.
 #
 # **Reads:** nothing (the data comes from the Hub or `DATASET_NAME` as a local path).
 # **Writes:** `WORK_DIR/data/train.jsonl`, `val.jsonl`, `stats.json`, `token_lengths.png`.

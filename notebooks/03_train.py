@@ -19,7 +19,9 @@
 # Load the model in 4 bits, add LoRA adapters to the attention and MLP projections, and train on the
 # formatted chain-of-thought data with TRL's SFTTrainer, watching validation loss as it goes.
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/03_train.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/03_train.ipynb) [![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/medical-r1/medical-r1-notebooks/blob/main/notebooks/03_train.ipynb)
+#
+# **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; *Add Input > Your Work > Notebooks*: your runs of `02_format_dataset` (the notebook copies their files from `/kaggle/input` itself, or says which one is missing).
 #
 # **Reads:** `WORK_DIR/data/train.jsonl`, `val.jsonl`, `stats.json` (from 02).
 # **Writes:** `WORK_DIR/adapter/`, `checkpoints/`, `loss_curve.png`, `train_metrics.json`.

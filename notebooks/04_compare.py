@@ -19,7 +19,9 @@
 # Answer the same questions as 01 with the fine-tuned adapter, show both answers side by side, and
 # measure validation loss with and without the adapter on the held-out split.
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/04_compare.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/04_compare.ipynb) [![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/medical-r1/medical-r1-notebooks/blob/main/notebooks/04_compare.ipynb)
+#
+# **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; *Add Input > Your Work > Notebooks*: your runs of `01_baseline_inference`, `02_format_dataset`, `03_train` (the notebook copies their files from `/kaggle/input` itself, or says which one is missing).
 #
 # **Reads:** `WORK_DIR/adapter/` (03), `answers/base.jsonl` (01), `data/val.jsonl` (02).
 # **Writes:** `WORK_DIR/answers/tuned.jsonl`, `comparison.html`, `verdict.json`/`.html`, `verdict_pairs.json`/`.html`

@@ -19,7 +19,9 @@
 # Merge the LoRA adapter into the base weights, check that the merged model gives the same logits as
 # base + adapter, and push to the Hugging Face Hub only when asked and a token is set.
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/05_export_push.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/05_export_push.ipynb) [![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/medical-r1/medical-r1-notebooks/blob/main/notebooks/05_export_push.ipynb)
+#
+# **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; *Add Input > Your Work > Notebooks*: your runs of `02_format_dataset`, `03_train`, `04_compare` (the notebook copies their files from `/kaggle/input` itself, or says which one is missing).
 #
 # **Reads:** `WORK_DIR/adapter/`, `train_metrics.json` (03), `data/stats.json` (02), `verdict.json` (04, for the card). **Writes:** `WORK_DIR/merged_16bit/`, `gguf/` (when asked), `export.json`.
 # **Time on a T4 (an estimate; not yet measured on one):** about 10-15 minutes for the 8B model, mostly loading 16 GB twice (the merged model is about 16 GB on disk).

@@ -19,7 +19,9 @@
 # Open a chat with the fine-tuned model: replies stream token by token, the thinking is folded under the
 # answer, and a choice puts the base model (the adapter off) beside it for the same question.
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/06_chat.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/06_chat.ipynb) [![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/medical-r1/medical-r1-notebooks/blob/main/notebooks/06_chat.ipynb)
+#
+# **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; *Add Input > Your Work > Notebooks*: your runs of `02_format_dataset`, `03_train`, `05_export_push` (the notebook copies their files from `/kaggle/input` itself, or says which one is missing).
 #
 # **Reads:** `WORK_DIR/adapter/` (03) or `merged_16bit/` (05), and `data/stats.json` (02, for the template).
 # **Writes:** nothing.

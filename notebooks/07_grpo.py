@@ -21,7 +21,9 @@
 # notebook does the same with TRL's `GRPOTrainer`: for each multiple-choice question the model writes several
 # answers, each is scored by the rules below, and the adapter moves towards the better ones.
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/07_grpo.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/medical-r1/medical-r1-notebooks/blob/main/notebooks/07_grpo.ipynb) [![Open In Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)](https://kaggle.com/kernels/welcome?src=https://github.com/medical-r1/medical-r1-notebooks/blob/main/notebooks/07_grpo.ipynb)
+#
+# **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; *Add Input > Your Work > Notebooks*: your runs of `02_format_dataset`, `03_train` (the notebook copies their files from `/kaggle/input` itself, or says which one is missing).
 #
 # **Reads:** `WORK_DIR/adapter/` (03) unless `START_FROM = "base"`, `data/stats.json` (02, the template), the
 # training items (by default MedQA's USMLE training split from the Hub, CC BY 4.0) and 04's evaluation file (to
@@ -159,13 +161,25 @@ print(rollouts_with_decode_speedups(model, backend))  # the trainer's generate c
 before = weight_snapshot(model)  # to check after training that only the LoRA tensors moved
 
 # %% [markdown]
-# ## The rewards, on examples
+# ## The rewards
+# The rewards are the point of GRPO: the model is moved towards the answers they score higher. They are defined in
+# `medical_r1/rewards.py` (tested in `tests/test_rewards.py`, where a test also shows 07's trainer learning a reward
+# a tiny model can earn); the next cell prints them as they are, to read and to copy into your own. Each gets the
+# batch's completions and the dataset's columns and returns one number per completion.
+
+# %%
+import inspect
+
+from medical_r1.rewards import correctness_reward, format_reward, length_guard
+
+print("\n".join(inspect.getsource(reward) for reward in (correctness_reward, format_reward, length_guard)))
+
+# %% [markdown]
 # What each rule gives a few written answers, before any training: the right option, a wrong one, a hedge, and
 # an answer still thinking when it ran out of tokens.
 
 # %%
 from medical_r1.grpo import reward_examples
-from medical_r1.rewards import correctness_reward, format_reward, length_guard
 
 length_guard_reward = length_guard(MAX_COMPLETION_LENGTH)
 reward_examples(items[0], [correctness_reward, format_reward, length_guard_reward], MAX_COMPLETION_LENGTH)

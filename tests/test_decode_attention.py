@@ -98,6 +98,7 @@ def test_the_switch_replaces_unsloths_core_only_in_the_block(monkeypatch):
     llama = types.ModuleType("unsloth.models.llama")
     llama._decode_attention_core = unsloth_core
     monkeypatch.setitem(sys.modules, "unsloth.models.llama", llama)
+    monkeypatch.setattr(generation, "unsloth_version", lambda: "2026.10.9")
     attn, queries, keep = decode_cache()
     with generation.grouped_decode_attention():
         out, _, _ = llama._decode_attention_core(attn, queries, keep.shape[1], keep[:, None, None, :], 3, True)
@@ -109,6 +110,22 @@ def test_the_switch_replaces_unsloths_core_only_in_the_block(monkeypatch):
     assert llama._decode_attention_core is unsloth_core
     with generation.grouped_decode_attention(active=False):
         assert llama._decode_attention_core is unsloth_core
+
+
+def test_an_untested_unsloth_keeps_its_own_core_and_says_so_once(monkeypatch, capsys):
+    """The grouped core replaces a private function of Unsloth; a release it was not tested on keeps Unsloth's."""
+    def unsloth_core(*args):
+        return "unsloth", None, None
+
+    llama = types.ModuleType("unsloth.models.llama")
+    llama._decode_attention_core = unsloth_core
+    monkeypatch.setitem(sys.modules, "unsloth.models.llama", llama)
+    monkeypatch.setattr(generation, "unsloth_version", lambda: "2027.1.1")
+    for _ in range(2):
+        with generation.grouped_decode_attention():
+            assert llama._decode_attention_core is unsloth_core
+    said = capsys.readouterr().out
+    assert said.count("Unsloth 2027.1.1's own core") == 1 and "2026.10.9" in said
 
 
 def test_the_switch_does_nothing_without_unsloth(monkeypatch):
@@ -128,6 +145,7 @@ def test_generate_answers_switches_the_grouped_core_in_around_generate(monkeypat
     llama = types.ModuleType("unsloth.models.llama")
     llama._decode_attention_core = unsloth_core
     monkeypatch.setitem(sys.modules, "unsloth.models.llama", llama)
+    monkeypatch.setattr(generation, "unsloth_version", lambda: "2026.10.9")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     seen = []
     generate = model.generate

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import pathlib
+import re
 import sys
 
 import pytest
@@ -105,8 +106,26 @@ def test_an_attached_kaggle_output_is_copied_into_work_dir(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert (artifacts.require_artifact("runs/medical-r1", "adapter") / "adapter_config.json").read_text() == "{}"
     assert export_mod.merge_base_name("runs/medical-r1") == "m"  # the helpers that read artifacts find them too
-    with pytest.raises(FileNotFoundError, match="04_compare"):
+    with pytest.raises(FileNotFoundError, match="attach your run of 04_compare under Add Input > Your Work"):
         artifacts.require_artifact("runs/medical-r1", "verdict")
+
+
+@pytest.mark.parametrize("notebook", list(artifacts.NOTEBOOK_INPUTS))
+def test_every_notebook_opens_in_kaggle_and_says_what_to_attach(notebook):
+    """The header has an "Open in Kaggle" link in Kaggle's own form to this notebook in the repository of
+    pyproject.toml, and its "On Kaggle" line names exactly the earlier notebooks whose outputs it reads."""
+    import nbformat
+
+    import set_repository
+
+    header = nbformat.read(REPO_ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4).cells[0].source
+    repository = set_repository.current_repository()
+    assert (f"(https://kaggle.com/kernels/welcome?src=https://github.com/{repository}/blob/main/notebooks/"
+            f"{notebook}.ipynb)") in header
+    line = next(text for text in header.splitlines() if text.startswith("**On Kaggle:**"))
+    named = re.findall(r"`(\d\d_\w+)`", line)
+    assert named == artifacts.NOTEBOOK_INPUTS[notebook] and ("nothing to attach" in line) == (not named)
+    assert "Internet*: on" in line and ("GPU T4 x2" in line) == (notebook != "02_format_dataset")
 
 
 def test_the_helpers_dataset_passes_kaggles_checks_and_holds_the_wheel(tmp_path, monkeypatch):

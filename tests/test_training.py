@@ -202,6 +202,16 @@ def test_early_stopping_keeps_the_best_adapter_settings(tiny_model_dir, tmp_path
 LLAMA_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32}  # the real distill's config
 
 
+def fake_gpu(monkeypatch, free_bytes, total_gib, allocated_bytes=0):
+    """torch.cuda as it answers on a GPU with this much free memory and this much allocated by the process."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_bytes), int(total_gib * 2**30)))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: int(allocated_bytes))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: int(allocated_bytes))
+
+
 @pytest.mark.parametrize("gpu, total_gib, expected", [
     ("Tesla T4", 15.0, "unsloth"),  # the free T4: 15 GiB, about 9.5 free once the 8B model is loaded
     ("NVIDIA L4", 22.5, "unsloth"),  # 24 GB: 17 free, short of the ~18.6 GiB keeping every activation takes
@@ -216,8 +226,7 @@ def test_auto_checkpointing_recomputes_only_where_free_memory_is_short(monkeypat
     import torch
 
     free = (total_gib - 5.5) * 2**30
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free), int(total_gib * 2**30)))
+    fake_gpu(monkeypatch, free, total_gib)
     model = types.SimpleNamespace(config=types.SimpleNamespace(**LLAMA_8B))
     choice, why = training_mod.choose_gradient_checkpointing("auto", model, "unsloth", 2, 2048)
     assert choice == expected
@@ -228,6 +237,23 @@ def test_auto_checkpointing_recomputes_only_where_free_memory_is_short(monkeypat
     assert training_mod.choose_gradient_checkpointing("auto", model, "transformers", 2, 2048)[0] == "unsloth"
     with pytest.raises(ValueError, match="gradient_checkpointing must be 'auto', 'on' or 'off'"):
         params.Params(gradient_checkpointing="yes")
+
+
+def test_auto_checkpointing_obeys_the_memory_cap(monkeypatch):
+    """03 on an H200 with GPU_MEMORY_CAP_GIB = 15 ("show what fits on a T4"): the 8B model holds 5.5 GiB of the 15,
+    so "auto" must recompute as on a T4, though the device itself has 135 GiB free; without the cap it keeps
+    every activation."""
+    import types
+
+    from medical_r1 import runtime
+
+    model = types.SimpleNamespace(config=types.SimpleNamespace(**LLAMA_8B))
+    fake_gpu(monkeypatch, 135 * 2**30, 141.0, allocated_bytes=5.5 * 2**30)
+    monkeypatch.setattr(runtime, "GPU_MEMORY_CAP_BYTES", 15 * 2**30)
+    choice, why = training_mod.choose_gradient_checkpointing("auto", model, "unsloth", 2, 2048)
+    assert choice == "unsloth" and "9.5 GiB free" in why
+    monkeypatch.setattr(runtime, "GPU_MEMORY_CAP_BYTES", 0)
+    assert training_mod.choose_gradient_checkpointing("auto", model, "unsloth", 2, 2048)[0] is False
 
 
 @pytest.mark.parametrize("mask_completion", [False, True], ids=["encoded_as_02", "completion_masked"])
