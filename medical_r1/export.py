@@ -113,7 +113,7 @@ def merge_tolerance(dtype) -> float:
     """Largest |logit difference| allowed, relative to the largest |logit|. A float32 merge is exact up to
     rounding, so the check is strict there (the CPU path the tests run). In bfloat16 it is a coarse guard:
     a correct merge of a random-weight Qwen-1.5B shape (28 layers) differed from base + adapter by 11% of
-    the largest logit (gpu/RESULTS.md), because random networks amplify rounding; for an 8-layer one, 2.7%.
+    the largest logit (lab/gpu/RESULTS.md), because random networks amplify rounding; for an 8-layer one, 2.7%.
     Real weights were not available to calibrate it further."""
     import torch
 

@@ -56,7 +56,7 @@ def head_reads_weights_once(model, active: bool = True):
     """For the block, the output head gets its input in the standard layout (see standard_layout). Traced on an
     H100 at the Llama-8B shape, batch 32: the head took 13.7 ms of each 55 ms graph decode step as that batched
     product (its input: rows 14,336 elements apart, the MLP's scratch buffer); with this, the graph step at
-    batch 32 went from 616 to 823 tokens/s, the eager step at batch 128 from 812 to 1,260 (BENCHMARKS.md).
+    batch 32 went from 616 to 823 tokens/s, the eager step at batch 128 from 812 to 1,260 (lab/BENCHMARKS.md).
     active=False leaves the head as it is (the benchmarks' old path)."""
     if not active:
         yield
@@ -75,7 +75,7 @@ def grouped_query_decode_attention(attn, queries, kv_len: int, keep_mask, fused:
     repeating K and V for each query head. Each KV head's query heads become the rows of one query, so one
     fused attention call reads the cache once. Unsloth's own core (torch SDPA with enable_gqa and a mask) ran,
     by the kernels in its profile, as SDPA's math path: K and V copied per query group and upcast to float32 at
-    every layer and step, most of the decode step at batch 128 on an H100 (BENCHMARKS.md).
+    every layer and step, most of the decode step at batch 128 on an H100 (lab/BENCHMARKS.md).
     queries [batch, heads, 1, head_dim]; keep_mask: None or a bool keep mask [batch, 1, 1, kv_len] (a 2-D
     padding mask or an additive 4-D mask are converted as Unsloth does). Returns [batch, heads, 1, head_dim].
     fused=False computes what SDPA's math path computes (float32, both factors scaled by the square root of the
@@ -100,7 +100,7 @@ def grouped_query_decode_attention(attn, queries, kv_len: int, keep_mask, fused:
         return (scores.softmax(-1) @ values.float()).to(queries.dtype).reshape(batch, heads, 1, head_dim)
     # The memory-efficient kernel: fused, float32 inside, any mask and cache strides, no per-shape setup. Left to
     # choose, torch took cuDNN's kernel on an H100, which builds a plan for every new cache length: slower than
-    # Unsloth's core at batch 32 (BENCHMARKS.md). Math is the CPU's fallback (tests).
+    # Unsloth's core at batch 32 (lab/BENCHMARKS.md). Math is the CPU's fallback (tests).
     with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
         out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=keep_mask)
     return out.reshape(batch, heads, 1, head_dim)
@@ -139,7 +139,7 @@ def grouped_decode_attention(active: bool = True, fused: bool = True):
     segments, Llama family) is grouped_query_decode_attention. Batch 1 and sliding windows keep Unsloth's core.
     Same values up to rounding, not bit for bit: on an H100, teacher-forced logits within 0.9% of the largest
     logit for 2 layers of the Llama-8B widths, 5% for the 32-layer random-weight model, where an exact float32
-    copy of Unsloth's computation differs as much (bench/bench_generate.py, BENCHMARKS.md). Does nothing where
+    copy of Unsloth's computation differs as much (lab/bench/bench_generate.py, lab/BENCHMARKS.md). Does nothing where
     Unsloth is not loaded (CPU)."""
     llama = sys.modules.get("unsloth.models.llama")
     original = getattr(llama, "_decode_attention_core", None)
@@ -167,7 +167,7 @@ def decode_speedups(model, backend: str, graphs: bool = True, relayout: bool = T
     benchmarks). Unsloth's decode step replayed as CUDA graphs (bit for bit its eager step; Unsloth reads the
     switch at each generate call), the head reading its weights once, and the grouped attention core, which
     only the graph step calls (fused=False: its float32 math variant). Together 3.2x-4.4x the old path at
-    batch 32 on an H100 for the Llama-8B default (BENCHMARKS.md). Unsloth keeps the eager step, and its own
+    batch 32 on an H100 for the Llama-8B default (lab/BENCHMARKS.md). Unsloth keeps the eager step, and its own
     core, for Qwen2; the head fix applies there too."""
     switch = {"UNSLOTH_DECODE_CUDA_GRAPHS": "1" if graphs else "0"} if backend == "unsloth" else {}
     with environment(switch), head_reads_weights_once(model, relayout), grouped_decode_attention(grouped and graphs,
@@ -177,7 +177,7 @@ def decode_speedups(model, backend: str, graphs: bool = True, relayout: bool = T
 
 # GEN_BATCH_SIZE = 0 takes the largest of these that the GPU's free memory holds, never less than the last:
 # batch 32 at 1,024 new tokens fits a T4 (15 GiB cap: 12.93-13.07 GiB peak at the Llama-8B shape); on an H100
-# batch 128 generates 2.2x the tokens per second of batch 32 (BENCHMARKS.md).
+# batch 128 generates 2.2x the tokens per second of batch 32 (lab/BENCHMARKS.md).
 AUTO_BATCH_SIZES = (128, 64, 32)
 
 
@@ -185,7 +185,7 @@ def batch_memory_per_row(config, prompt_tokens: int, max_new_tokens: int) -> int
     """Bytes one more row of a generation batch may take at its peak, on the safe side: its KV cache at full
     length (16-bit) plus the prompt's logits at the prefill (16-bit and a float32 copy, with room for one
     more). Measured at the Llama-8B shape on an H100, a row took 85-170 MiB at 256 new tokens; for 04's prompts
-    (about 114 tokens) this counts 178 MiB (BENCHMARKS.md)."""
+    (about 114 tokens) this counts 178 MiB (lab/BENCHMARKS.md)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
     return kv_per_token * (prompt_tokens + max_new_tokens) + prompt_tokens * config.vocab_size * 8
@@ -262,7 +262,7 @@ def input_device(model):
     """The device a model's inputs go to: its decoder's (transformers' `model.device`). Not its first parameter's:
     where Unsloth judges the GPU's memory short it loads an adapter with the input embeddings moved to CPU RAM
     ("Offloading embeddings to RAM") and pins `model.device` to the decoder's; the first parameter is then on the
-    CPU (seen in T4 mode, gpu/RESULTS.md, where 04's validation loss stopped on a CPU/GPU mismatch)."""
+    CPU (seen in T4 mode, lab/gpu/RESULTS.md, where 04's validation loss stopped on a CPU/GPU mismatch)."""
     return model.device
 
 

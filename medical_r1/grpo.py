@@ -38,7 +38,7 @@ def embedding_offload(model_name: str, backend: str) -> tuple[bool | str, str]:
     """Unsloth's `offload_embedding` for 07's load, and why. Its "auto" moves the input embeddings to CPU RAM when it
     estimates that a training step would not fit beside them, and its graph decode then declines, so every answer of
     a rollout decodes eagerly: at the Llama-8B shape in T4 mode a GRPO step took 62.8 s with them moved against 24.6 s
-    without (rollouts 67 against 172 tokens/s), for 1.5 GiB less (BENCHMARKS.md). By its estimate a T4 keeps the 8B's
+    without (rollouts 67 against 172 tokens/s), for 1.5 GiB less (lab/BENCHMARKS.md). By its estimate a T4 keeps the 8B's
     (about 2.7 GB wanted, about 9 GiB free after loading); False makes that sure where the model type is graphed.
     Elsewhere "auto": Qwen2's decode is never graphed, so the room is worth more (the 14B needs it)."""
     from medical_r1.models import base_model_type
@@ -58,7 +58,7 @@ def rollouts_with_decode_speedups(model, backend: str) -> str:
     """Makes every `generate` call on `model` (the trainer's rollouts) run inside 04's decode_speedups: its output
     head reading its weights once and, in Unsloth's graph step, its grouped attention core. At the Llama-8B shape in
     T4 mode the trainer's rollouts went from 176 to 223 tokens/s with them (04's generate_answers, same answers:
-    218-230), a GRPO step from 24.0 to 19.2 s (BENCHMARKS.md). Returns the line that says so. With vLLM (Unsloth
+    218-230), a GRPO step from 24.0 to 19.2 s (lab/BENCHMARKS.md). Returns the line that says so. With vLLM (Unsloth
     sets `vllm_engine` on the model) the rollouts do not call `generate`, and nothing is wrapped."""
     import functools
 

@@ -20,7 +20,7 @@ DATA_CONFIG_FILES = {
 }
 
 
-# The four distills, by the short name the README uses. Unsloth's copies hold the same weights as
+# The four distills, by their short names. Unsloth's copies hold the same weights as
 # deepseek-ai's; Unsloth swaps in its pre-quantised "-bnb-4bit" repo itself when load_in_4bit=True.
 MODELS = {
     "llama-8b": "unsloth/DeepSeek-R1-Distill-Llama-8B",

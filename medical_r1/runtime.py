@@ -131,7 +131,7 @@ def bind_process_gpu() -> None:
     """Under torchrun or accelerate launch, make this process's own GPU (LOCAL_RANK) the current one before
     anything touches CUDA. Left to accelerate (which binds it later, in the trainer), the first CUDA calls of every
     process (the runtime check, Unsloth's import) open a context on GPU 0 as well, and the first process then
-    shares its GPU with the others (seen with nvidia-smi on two H200s: bench/profile_ddp.py)."""
+    shares its GPU with the others (seen with nvidia-smi on two H200s: lab/bench/profile_ddp.py)."""
     import torch
 
     local_rank = os.environ.get("LOCAL_RANK")

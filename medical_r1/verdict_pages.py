@@ -9,7 +9,7 @@ import html
 from medical_r1.benchmarks import MODELS, RULES
 from medical_r1.display import html_page, verdict_class
 
-# What each rule means, for the page's column headings (title text) and the README.
+# What each rule means, in the words of the page's column headings.
 RULE_NAMES = {"answer_is": "stated", "marked_letter": "bold or bracketed letter", "standalone_letter": "letter",
               "option_text": "option text", "model_extracted": "read by the model", "similarity": "by similarity",
               "unreadable": "unreadable", "unfinished": "unfinished"}

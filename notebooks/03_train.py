@@ -32,7 +32,7 @@
 # One change makes it faster: packing. The tutorial pads each batch of 2 examples to the longer one and
 # starts a new device step for every 2; we lay whole examples end to end in rows of up to 2,048 tokens, so
 # no compute goes to padding and each device step is bigger. Each example still attends only to itself,
-# and the loss is the same as without packing (`bench/` and `tests/test_training.py` show both).
+# and the loss is the same as without packing (`lab/bench/` and `tests/test_training.py` show both).
 # With `WANDB_API_KEY` set (see 00), the run is logged to Weights & Biases and its link printed below.
 
 # %% tags=["parameters"]

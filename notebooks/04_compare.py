@@ -150,7 +150,7 @@ show_html(artifact(WORK_DIR, "comparison_html"))
 # answers each rule read, so that a change in answering style after fine-tuning is visible.
 #
 # First, how long this will take here, measured on a short warm-up, and how wide the intervals will be.
-# To evaluate a whole benchmark (MedQA has 1,273 items), set `EVAL_ITEMS = 0`; see the README for the time.
+# To evaluate a whole benchmark (MedQA has 1,273 items), set `EVAL_ITEMS = 0`; docs/evaluation.md says how long it takes.
 
 # %%
 from medical_r1.benchmarks import benchmark_plan, load_eval_data

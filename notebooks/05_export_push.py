@@ -78,7 +78,7 @@ runtime, backend = setup_backend(BACKEND)
 # The adapter is merged into the 16-bit base weights in CPU RAM (16 GB for the 8B model; Kaggle has 30):
 # `PeftModel.from_pretrained(base, adapter).merge_and_unload()`, then `save_pretrained`. The GPU is not
 # needed. Unsloth's `save_pretrained_merged` scored exactly the same in the check below when we measured both
-# on a GPU (gpu/RESULTS.md); PEFT's merge runs on every backend and keeps this process free of Unsloth's
+# on a GPU (lab/gpu/RESULTS.md); PEFT's merge runs on every backend and keeps this process free of Unsloth's
 # patches, which break a plain model on the CPU. The disk is checked first, so a merge that cannot fit is
 # refused before anything is written.
 
@@ -94,7 +94,7 @@ if SAVE_MERGED:
 # The merged model must predict what base + adapter predicts: both are run on probe prompts in the same
 # format, and a merge that differs by more than rounding explains is refused and nothing is pushed. In
 # float32 (CPU) the check is strict; in bfloat16 it allows 15% of the largest logit, a coarse guard
-# calibrated only on random weights (see gpu/RESULTS.md).
+# calibrated only on random weights (see lab/gpu/RESULTS.md).
 
 # %%
 from medical_r1.export import merge_report, no_merge_report, verify_merge

@@ -31,7 +31,7 @@
 # **Writes:** `WORK_DIR/grpo_adapter/`, `grpo_checkpoints/`, `grpo_metrics.json`, `grpo_curve.png`.
 # **Time on a T4 (an estimate; not yet measured on one):** about 32 s a step for the 8B model at the defaults,
 # almost all of it writing the `NUM_GENERATIONS` answers; 100 steps under an hour, in about 8.2 GiB of GPU memory
-# (measured on a bigger GPU answering as a T4 does: BENCHMARKS.md, "GRPO (07)"). The Qwen distills write their
+# (measured on a bigger GPU answering as a T4 does: lab/BENCHMARKS.md, "GRPO (07)"). The Qwen distills write their
 # answers without Unsloth's CUDA graphs and take longer.
 #
 # The rewards (`medical_r1/rewards.py`, tested): correctness as HuatuoGPT-o1's RL stage scores it (1 for the
@@ -122,7 +122,7 @@ runtime, backend = setup_backend(BACKEND, PRECISION)
 # Unsloth's CUDA-graph decode step where it graphs the model type (the Llama distills). The graphs need every weight
 # on the GPU, so the load keeps the input embeddings there (Unsloth's "auto" would move them to CPU RAM if it judged
 # memory short; with the 8B's moved, a GRPO step took 2.5x as long), and the trainer's `generate` calls run with the
-# two decode speed-ups 04 uses for its answers (a step 1.25x faster at the 8B default; BENCHMARKS.md). The next
+# two decode speed-ups 04 uses for its answers (a step 1.25x faster at the 8B default; lab/BENCHMARKS.md). The next
 # lines say which.
 
 # %%

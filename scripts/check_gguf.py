@@ -7,10 +7,10 @@ For a few training prompts, the next-token distribution of each GGUF is compared
 tokenized by llama.cpp, must give the training prompt's tokens; a greedy generation then runs from it.
 
     pip install -r requirements-gguf.txt      # compiles llama.cpp (about 20 minutes on 2 cores)
-    python scripts/check_gguf.py --out bench/results/gguf_check_cpu.json          # tiny merged models
+    python scripts/check_gguf.py --out lab/bench/results/gguf_check_cpu.json          # tiny merged models
     python scripts/check_gguf.py --merged WORK_DIR/merged --template r1_chat      # a merged model of your own
 
-With ../shared/reference present, the real DeepSeek-R1-Distill-Qwen tokenizer (rebuilt by gpu/real_shapes.py)
+With ../shared/reference present, the real DeepSeek-R1-Distill-Qwen tokenizer (rebuilt by lab/gpu/real_shapes.py)
 is converted too, to show the converter recognises its pre-tokenizer with no override and that llama.cpp
 tokenizes a training prompt as transformers does. Exits 1 when a tolerance is missed.
 """
@@ -25,7 +25,7 @@ import tempfile
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "gpu")]
+sys.path[:0] = [str(ROOT), str(ROOT / "lab" / "gpu")]
 import src_helpers as sh  # noqa: E402
 from medical_r1 import gguf, models  # noqa: E402
 from medical_r1.export import PROBE_PROMPTS  # noqa: E402

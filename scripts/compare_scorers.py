@@ -1,5 +1,5 @@
 """How medical_r1.scorer and HuatuoGPT-o1's match_choice read the same labelled R1-style outputs
-(tests/fixtures/scorer_cases.json): per family, how many each reads as labelled. Prints the table the README shows.
+(tests/fixtures/scorer_cases.json): per family, how many each reads as labelled. Prints the table docs/evaluation.md shows.
 
 HuatuoGPT-o1's score() counts an item right when either the first or the last letter it finds is the gold one,
 per benchmark whichever scores higher; here its last letter is taken (the one that copes with second thoughts),

@@ -2,10 +2,10 @@
 
     python scripts/set_repository.py YOUR_NAME/YOUR_FORK
 
-The URL is defined once, as [project.urls] Repository in pyproject.toml; the notebooks' Colab badges and
+The URL is defined once, as [project.urls] Repository in pyproject.toml; the notebooks' Colab and Kaggle badges and
 their install line (pip install git+<URL>, used on Colab when the helpers are not beside the notebook) and
-the README's links carry copies, which a test checks against it. This rewrites pyproject.toml, every
-notebook and its paired script, and README.md, so the pairs stay in sync.
+the README's and docs' links carry copies, which a test checks against it. This rewrites pyproject.toml, every
+notebook and its paired script, README.md and docs/, so the pairs stay in sync.
 """
 import argparse
 import pathlib
@@ -23,8 +23,8 @@ def current_repository(root=ROOT) -> str:
 
 def files_with_the_url(root=ROOT) -> list[pathlib.Path]:
     root = pathlib.Path(root)
-    return [root / "pyproject.toml", root / "README.md", *sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")),
-            *sorted((root / "notebooks").glob("[0-9][0-9]_*.py"))]
+    return [root / "pyproject.toml", root / "README.md", *sorted((root / "docs").glob("*.md")),
+            *sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")), *sorted((root / "notebooks").glob("[0-9][0-9]_*.py"))]
 
 
 def set_repository(new: str, root=ROOT) -> list[pathlib.Path]:

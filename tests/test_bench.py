@@ -11,7 +11,7 @@ from medical_r1 import data as data_mod
 from medical_r1 import models as models_mod
 from medical_r1 import runtime as rt_mod
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "lab" / "bench"))
 import bench_train  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def test_verdicts_compare_with_the_targets(value, met):
 
 
 def test_steady_seconds_per_step_leaves_out_the_first_steps():
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "gpu"))
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "lab" / "gpu"))
     import bench_ddp
 
     assert bench_ddp.steady_seconds_per_step([30.0, 31.0, 32.0, 33.5, 35.0], skip=2) == pytest.approx(4.0 / 3)  # from the end of step 2 to the end of step 5

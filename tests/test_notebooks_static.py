@@ -132,6 +132,7 @@ def test_one_command_points_every_notebook_at_a_fork(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     shutil.copytree(REPO_ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(REPO_ROOT / "docs", tmp_path / "docs")
     changed = set_repository.set_repository("someone/my-fork", tmp_path)
     assert set_repository.current_repository(tmp_path) == "someone/my-fork"
     assert len([p for p in changed if p.suffix == ".ipynb"]) == len(NOTEBOOKS)
@@ -142,8 +143,34 @@ def test_one_command_points_every_notebook_at_a_fork(tmp_path):
         assert f"colab.research.google.com/github/someone/my-fork/blob/main/notebooks/{nb.stem}.ipynb" in text
         paired = jupytext.read(nb.with_suffix(".py"))
         assert [c.source for c in paired.cells] == [c.source for c in nbformat.read(nb, as_version=4).cells]
+    readme = (tmp_path / "README.md").read_text()
+    assert "medical-r1/medical-r1-notebooks" not in readme
+    assert "kaggle.com/kernels/welcome?src=https://github.com/someone/my-fork/blob/main/notebooks/03_train.ipynb" in readme
     with pytest.raises(ValueError, match="OWNER/NAME"):
         set_repository.set_repository("not a repo", tmp_path)
+
+
+def test_the_readmes_first_screen_reaches_the_first_click_on_kaggle_and_colab():
+    """A Kaggle or Colab user sees, within the first screen, each notebook's two badges (to this repository) and
+    the heading of the clicks that follow; the rest is in docs/ and lab/, linked from it."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    first_screen = "\n".join(readme.splitlines()[:25])
+    repository = set_repository.current_repository()
+    for nb in NOTEBOOKS:
+        assert (f"kaggle.com/kernels/welcome?src=https://github.com/{repository}/blob/main/notebooks/{nb.stem}.ipynb"
+                in first_screen)
+        assert f"colab.research.google.com/github/{repository}/blob/main/notebooks/{nb.stem}.ipynb" in first_screen
+    assert "## Run on Kaggle" in first_screen and "## Run on Colab" in readme
+    linked = re.findall(r"\]\(((?:docs|lab)/[^)#]+)\)", readme)
+    assert len(linked) >= 8 and all((REPO_ROOT / path).exists() for path in linked), linked
+    # Step 4's list of what to attach is artifacts.NOTEBOOK_INPUTS in words.
+    from medical_r1.artifacts import NOTEBOOK_INPUTS
+
+    step = next(line for line in readme.split("\n4. ")[1:2])
+    for notebook, inputs in NOTEBOOK_INPUTS.items():
+        if inputs:
+            said = " and ".join(", ".join(i[:2] for i in inputs).rsplit(", ", 1))
+            assert f"{notebook[:2]} reads {said}" in " ".join(step.split()), (notebook, said)
 
 
 LIBRARY_CALLS = {

@@ -12,7 +12,7 @@ from medical_r1 import params
 from medical_r1 import runtime as rt_mod
 from medical_r1 import training as training_mod
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "lab" / "bench"))
 import bench_train  # noqa: E402  (the bucketed collator it measures)
 
 

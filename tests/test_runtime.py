@@ -258,11 +258,11 @@ def test_sftconfig_accepts_the_precision_chosen_after_unsloth_is_imported(monkey
 
 
 def test_t4_mode_answers_as_a_t4_to_the_libraries_and_as_the_real_gpu_to_the_compilers():
-    """gpu/t4_mode (the GPU checks' T4 mode): Unsloth, transformers and the helpers must see 7.5, while torch's
+    """lab/gpu/t4_mode (the GPU checks' T4 mode): Unsloth, transformers and the helpers must see 7.5, while torch's
     compiler and Triton must see the GPU that runs the kernels, even after Unsloth assigns its cached copy."""
     code = """
 import sys, types, torch
-sys.path.insert(0, "gpu/t4_mode")
+sys.path.insert(0, "lab/gpu/t4_mode")
 torch.cuda.get_device_capability = lambda device=None: (9, 0)  # the real GPU: an H200
 torch.cuda.get_device_properties = lambda device=None: types.SimpleNamespace(name="NVIDIA H200", major=9, minor=0,
                                                                              total_memory=140 * 2**30)
@@ -294,7 +294,7 @@ print(fractions(), fraction["real"] * 2 * 140 / 15)
     assert lines[1] == f"[1.0, 1.0, {15 / 140}]"
     assert lines[2] == f"[0.5, 0.5, {0.5 * 15 / 140}] 1.0"
     # How the checks start their processes in T4 mode: the environment alone (sitecustomize.py) makes a T4.
-    sys.path.insert(0, str(REPO_ROOT / "gpu"))
+    sys.path.insert(0, str(REPO_ROOT / "lab" / "gpu"))
     from t4_mode import t4_device
 
     seen = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name(), "

@@ -3,8 +3,8 @@ save_pretrained_merged(save_method="merged_16bit") checked with 05's verify_merg
 against the 16-bit base + adapter, on 05's probe prompts), beside 05's PEFT merge; and save_pretrained_gguf,
 which needs llama.cpp, to see what it does where nothing can be downloaded.
 
-    python gpu/check_series.py --out $OUT --only qwen-1.5b-fp16   # 02 and 03 into /tmp/gpu_check/qwen-1.5b-fp16
-    python gpu/unsloth_export_check.py --work /tmp/gpu_check/qwen-1.5b-fp16 --out $OUT
+    python lab/gpu/check_series.py --out $OUT --only qwen-1.5b-fp16   # 02 and 03 into /tmp/gpu_check/qwen-1.5b-fp16
+    python lab/gpu/unsloth_export_check.py --work /tmp/gpu_check/qwen-1.5b-fp16 --out $OUT
 """
 import argparse
 import json
@@ -12,7 +12,7 @@ import pathlib
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import dataclasses  # noqa: E402
 

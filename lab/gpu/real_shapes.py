@@ -3,7 +3,7 @@ Qwen2.5 BPE files and DeepSeek's special tokens and chat template, for GPU check
 downloaded. Speed and memory do not depend on the weights' values.
 
 The reference files come from ../shared/reference, copied into the ignored folder .gpu_ref/ so they
-travel to the GPU machine:  python gpu/real_shapes.py --copy-reference
+travel to the GPU machine:  python lab/gpu/real_shapes.py --copy-reference
 """
 import argparse
 import json
@@ -11,7 +11,7 @@ import pathlib
 import shutil
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 REF = ROOT / ".gpu_ref"
 SHARED = ROOT.parent / "shared" / "reference"
 CONFIGS = {

@@ -6,8 +6,8 @@ transformers + PEFT + bitsandbytes QLoRA (prepare_model_for_kbit_training, gradi
 Each configuration runs in its own process: importing Unsloth patches transformers, so (c) must never share a
 process with it. Every process also measures the GPU's bf16 matmul rate, the denominator of MFU.
 
-On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.md):
-    python bench/bench_train.py --shape llama-8b --out $OUT
+On the GPU machine (after installing .whl and building .gpu_ref, see lab/BENCHMARKS.md):
+    python lab/bench/bench_train.py --shape llama-8b --out $OUT
 Prints a table and writes train_bench.json.
 """
 import argparse
@@ -19,8 +19,8 @@ import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "gpu")]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "lab" / "gpu")]
 from medical_r1 import (
     artifacts,  # noqa: E402
     params,  # noqa: E402
@@ -72,7 +72,7 @@ class BucketedCollator:
     pads N up to the next multiple of `multiple` with a filler segment of its own: pad tokens, position ids from 0
     (so no example attends to it, nor it to them), labels -100 (so the loss is unchanged). Bounds the number of
     micro-batch shapes the compiled blocks meet, at the cost of computing the filler. `last_filler` is the filler
-    of the last batch, for counting it as padding. Measured here; it did not pay (BENCHMARKS.md)."""
+    of the last batch, for counting it as padding. Measured here; it did not pay (lab/BENCHMARKS.md)."""
 
     def __init__(self, collator, multiple: int, pad_token_id: int):
         self.collator, self.multiple, self.pad_token_id, self.last_filler = collator, multiple, pad_token_id, 0
@@ -418,7 +418,7 @@ def verdicts(results: dict) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--shape", default="llama-8b", help="a shape from gpu/real_shapes.py")
+    parser.add_argument("--shape", default="llama-8b", help="a shape from lab/gpu/real_shapes.py")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps run before timing starts")
     parser.add_argument("--measure", type=int, default=4, help="optimizer steps timed")

@@ -9,8 +9,8 @@ default batch at --t4-new-tokens under a 15 GiB cap in float16 (in its own proce
 Unsloth see a T4 there, --t4-offload-embedding and --t4-batch set its load and batch, --t4-cap-only runs only it).
 --loop-questions N adds the tutorials' one-question-per-call loop.
 
-On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.md):
-    python bench/bench_generate.py --shape llama-8b --out $OUT
+On the GPU machine (after installing .whl and building .gpu_ref, see lab/BENCHMARKS.md):
+    python lab/bench/bench_generate.py --shape llama-8b --out $OUT
 Prints a table and writes generate_bench.json and t4_cap.json.
 """
 import argparse
@@ -20,8 +20,8 @@ import pathlib
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "bench")]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "lab" / "gpu"), str(ROOT / "lab" / "bench")]
 import bench_train  # noqa: E402
 
 from medical_r1 import (
@@ -276,7 +276,7 @@ def main():
     parser.add_argument("--t4-new-tokens", type=int, default=1024)
     parser.add_argument("--t4-batch", type=int, default=0, help="the capped run's batch (0: chosen as 04 does)")
     parser.add_argument("--t4-mode", action="store_true",
-                        help="the capped run's torch and Unsloth see a T4 (gpu/t4_mode), so Unsloth decides as there")
+                        help="the capped run's torch and Unsloth see a T4 (lab/gpu/t4_mode), so Unsloth decides as there")
     parser.add_argument("--t4-offload-embedding", choices=["default", "auto", "false"], default="default",
                         help="the capped run's offload_embedding: Unsloth's default, 'auto', or 'false' (on the GPU)")
     parser.add_argument("--t4-cap-only", action="store_true", help="only the capped run")

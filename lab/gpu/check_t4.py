@@ -1,13 +1,13 @@
 """GPU check in T4 mode: the whole series 00-07 with the notebooks' own defaults (BACKEND and PRECISION "auto",
 GEN_BATCH_SIZE 0, the packed 8B default, 60 steps, 30 benchmark items, 1,024 new tokens) while torch and Unsloth
-see a T4 (gpu/t4_mode/t4_device.py: capability 7.5, bf16 only by emulation, 15 GiB, no FlashAttention). Only
+see a T4 (lab/gpu/t4_mode/t4_device.py: capability 7.5, bf16 only by emulation, 15 GiB, no FlashAttention). Only
 what cannot come from the Hub here is set: the random Llama-8B-shape model, the real-schema data (.gpu_ref), the
 sample benchmark file, offline mode. Writes t4_check.json and prints one row per notebook: what it decided
 (precision, attention, batch, install line) and its peak memory.
 
-On the GPU machine (with .whl and .gpu_ref carried, as gpu/RESULTS.md says):
-    python gpu/check_t4.py --out $OUT --only 00 01 02 03      # then, same machine and work dir:
-    python gpu/check_t4.py --out $OUT --only 04 05 06
+On the GPU machine (with .whl and .gpu_ref carried, as lab/gpu/RESULTS.md says):
+    python lab/gpu/check_t4.py --out $OUT --only 00 01 02 03      # then, same machine and work dir:
+    python lab/gpu/check_t4.py --out $OUT --only 04 05 06
 """
 import argparse
 import json
@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "gpu")]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "lab" / "gpu")]
 import real_shapes  # noqa: E402
 import run_series  # noqa: E402
 from t4_mode import t4_device  # noqa: E402

@@ -2,8 +2,8 @@
 Unsloth backend, 4-bit, on random models of the real DeepSeek-R1-Distill shapes and real-schema data
 (.gpu_ref/data, 198 rows whose token lengths match DATASETS.md). Writes gpu_check.json and prints a table.
 
-On the GPU machine (see gpu/README.md for the whole command):
-    python gpu/check_series.py --out $OUT
+On the GPU machine (see lab/gpu/README.md for the whole command):
+    python lab/gpu/check_series.py --out $OUT
 """
 import argparse
 import json
@@ -11,8 +11,8 @@ import pathlib
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "gpu")]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "lab" / "gpu")]
 import real_shapes  # noqa: E402
 import run_series  # noqa: E402
 

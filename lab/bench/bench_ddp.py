@@ -2,8 +2,8 @@
 batch (GRAD_ACCUM is split across the processes), the same data and steps. Reports seconds per optimizer step
 after the first steps (compilation), the speedup, and the two loss curves side by side.
 
-On a 2-GPU machine (install line: BENCHMARKS.md); NVLink multicast stays off:
-    NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 python bench/bench_ddp.py --out $OUT
+On a 2-GPU machine (install line: lab/BENCHMARKS.md); NVLink multicast stays off:
+    NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 python lab/bench/bench_ddp.py --out $OUT
 Writes ddp_bench.json and prints a table.
 """
 import argparse
@@ -14,8 +14,8 @@ import shutil
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "scripts"), str(ROOT / "bench")]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "lab" / "gpu"), str(ROOT / "scripts"), str(ROOT / "lab" / "bench")]
 import bench_train  # noqa: E402
 import real_shapes  # noqa: E402
 import run_series  # noqa: E402

@@ -2,7 +2,7 @@
 (01's and 04's side-by-side questions), and base then tuned through answer_base_and_tuned (the adapter switched
 off and on between graph replays). Each must equal the eager step's output for the same seed.
 
-    python gpu/check_decode_graphs.py --model-dir /tmp/models/llama-8b --out $OUT
+    python lab/gpu/check_decode_graphs.py --model-dir /tmp/models/llama-8b --out $OUT
 """
 import argparse
 import json
@@ -10,8 +10,8 @@ import pathlib
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "gpu"), str(ROOT / "bench")]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "lab" / "gpu"), str(ROOT / "lab" / "bench")]
 import bench_generate  # noqa: E402
 
 from medical_r1 import generation  # noqa: E402

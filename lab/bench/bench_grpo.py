@@ -1,6 +1,6 @@
 """GRPO at the Llama-8B shape as a free T4 runs it: 07's defaults (Params: 4 answers per question of up to 1,024
 tokens, batch 4, 8-bit AdamW, LoRA r=16 with Unsloth's checkpointing) on a 4-bit random-weight model, while torch
-and Unsloth see a T4 (gpu/t4_mode: fp16, 15 GiB, no FlashAttention 2).
+and Unsloth see a T4 (lab/gpu/t4_mode: fp16, 15 GiB, no FlashAttention 2).
 
 Measures, in one process:
 - each GRPO step's seconds (a callback), the rollout's share of it and its generated tokens/s (the trainer's own
@@ -10,8 +10,8 @@ Measures, in one process:
   length (after a short untimed call that builds its graphs): the other way 07 could write its answers.
 Random weights never write EOS, so every answer runs to the length limit: the slowest and largest case.
 
-On the GPU machine (after installing .whl and building .gpu_ref, see BENCHMARKS.md):
-    python bench/bench_grpo.py --out $OUT
+On the GPU machine (after installing .whl and building .gpu_ref, see lab/BENCHMARKS.md):
+    python lab/bench/bench_grpo.py --out $OUT
 Prints a table and writes grpo_bench.json.
 """
 import argparse
@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "gpu")]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "lab" / "gpu")]
 MODEL = pathlib.Path("/tmp/models/llama-8b")
 ITEMS = ROOT / "data" / "sample" / "grpo_train.json"
 KAGGLE_SESSION_HOURS = 12  # Kaggle's limit on one GPU session
