@@ -17,6 +17,7 @@ ARTIFACTS = {
     "train_data": ("data/train.jsonl", "02_format_dataset"),
     "val_data": ("data/val.jsonl", "02_format_dataset"),
     "data_stats": ("data/stats.json", "02_format_dataset"),
+    "run_manifest": ("run.json", "02_format_dataset"),
     "length_histogram": ("data/token_lengths.png", "02_format_dataset"),
     "adapter": ("adapter", "03_train"),
     "train_metrics": ("train_metrics.json", "03_train"),

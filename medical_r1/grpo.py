@@ -10,9 +10,15 @@ from medical_r1.runtime import is_main_process
 from medical_r1.training import weight_changes
 
 
-def grpo_start(work_dir, start_from: str, model_name: str) -> str:
-    """What 07 loads: 03's adapter folder (its base model comes with it), or the base model itself."""
-    return str(require_artifact(work_dir, "adapter")) if start_from == "adapter" else model_name
+def grpo_start(work_dir, start_from: str, run) -> str:
+    """What 07 loads: 03's adapter folder (its base model comes with it; refused if 03 trained another model than
+    the run manifest `run` names), or the run's base model itself."""
+    from medical_r1.manifest import check_trained_as_run
+
+    if start_from == "adapter":
+        check_trained_as_run(run, work_dir)
+        return str(require_artifact(work_dir, "adapter"))
+    return run.model_name
 
 
 def rollout_engine(backend: str) -> tuple[bool, str]:

@@ -25,7 +25,8 @@
 # **On Kaggle:** *Settings > Accelerator*: none needed (CPU); *Internet*: on; secrets under *Add-ons > Secrets*; nothing to attach.
 #
 # **Reads:** nothing (the data comes from the Hub or `DATASET_NAME` as a local path).
-# **Writes:** `WORK_DIR/data/train.jsonl`, `val.jsonl`, `stats.json`, `token_lengths.png`.
+# **Writes:** `WORK_DIR/data/train.jsonl`, `val.jsonl`, `stats.json`, `token_lengths.png`, and `run.json`: the
+# settings 03-07 share (model, maximum length, template, precision, 4-bit), decided here once.
 # **Time on a T4 (an estimate; not yet measured on one):** 1-2 minutes for 2,000 rows.
 #
 # Each example is `prompt + Complex_CoT + "\n</think>\n\n" + Response + eos`, where the prompt is the
@@ -45,6 +46,8 @@ MAX_EXAMPLES = 2000  # rows to use; 0 uses all (about 25k; 60 steps of batch 8 s
 VAL_SIZE = 100  # rows held out for validation loss, chosen by SEED
 TEMPLATE = "r1_chat"  # "r1_chat" (the model's own), "alpaca_r1" (seed tutorial), "zh_r1" (Chinese)
 MAX_SEQ_LENGTH = 2048  # longer examples are dropped and counted, never cut (a cut example loses its eos)
+PRECISION = "auto"  # for 03-07: "auto" is bf16 where the GPU has it and fp16 on a T4; "fp16" or "bf16" forces one
+LOAD_IN_4BIT = True  # for 03-07: QLoRA's 4-bit base weights, 16-bit adapters (ignored on CPU)
 COMPLETION_ONLY_LOSS = True  # loss on CoT + response only; False trains on the question too
 SEED = 3407  # decides the train/val split
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
@@ -159,3 +162,15 @@ write_json(artifact(WORK_DIR, "data_stats"), format_record(
     MODEL_NAME, DATASET_NAME, DATA_CONFIG, TEMPLATE, MAX_SEQ_LENGTH, COMPLETION_ONLY_LOSS, len(rows), dropped,
     len(train), len(val), stats))
 print(f"train: {len(train)} examples, val: {len(val)} examples, written under {WORK_DIR}/data/")
+
+# %% [markdown]
+# ## The run manifest
+# The settings every later notebook shares are decided here, once: 03-07 read them from `run.json` instead of
+# carrying their own copies, so a changed `MAX_SEQ_LENGTH` or `MODEL_NAME` cannot differ between the notebook that
+# formatted the data and those that train, evaluate and chat. To change one, change it here and run 02 again.
+
+# %%
+from medical_r1.manifest import write_run_manifest
+
+print(write_run_manifest(WORK_DIR, model_name=MODEL_NAME, max_seq_length=MAX_SEQ_LENGTH, template=TEMPLATE,
+                         precision=PRECISION, load_in_4bit=LOAD_IN_4BIT))

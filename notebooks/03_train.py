@@ -23,7 +23,7 @@
 #
 # **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; *Add Input > Your Work > Notebooks*: your runs of `02_format_dataset` (the notebook copies their files from `/kaggle/input` itself, or says which one is missing).
 #
-# **Reads:** `WORK_DIR/data/train.jsonl`, `val.jsonl`, `stats.json` (from 02).
+# **Reads:** `WORK_DIR/run.json` (02: model, maximum length, precision, 4-bit), `data/train.jsonl`, `val.jsonl`, `stats.json` (02).
 # **Writes:** `WORK_DIR/adapter/`, `checkpoints/`, `loss_curve.png`, `train_metrics.json`.
 # **Time on a T4 (an estimate; not yet measured on one):** about 25-35 minutes for 60 steps of the 8B model (4 packed rows of up to 2048 tokens per step, about 12 examples).
 #
@@ -37,12 +37,8 @@
 
 # %% tags=["parameters"]
 WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder
-MODEL_NAME = "unsloth/DeepSeek-R1-Distill-Llama-8B"  # must be the model whose tokenizer 02 used
 BACKEND = "auto"  # "auto", "unsloth", "transformers" or "cpu"
-MAX_SEQ_LENGTH = 2048  # must match 02's; longer examples were dropped there
-PRECISION = "auto"  # "auto" trains in bf16 where the GPU has it and fp16 on a T4; "fp16" or "bf16" forces one
 GPU_MEMORY_CAP_GIB = 0  # 0 uses the whole GPU; 15 makes a bigger GPU show what fits on a T4
-LOAD_IN_4BIT = True  # QLoRA: 4-bit base weights, 16-bit adapters (ignored on CPU)
 LORA_R = 16  # adapter rank; 8-64 are common, higher learns more and forgets more
 LORA_ALPHA = 16  # adapter scale; alpha equal to r keeps the update scale at 1
 LORA_DROPOUT = 0.0  # 0 is what Unsloth optimises for
@@ -93,19 +89,22 @@ print(install_requirements(INSTALL_REQUIREMENTS))
 # %%
 from medical_r1.credentials import load_secrets
 from medical_r1.data import load_formatted_data
+from medical_r1.manifest import read_run_manifest
 from medical_r1.params import Params
 from medical_r1.runtime import setup_backend
 
-params = Params(work_dir=WORK_DIR, model_name=MODEL_NAME, backend=BACKEND, max_seq_length=MAX_SEQ_LENGTH,
-                load_in_4bit=LOAD_IN_4BIT, lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
-                learning_rate=LEARNING_RATE, max_steps=MAX_STEPS, packing=PACKING, batch_size=BATCH_SIZE,
-                grad_accum=GRAD_ACCUM, gradient_checkpointing=GRADIENT_CHECKPOINTING, warmup_steps=WARMUP_STEPS,
-                weight_decay=WEIGHT_DECAY, optim=OPTIM, eval_steps=EVAL_STEPS, save_steps=SAVE_STEPS,
-                report_to=REPORT_TO, seed=SEED, precision=PRECISION, gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB,
+run = read_run_manifest(WORK_DIR)  # the settings 02 decided for the whole series (run.json)
+print(run)
+params = Params(work_dir=WORK_DIR, model_name=run.model_name, backend=BACKEND, max_seq_length=run.max_seq_length,
+                load_in_4bit=run.load_in_4bit, precision=run.precision, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
+                lora_dropout=LORA_DROPOUT, learning_rate=LEARNING_RATE, max_steps=MAX_STEPS, packing=PACKING,
+                batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, gradient_checkpointing=GRADIENT_CHECKPOINTING,
+                warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, optim=OPTIM, eval_steps=EVAL_STEPS,
+                save_steps=SAVE_STEPS, report_to=REPORT_TO, seed=SEED, gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB,
                 early_stopping_patience=EARLY_STOPPING_PATIENCE)  # checks every value
-train, val = load_formatted_data(WORK_DIR, MODEL_NAME, MAX_SEQ_LENGTH)
+train, val = load_formatted_data(WORK_DIR, run.model_name, run.max_seq_length)
 load_secrets()
-runtime, backend = setup_backend(BACKEND, PRECISION, GPU_MEMORY_CAP_GIB)
+runtime, backend = setup_backend(BACKEND, run.precision, GPU_MEMORY_CAP_GIB)
 
 # %% [markdown]
 # ## Load the model in 4 bits
@@ -118,10 +117,10 @@ from medical_r1.runtime import compute_dtype
 
 FastLanguageModel = language_model_loader(backend)
 model, tokenizer = FastLanguageModel.from_pretrained(
-    model_name=MODEL_NAME,
-    max_seq_length=MAX_SEQ_LENGTH,
+    model_name=run.model_name,
+    max_seq_length=run.max_seq_length,
     dtype=compute_dtype(runtime),  # bfloat16 from Ampere on, float16 on a T4, float32 on the CPU
-    load_in_4bit=LOAD_IN_4BIT,
+    load_in_4bit=run.load_in_4bit,
 )
 
 # %% [markdown]
@@ -135,7 +134,8 @@ model, tokenizer = FastLanguageModel.from_pretrained(
 from medical_r1.params import LORA_TARGET_MODULES
 from medical_r1.training import choose_gradient_checkpointing, weight_snapshot
 
-checkpointing, why = choose_gradient_checkpointing(GRADIENT_CHECKPOINTING, model, backend, BATCH_SIZE, MAX_SEQ_LENGTH)
+checkpointing, why = choose_gradient_checkpointing(GRADIENT_CHECKPOINTING, model, backend, BATCH_SIZE,
+                                                   run.max_seq_length)
 print(why)
 model = FastLanguageModel.get_peft_model(
     model,
@@ -146,7 +146,7 @@ model = FastLanguageModel.get_peft_model(
     bias="none",
     use_gradient_checkpointing=checkpointing,  # "unsloth" recomputes activations in the backward pass (a T4)
     random_state=SEED,
-    max_seq_length=MAX_SEQ_LENGTH,
+    max_seq_length=run.max_seq_length,
 )
 before = weight_snapshot(model)  # to check after training that only the LoRA tensors moved
 
@@ -178,7 +178,7 @@ config = SFTConfig(
     weight_decay=WEIGHT_DECAY,
     seed=SEED,
     data_seed=SEED,
-    max_length=MAX_SEQ_LENGTH,
+    max_length=run.max_seq_length,
     packing=PACKING,
     packing_strategy="bfd",  # best-fit decreasing: a fixed order, few rows
     logging_steps=1,

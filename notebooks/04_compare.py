@@ -23,7 +23,7 @@
 #
 # **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; *Add Input > Your Work > Notebooks*: your runs of `01_baseline_inference`, `02_format_dataset`, `03_train` (the notebook copies their files from `/kaggle/input` itself, or says which one is missing).
 #
-# **Reads:** `WORK_DIR/adapter/` (03), `answers/base.jsonl` (01), `data/val.jsonl` (02).
+# **Reads:** `WORK_DIR/run.json` and `data/val.jsonl` (02), `adapter/` and `train_metrics.json` (03), `answers/base.jsonl` (01).
 # **Writes:** `WORK_DIR/answers/tuned.jsonl`, `comparison.html`, `verdict.json`/`.html`, `verdict_pairs.json`/`.html`
 # (base, SFT and, once 07 has run, SFT + GRPO), `compare_metrics.json`.
 # **Time on a T4 (an estimate; not yet measured on one):** about 5-10 minutes for the 8B model.
@@ -34,8 +34,6 @@
 # %% tags=["parameters"]
 WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder
 BACKEND = "auto"  # "auto", "unsloth", "transformers" or "cpu"
-MAX_SEQ_LENGTH = 2048  # as in 03
-LOAD_IN_4BIT = True  # as in 03 (ignored on CPU)
 MAX_NEW_TOKENS = 1024  # keep equal to 01's so the two answers are comparable
 TEMPERATURE = 0.6  # keep equal to 01's
 TOP_P = 0.95  # keep equal to 01's
@@ -75,18 +73,22 @@ if importlib.util.find_spec("medical_r1") is None:
     importlib.invalidate_caches()
 
 # %%
-from medical_r1.artifacts import read_json, read_jsonl, require_artifact
+from medical_r1.artifacts import read_jsonl, require_artifact
 from medical_r1.credentials import load_secrets
 from medical_r1.install import install_requirements
+from medical_r1.manifest import check_trained_as_run, read_run_manifest
 from medical_r1.runtime import setup_backend
 
 print(install_requirements(INSTALL_REQUIREMENTS))
 base_answers = read_jsonl(require_artifact(WORK_DIR, "baseline_answers"))
 val = read_jsonl(require_artifact(WORK_DIR, "val_data"))
-template = read_json(require_artifact(WORK_DIR, "data_stats"))["template"]
+run = read_run_manifest(WORK_DIR)  # the settings 02 decided for the whole series (run.json)
+print(run)
+check_trained_as_run(run, WORK_DIR)  # 03's adapter belongs to this run's model
+template = run.template
 adapter_dir = require_artifact(WORK_DIR, "adapter")
 load_secrets()
-runtime, backend = setup_backend(BACKEND)
+runtime, backend = setup_backend(BACKEND, run.precision)
 
 # %% [markdown]
 # ## Load the base model with the adapter
@@ -101,9 +103,9 @@ from medical_r1.runtime import compute_dtype
 FastLanguageModel = language_model_loader(backend)
 model, tokenizer = FastLanguageModel.from_pretrained(
     model_name=str(adapter_dir),
-    max_seq_length=MAX_SEQ_LENGTH,
+    max_seq_length=run.max_seq_length,
     dtype=compute_dtype(runtime),
-    load_in_4bit=LOAD_IN_4BIT,
+    load_in_4bit=run.load_in_4bit,
 )
 FastLanguageModel.for_inference(model)
 base_name = model.peft_config["default"].base_model_name_or_path

@@ -23,7 +23,7 @@
 #
 # **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; *Add Input > Your Work > Notebooks*: your runs of `02_format_dataset`, `03_train`, `05_export_push` (the notebook copies their files from `/kaggle/input` itself, or says which one is missing).
 #
-# **Reads:** `WORK_DIR/adapter/` (03) or `merged_16bit/` (05), and `data/stats.json` (02, for the template).
+# **Reads:** `WORK_DIR/adapter/` and `train_metrics.json` (03) or `merged_16bit/` (05), and `run.json` (02: the template, length, precision).
 # **Writes:** nothing.
 # **Time on a T4 (an estimate; not yet measured on one):** a minute or two to load the 8B model; then about as
 # fast as 01's answers, one question at a time.
@@ -36,8 +36,6 @@
 WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder
 BACKEND = "auto"  # "auto", "unsloth", "transformers" or "cpu"
 CHAT_MODEL = "adapter"  # "adapter" (base + LoRA, with the base-model switch) or "merged" (05's merged model)
-MAX_SEQ_LENGTH = 2048  # as in 03
-LOAD_IN_4BIT = True  # 4-bit weights: the 8B model fits a T4 (ignored on CPU)
 MAX_NEW_TOKENS = 1024  # the reply's length limit; R1 thinks at length before it answers
 TEMPERATURE = 0.6  # DeepSeek recommends 0.5-0.7 for the distills; 0 is greedy
 TOP_P = 0.95  # nucleus sampling, DeepSeek's recommended value
@@ -65,17 +63,21 @@ if importlib.util.find_spec("medical_r1") is None:
     importlib.invalidate_caches()
 
 # %%
-from medical_r1.artifacts import read_json, require_artifact
-from medical_r1.params import Params
+from medical_r1.artifacts import require_artifact
 from medical_r1.install import install_requirements
+from medical_r1.manifest import check_trained_as_run, read_run_manifest
+from medical_r1.params import Params
 from medical_r1.runtime import setup_backend
 
 print(install_requirements(INSTALL_REQUIREMENTS))
 Params(work_dir=WORK_DIR, backend=BACKEND, chat_model=CHAT_MODEL, max_new_tokens=MAX_NEW_TOKENS,
        temperature=TEMPERATURE, top_p=TOP_P, share=SHARE)  # checks every value
-template = read_json(require_artifact(WORK_DIR, "data_stats"))["template"]
+run = read_run_manifest(WORK_DIR)  # the settings 02 decided for the whole series (run.json)
+print(run)
+check_trained_as_run(run, WORK_DIR)  # 03's adapter (and 05's merge of it) belongs to this run's model
+template = run.template
 model_dir = require_artifact(WORK_DIR, CHAT_MODEL)
-runtime, backend = setup_backend(BACKEND)
+runtime, backend = setup_backend(BACKEND, run.precision)
 
 # %% [markdown]
 # ## Load the model
@@ -88,9 +90,9 @@ from medical_r1.runtime import compute_dtype
 FastLanguageModel = language_model_loader(backend)
 model, tokenizer = FastLanguageModel.from_pretrained(
     model_name=str(model_dir),
-    max_seq_length=MAX_SEQ_LENGTH,
+    max_seq_length=run.max_seq_length,
     dtype=compute_dtype(runtime),
-    load_in_4bit=LOAD_IN_4BIT,
+    load_in_4bit=run.load_in_4bit,
 )
 FastLanguageModel.for_inference(model)
 
@@ -104,5 +106,5 @@ FastLanguageModel.for_inference(model)
 from medical_r1.chat import FOLD_SCRIPT, build_chat_app, share_link
 
 app = build_chat_app(model, tokenizer, template, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, can_switch=CHAT_MODEL == "adapter",
-                     max_seq_length=MAX_SEQ_LENGTH)
+                     max_seq_length=run.max_seq_length)
 app.launch(share=share_link(SHARE), js=FOLD_SCRIPT)  # the script keeps a thinking fold you opened open while it streams

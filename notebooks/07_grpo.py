@@ -25,7 +25,7 @@
 #
 # **On Kaggle:** *Settings > Accelerator*: GPU T4 x2; *Internet*: on; secrets under *Add-ons > Secrets*; *Add Input > Your Work > Notebooks*: your runs of `02_format_dataset`, `03_train` (the notebook copies their files from `/kaggle/input` itself, or says which one is missing).
 #
-# **Reads:** `WORK_DIR/adapter/` (03) unless `START_FROM = "base"`, `data/stats.json` (02, the template), the
+# **Reads:** `WORK_DIR/adapter/` (03) unless `START_FROM = "base"`, `run.json` (02: model, template, length, precision), the
 # training items (by default MedQA's USMLE training split from the Hub, CC BY 4.0) and 04's evaluation file (to
 # leave out any question it shares).
 # **Writes:** `WORK_DIR/grpo_adapter/`, `grpo_checkpoints/`, `grpo_metrics.json`, `grpo_curve.png`.
@@ -43,12 +43,8 @@
 
 # %% tags=["parameters"]
 WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder
-MODEL_NAME = "unsloth/DeepSeek-R1-Distill-Llama-8B"  # the base model, used when starting from the base
 START_FROM = "adapter"  # "adapter" continues from 03's LoRA adapter; "base" starts a new adapter on MODEL_NAME
 BACKEND = "auto"  # "auto", "unsloth", "transformers" or "cpu"
-MAX_SEQ_LENGTH = 2048  # as in 03
-PRECISION = "auto"  # as in 03: bf16 where the GPU has it, fp16 on a T4
-LOAD_IN_4BIT = True  # 4-bit base weights (ignored on CPU)
 TRAIN_ITEMS = "GBaker/MedQA-USMLE-4-options"  # a Hub dataset's training split, or a JSON file in 04's schema
 GRPO_ITEMS = 0  # how many training items to use; 0 uses all
 EVAL_DATA = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"  # 04's file, checked for overlap
@@ -94,24 +90,27 @@ from medical_r1.install import install_requirements
 print(install_requirements(INSTALL_REQUIREMENTS))
 
 # %%
-from medical_r1.artifacts import artifact, read_json, require_artifact
+from medical_r1.artifacts import artifact
 from medical_r1.benchmarks import load_eval_data
 from medical_r1.credentials import load_secrets
+from medical_r1.manifest import read_run_manifest
 from medical_r1.params import Params
 from medical_r1.rewards import load_items, without_eval_questions
 from medical_r1.runtime import setup_backend
 
-params = Params(work_dir=WORK_DIR, model_name=MODEL_NAME, start_from=START_FROM, backend=BACKEND,
-                max_seq_length=MAX_SEQ_LENGTH, precision=PRECISION, load_in_4bit=LOAD_IN_4BIT, train_items=TRAIN_ITEMS,
-                grpo_items=GRPO_ITEMS, eval_data=EVAL_DATA, num_generations=NUM_GENERATIONS,
+run = read_run_manifest(WORK_DIR)  # the settings 02 decided for the whole series (run.json)
+print(run)
+params = Params(work_dir=WORK_DIR, model_name=run.model_name, start_from=START_FROM, backend=BACKEND,
+                max_seq_length=run.max_seq_length, precision=run.precision, load_in_4bit=run.load_in_4bit,
+                train_items=TRAIN_ITEMS, grpo_items=GRPO_ITEMS, eval_data=EVAL_DATA, num_generations=NUM_GENERATIONS,
                 max_completion_length=MAX_COMPLETION_LENGTH, grpo_temperature=GRPO_TEMPERATURE,
                 grpo_learning_rate=GRPO_LEARNING_RATE, grpo_max_steps=GRPO_MAX_STEPS, grpo_batch_size=GRPO_BATCH_SIZE,
                 grpo_grad_accum=GRPO_GRAD_ACCUM, lora_r=LORA_R, lora_alpha=LORA_ALPHA, grpo_save_steps=GRPO_SAVE_STEPS,
                 vllm_gpu_memory=VLLM_GPU_MEMORY, report_to=REPORT_TO, seed=SEED, resume=RESUME)  # checks every value
-template = read_json(require_artifact(WORK_DIR, "data_stats"))["template"]
+template = run.template
 items = without_eval_questions(load_items(TRAIN_ITEMS, GRPO_ITEMS), load_eval_data(EVAL_DATA, 0, SEED))  # never 04's
 load_secrets()
-runtime, backend = setup_backend(BACKEND, PRECISION)
+runtime, backend = setup_backend(BACKEND, run.precision)
 
 # %% [markdown]
 # ## The model
@@ -132,7 +131,7 @@ from medical_r1.params import LORA_TARGET_MODULES
 from medical_r1.runtime import compute_dtype
 from medical_r1.training import weight_snapshot
 
-start_name = grpo_start(WORK_DIR, START_FROM, MODEL_NAME)  # 03's adapter folder, or the base model
+start_name = grpo_start(WORK_DIR, START_FROM, run)  # 03's adapter folder (checked against run.json), or the base
 fast_inference, why = rollout_engine(backend)
 print(why)
 offload_embedding, why = embedding_offload(start_name, backend)
@@ -140,9 +139,9 @@ print(why)
 FastLanguageModel = language_model_loader(backend)
 model, tokenizer = FastLanguageModel.from_pretrained(
     model_name=start_name,
-    max_seq_length=MAX_SEQ_LENGTH,
+    max_seq_length=run.max_seq_length,
     dtype=compute_dtype(runtime),
-    load_in_4bit=LOAD_IN_4BIT,
+    load_in_4bit=run.load_in_4bit,
     fast_inference=fast_inference,  # vLLM writes the answers
     max_lora_rank=LORA_R,  # vLLM's LoRA slots (used only with fast_inference)
     gpu_memory_utilization=VLLM_GPU_MEMORY,
@@ -155,7 +154,7 @@ model = FastLanguageModel.get_peft_model(  # on 03's adapter this keeps it (and 
     target_modules=LORA_TARGET_MODULES,
     use_gradient_checkpointing="unsloth",
     random_state=SEED,
-    max_seq_length=MAX_SEQ_LENGTH,
+    max_seq_length=run.max_seq_length,
 )
 print(rollouts_with_decode_speedups(model, backend))  # the trainer's generate calls run as 04's generate_answers
 before = weight_snapshot(model)  # to check after training that only the LoRA tensors moved

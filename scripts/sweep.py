@@ -24,7 +24,7 @@ import run_series  # noqa: E402
 from medical_r1 import sweep  # noqa: E402
 from medical_r1.artifacts import artifact  # noqa: E402
 
-SHARED_FILES = ("train_data", "val_data", "data_stats", "baseline_answers")  # what 03 and 04 read from 01 and 02
+SHARED_FILES = ("train_data", "val_data", "data_stats", "run_manifest", "baseline_answers")  # what 03-07 read from 01, 02
 
 
 def prepare_data(params: dict, prep_dir: pathlib.Path) -> None:

@@ -29,8 +29,9 @@ def formatted(tmp_path_factory):
     return work
 
 
-def train_script(work: pathlib.Path, model: pathlib.Path, launcher: list[str]) -> subprocess.CompletedProcess:
-    args = {"WORK_DIR": str(work), "MODEL_NAME": str(model), "BACKEND": "cpu", "MAX_STEPS": 4,
+def train_script(work: pathlib.Path, launcher: list[str]) -> subprocess.CompletedProcess:
+    """03 as a script in work (02's run.json there names the model)."""
+    args = {"WORK_DIR": str(work), "BACKEND": "cpu", "MAX_STEPS": 4,
             "BATCH_SIZE": 1, "GRAD_ACCUM": 2, "WARMUP_STEPS": 0, "LEARNING_RATE": 0.005, "EVAL_STEPS": 2,
             "SAVE_STEPS": 2, "REPORT_TO": "none", "INSTALL_REQUIREMENTS": "never"}
     argv = [f"--{k}={v}" for k, v in args.items()]
@@ -47,10 +48,9 @@ def copy_of(work: pathlib.Path, name: str) -> pathlib.Path:
 
 def test_two_processes_train_like_one(formatted):
     single, double = copy_of(formatted, "single"), copy_of(formatted, "double")
-    model = formatted / "tiny-model"  # the model 02 tokenised for
-    one = train_script(single, model, [sys.executable])
+    one = train_script(single, [sys.executable])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = train_script(double, model, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+    two = train_script(double, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                 "--master_port=29533"])
     assert two.returncode == 0, two.stderr[-3000:]
     m1 = json.loads(artifacts.artifact(single, "train_metrics").read_text())

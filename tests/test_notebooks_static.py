@@ -12,7 +12,7 @@ import nbformat
 import papermill
 import pytest
 
-from medical_r1 import REPO_ROOT, params
+from medical_r1 import REPO_ROOT, manifest, params
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import set_repository  # noqa: E402
@@ -215,7 +215,9 @@ def test_03_configures_sfttrainer_like_make_trainer():
         return next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == name)
 
     def as_notebook(text):
-        text = re.sub(r"\bp\.(\w+)", lambda m: m.group(1).upper(), text)
+        # Params' fields that 02 decides are read from its run manifest (run.json) as run.<field> in 03.
+        text = re.sub(r"\bp\.(\w+)", lambda m: f"run.{m.group(1)}" if m.group(1) in manifest.FIELDS
+                      else m.group(1).upper(), text)
         return text.replace("val_records", "val").replace("train_records", "train")
 
     ours = {k: as_notebook(v) for k, v in keywords_of(call(make_trainer, "SFTConfig")).items()}

@@ -25,8 +25,8 @@ from medical_r1 import artifacts  # noqa: E402
 TARGET_SPEEDUP = 1.8
 
 
-def train(work: pathlib.Path, model_dir: str, steps: int, grad_accum: int, launcher: list[str], env: dict) -> dict:
-    args = {"WORK_DIR": str(work), "MODEL_NAME": model_dir, "BACKEND": "unsloth", "PRECISION": "bf16",
+def train(work: pathlib.Path, steps: int, grad_accum: int, launcher: list[str], env: dict) -> dict:
+    args = {"WORK_DIR": str(work), "BACKEND": "unsloth",  # the model and bf16 come from 02's run.json
             "MAX_STEPS": steps, "GRAD_ACCUM": grad_accum, "EVAL_STEPS": 10_000, "SAVE_STEPS": 10_000, "REPORT_TO": "none",
             "INSTALL_REQUIREMENTS": "never", "RESUME": False}
     cmd = [*launcher, str(ROOT / "notebooks" / "03_train.py"), *[f"--{k}={v}" for k, v in args.items()]]
@@ -56,7 +56,7 @@ def main():
     base = pathlib.Path("/tmp/ddp/formatted")
     recipe = {"offline": True, "parameters": {
         "MODEL_NAME": model_dir, "DATASET_NAME": str(real_shapes.REF / "data" / "medical_o1_sft.json"),
-        "DATA_CONFIG": "en", "MAX_EXAMPLES": 0, "VAL_SIZE": 16, "INSTALL_REQUIREMENTS": "never"}}
+        "DATA_CONFIG": "en", "MAX_EXAMPLES": 0, "VAL_SIZE": 16, "PRECISION": "bf16", "INSTALL_REQUIREMENTS": "never"}}
     run_series.run(recipe, base, only=["02"])
     report = {"meta": {"device": __import__("torch").cuda.get_device_name(0), **bench_train.package_versions(),
                        "shape": "qwen-1.5b", "steps": args.steps, "timed_from_step": args.skip + 1}, "runs": {}}
@@ -69,7 +69,7 @@ def main():
                 (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"], "0,1")):
             work = pathlib.Path(f"/tmp/ddp/accum{accum}_{gpus}gpu")
             shutil.copytree(base, work)
-            metrics = train(work, model_dir, args.steps, accum, launcher, {**env, "CUDA_VISIBLE_DEVICES": visible})
+            metrics = train(work, args.steps, accum, launcher, {**env, "CUDA_VISIBLE_DEVICES": visible})
             if "error" not in metrics:
                 metrics["seconds_per_step"] = steady_seconds_per_step(metrics["step_end_s"], args.skip)
             runs[gpus] = metrics
