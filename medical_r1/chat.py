@@ -54,7 +54,7 @@ def format_reply(text: str, label: str = "", stopped_at: int = 0, final: bool = 
         reply += f"\n\n{answer}"
     if not final:
         return reply
-    limit = f"Stopped at the token limit ({stopped_at} new tokens)"
+    limit = f"Stopped at the token limit ({stopped_at} new token{'' if stopped_at == 1 else 's'})"
     if not closed:
         note = (f"{limit} while still thinking: no answer yet. Raise \"max new tokens\" to let it finish."
                 if stopped_at else "The model stopped while still thinking, without an answer.")
@@ -64,6 +64,19 @@ def format_reply(text: str, label: str = "", stopped_at: int = 0, final: bool = 
     else:
         note = f"{limit}: the answer may be cut short." if stopped_at else ""
     return reply + (f"\n\n*{note}*" if note else "")
+
+
+def question_refusal(tokenizer, message, template: str, max_seq_length: int) -> str:
+    """Why a question is not sent, or "": an empty one (Enter in an empty box, only spaces), or one whose prompt
+    alone takes the model's whole context, leaving no room for a reply."""
+    text = message if isinstance(message, str) else (message or {}).get("text", "")
+    if not text.strip():
+        return "Type a question first: an empty message is not sent."
+    tokens = len(encode_prompt(tokenizer, text, template))
+    if tokens >= max_seq_length:
+        return (f"The question alone is {tokens:,} tokens, longer than the model's limit of {max_seq_length:,} tokens "
+                "for the question and the reply together: shorten it.")
+    return ""
 
 
 def stream_reply(model, tokenizer, question: str, template: str, max_new_tokens: int, temperature: float,
@@ -113,7 +126,18 @@ def build_chat_app(model, tokenizer, template: str, max_new_tokens: int, tempera
 
     lock = threading.Lock()  # one generation at a time: the adapter switch is the model's own state
 
+    def refusal(message) -> str:
+        return question_refusal(tokenizer, message, template, max_seq_length)
+
+    def check(message):  # in the page, before anything is sent: the box keeps the text and shows why
+        said = refusal(message)
+        return gr.validate(not said, said)
+
     def reply(message, history, which, temperature, top_p, max_new_tokens):
+        said = refusal(message)
+        if said:  # the API (/chat) bypasses the page's check: the same refusal, and nothing generated
+            yield f"*{said}*"
+            return
         room = max_seq_length - len(encode_prompt(tokenizer, message, template))
         limit = max(1, min(int(max_new_tokens), room))
         cut = (f"*\"max new tokens\" cut from {int(max_new_tokens)} to {limit}: the prompt and the reply must fit "
@@ -144,4 +168,5 @@ def build_chat_app(model, tokenizer, template: str, max_new_tokens: int, tempera
         examples=[["A 58-year-old man has crushing chest pain and ST elevation in V1-V4. Which artery is occluded?"],
                   ["一位60岁长期吸烟的男性，痰中带血三个月，应首先考虑什么疾病？"]],
         cache_examples=False,
+        validator=check,
     )

@@ -80,25 +80,55 @@ def show_html(path):
     display(HTML(pathlib.Path(path).read_text(encoding="utf-8")))
 
 
-# One stylesheet for the pages people share (verdict.html, comparison.html, sweep.html): a readable table that
-# scrolls sideways on a phone instead of wrapping a word per line, numbers aligned, verdicts coloured.
+# One stylesheet for the pages people share (verdict.html, comparison.html, sweep.html). On a desktop, tables with
+# numbers aligned and verdicts in coloured cells; on a phone (under 700 px) each row of a `table_html` table becomes
+# a card: its name, then its verdict and difference, then the rest, each value under its column's label, so that
+# nothing that matters sits off-screen in a box that scrolls sideways.
 PAGE_STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "PingFang SC", sans-serif;
        margin: 1.5rem auto; max-width: 90rem; padding: 0 1rem; color: #1f2328; }
-h2 { font-size: 1.4rem; margin: 0 0 .5rem; }
+h2 { font-size: 1.4rem; margin: 0 0 .5rem; } h3 { font-size: 1.1rem; margin: 1.2rem 0 .4rem; }
 p { max-width: 50rem; }
 .scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; }
 table { border-collapse: collapse; font-size: 13.5px; }
 th, td { border: 1px solid #d0d7de; padding: .3rem .45rem; vertical-align: top; text-align: left; }
-td:first-child { overflow-wrap: anywhere; max-width: 10rem; }
+td.key { white-space: nowrap; }
 th { background: #f6f8fa; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num, td.diff { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.text { white-space: pre-wrap; min-width: 16rem; max-width: 36rem; }
 td.verdict { min-width: 12.5rem; }
 td.label { min-width: 9rem; overflow-wrap: normal; }
 .helped { color: #1a7f37; font-weight: 600; } .hurt { color: #cf222e; font-weight: 600; } .same { color: #57606a; }
+td.verdict.helped { background: #dafbe1; } td.verdict.hurt { background: #ffebe9; } td.verdict.same { background: #f6f8fa; }
 img { max-width: 100%; height: auto; }
+@media (max-width: 700px) {
+  .scroll { overflow-x: visible; }
+  table.cards, table.cards tbody { display: block; }
+  table.cards tr.head { display: none; }
+  table.cards tr { display: flex; flex-direction: column; border: 1px solid #d0d7de; border-radius: 6px;
+                   margin: 0 0 .75rem; padding: .3rem .6rem; }
+  table.cards td { display: block; border: none; padding: .12rem 0; text-align: left; white-space: normal;
+                   min-width: 0; max-width: none; }
+  table.cards td[data-label]::before { content: attr(data-label) ": "; color: #57606a; font-weight: 600; }
+  table.cards td.key { order: -3; font-weight: 600; font-size: 1.05em; }
+  table.cards td.key::before { content: none; }
+  table.cards td.verdict { order: -2; padding: .3rem .4rem; border-radius: 4px; }
+  table.cards td.diff { order: -1; }
+}
 """
+
+
+def table_html(labels: list[str], rows: list[list[tuple[str, str]]], head: str = "") -> str:
+    """A table on a desktop, a card per row on a phone (PAGE_STYLE): every cell carries its column's label.
+    rows: per row, (css class, inner HTML) per column, the classes "key" (the row's name, shown first on a
+    phone), "verdict" and "diff" (shown next), "num", "text" or "label". head: header rows (class "head") where
+    one row of `labels` will not do, such as columns grouped under a model."""
+    import html
+
+    head = head or "<tr class='head'>" + "".join(f"<th>{html.escape(label)}</th>" for label in labels) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td class='{css}' data-label='{html.escape(label, quote=True)}'>{inner}</td>"
+                                    for label, (css, inner) in zip(labels, row)) + "</tr>" for row in rows)
+    return f"<div class='scroll'><table class='cards'>{head}{body}</table></div>"
 
 
 def html_page(title: str, body: str) -> str:

@@ -327,13 +327,11 @@ def comparison_rows(base_answers: list[dict], tuned_answers: list[dict]) -> list
 def comparison_html(rows: list[dict], losses: dict) -> str:
     import html
 
-    from medical_r1.display import html_page
+    from medical_r1.display import html_page, table_html
 
-    def cell(text):
-        return f"<td class='text'>{html.escape(text)}</td>"
-
-    body = "".join(f"<tr>{cell(r['question'])}{cell(r['base'])}{cell(r['tuned'])}</tr>" for r in rows)
-    loss = (f"<p>Validation loss (CoT + response tokens, nats per token): base {losses['base_val_loss']:.4f}, "
-            f"tuned {losses['tuned_val_loss']:.4f}</p>") if losses else ""
-    return html_page("Base vs tuned", f"<h2>Base vs fine-tuned answers</h2>{loss}<div class='scroll'><table>"
-                                      f"<tr><th>Question</th><th>Base model</th><th>Fine-tuned</th></tr>{body}</table></div>")
+    body = [[("text", html.escape(r["question"])), ("text", html.escape(r["base"])), ("text", html.escape(r["tuned"]))]
+            for r in rows]
+    loss = (f"<p>Validation loss (CoT + response tokens): base {losses['base_val_loss']:.4f}, tuned "
+            f"{losses['tuned_val_loss']:.4f} nats per token</p>") if losses else ""
+    return html_page("Base vs tuned", f"<h2>Base vs fine-tuned answers</h2>{loss}"
+                                      + table_html(["Question", "Base model", "Fine-tuned"], body))

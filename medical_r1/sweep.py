@@ -18,7 +18,7 @@ import re
 
 from medical_r1.artifacts import artifact, read_json, write_json, write_text
 from medical_r1.benchmarks import holm_rejections
-from medical_r1.display import html_page, new_figure, save_figure, verdict_class
+from medical_r1.display import html_page, new_figure, save_figure, table_html, verdict_class
 
 # Parameters that change what 02 produces: settings that differ in these need their own data preparation.
 DATA_PARAMETERS = ("MODEL_NAME", "DATASET_NAME", "DATA_CONFIG", "MAX_EXAMPLES", "VAL_SIZE", "TEMPLATE",
@@ -155,43 +155,63 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+# How the sweep page names a setting's parameters: "lr 2e-4, r 8" reads where LEARNING_RATE=0.0002, LORA_R=8 breaks.
+SHORT_NAMES = {"LEARNING_RATE": "lr", "LORA_R": "r", "LORA_ALPHA": "alpha", "MAX_STEPS": "steps",
+               "GRPO_MAX_STEPS": "GRPO steps", "BATCH_SIZE": "batch", "GRAD_ACCUM": "accum", "LORA_DROPOUT": "dropout",
+               "WARMUP_STEPS": "warm-up", "GRPO_LEARNING_RATE": "GRPO lr"}
+
+
+def short_setting(parameters: dict) -> str:
+    """A setting as a reader says it: "lr 2e-4, r 8" (the full names are in the cell's title)."""
+    def value(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    return ", ".join(f"{SHORT_NAMES.get(k, k.lower())} {value(v)}" for k, v in parameters.items()) or "defaults"
+
+
 def sweep_html(grid: dict, rows: list[dict]) -> str:
-    head = ("<tr><th>setting</th><th>parameters</th><th>items</th><th>base accuracy [95%]</th>"
-            "<th>tuned accuracy [95%]</th><th>difference [95%]</th><th>unfinished (base / tuned)</th>"
-            "<th>unreadable (base / tuned)</th><th>val loss (base / tuned)</th><th>training s</th>"
-            "<th>tokens</th><th>against the base model (paired test, Holm-corrected)</th></tr>")
+    labels = ["setting", "items", "base accuracy [95%]", "tuned accuracy [95%]", "difference [95%]",
+              "no answer, base / tuned", "val loss, base / tuned", "training", "against the base model"]
     body = []
     compared = compared_with_base(rows)
     for r in sorted_rows(rows):
-        params = html.escape(", ".join(f"{k}={v}" for k, v in r["parameters"].items()))
+        full = html.escape(f"{r['name']}: " + ", ".join(f"{k}={v}" for k, v in r["parameters"].items()), quote=True)
+        name = html.escape(short_setting(r["parameters"])) + (" (SFT + GRPO)" if r.get("tuned_model") == "SFT + GRPO" else "")
+        key = (f"key' title='{full}", name)
         if r["error"]:
-            body.append(f"<tr><td>{html.escape(r['name'])}</td><td>{params}</td>"
-                        f"<td colspan='9'></td><td class='verdict hurt'>{html.escape(r['error'])}</td></tr>")
+            body.append([key] + [("num", "-")] * 7 + [("verdict hurt", "failed: " + html.escape(r["error"]))])
             continue
-        lo, hi = r["difference_interval"]
         said = compared[r["name"]]
-        body.append(
-            f"<tr><td>{html.escape(r['name'])}{' (SFT + GRPO)' if r.get('tuned_model') == 'SFT + GRPO' else ''}</td>"
-            f"<td>{params}</td><td class='num'>{r['items']}</td>"
-            f"<td class='num'>{_pct(r['base_accuracy'])} [{_pct(r['base_interval'][0])}, {_pct(r['base_interval'][1])}]</td>"
-            f"<td class='num'>{_pct(r['tuned_accuracy'])} [{_pct(r['tuned_interval'][0])}, {_pct(r['tuned_interval'][1])}]</td>"
-            f"<td class='num'>{100 * r['difference']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]</td>"
-            f"<td class='num'>{r['base_unfinished']} / {r['tuned_unfinished']}</td>"
-            f"<td class='num'>{r['base_unreadable']} / {r['tuned_unreadable']}</td>"
-            f"<td class='num'>{r['base_val_loss']:.4f} / "
-            f"{'-' if r['tuned_val_loss'] is None else format(r['tuned_val_loss'], '.4f')}</td>"
-            f"<td class='num'>{r['train_runtime_s'] or 0:.0f}</td><td class='num'>{r['train_tokens'] or '-'}</td>"
-            f"<td class='verdict {verdict_class(said)}'>{said} (p = {r.get('p_value', 1.0):.3g})</td></tr>")
+        tuned_loss = "-" if r["tuned_val_loss"] is None else f"{r['tuned_val_loss']:.3f}"
+        tokens = f", {r['train_tokens'] / 1000:.0f}k tokens" if r["train_tokens"] else ""
+        body.append([key, ("num", f"{r['items']}"),
+                     ("num", f"{_pct(r['base_accuracy'])}<br>[{_pct(r['base_interval'][0])}, "
+                             f"{_pct(r['base_interval'][1])}]"),
+                     ("num", f"{_pct(r['tuned_accuracy'])}<br>[{_pct(r['tuned_interval'][0])}, "
+                             f"{_pct(r['tuned_interval'][1])}]"),
+                     ("diff", f"{100 * r['difference']:+.1f} points<br>[{100 * r['difference_interval'][0]:+.1f}, "
+                              f"{100 * r['difference_interval'][1]:+.1f}]"),
+                     ("num", f"{r['base_unfinished'] + r['base_unreadable']} / "
+                             f"{r['tuned_unfinished'] + r['tuned_unreadable']}"),
+                     ("num", f"{r['base_val_loss']:.3f} / {tuned_loss}<br>nats per token"),
+                     ("num", f"{r['train_runtime_s'] or 0:.0f} s{tokens}"),
+                     (f"verdict {verdict_class(said)}", f"{said} <span class='same'>(paired p = "
+                                                       f"{r.get('p_value', 1.0):.3g})</span>")])
+    done = [r for r in rows if not r["error"]]
+    items = sorted({r["items"] for r in done})
+    measured = (f"Each setting was scored on the same {items[0]} benchmark items." if len(items) == 1 else
+                f"The settings were scored on {' or '.join(map(str, items))} benchmark items." if items else
+                "No setting finished.")
     return html_page("Which settings hurt least?", (
         f"<h2>Which settings hurt least? Sweep {html.escape(grid['name'])}</h2>"
-        f"<p>{html.escape(grid['description'])}</p><p>Benchmark accuracy over all benchmarks, base vs tuned, on "
-        "the same items for every setting. Sorted by the observed difference, best first, not by significance: "
+        f"<p>{html.escape(grid['description'])} <strong class='measured'>{measured}</strong></p><p>Benchmark accuracy "
+        "over all benchmarks, base vs tuned, on the same items for every setting. Sorted by the observed difference, "
+        "best first, not by significance: "
         f"a setting is called better or worse than the base model only when its exact paired test holds after "
         f"Holm's correction for the {len(compared)} settings compared, so the top row is not called better "
         "for being the luckiest. A setting marked SFT + GRPO ran 07 after 03; its tuned model is the GRPO adapter "
-        "(its validation loss is not measured). Failed settings are listed last with their error.</p>"
-        f"<img src='sweep.png' alt='tuned accuracy per setting'><div class='scroll'><table>{head}{''.join(body)}"
-        "</table></div>"))
+        "(its validation loss is not measured). No answer: unfinished or unreadable, counted as wrong. Failed "
+        "settings are listed last with their error; a setting's full name is in its cell's tooltip.</p>"
+        f"<img src='sweep.png' alt='tuned accuracy per setting'>" + table_html(labels, body)))
 
 
 def plot_sweep(rows: list[dict], path) -> pathlib.Path:

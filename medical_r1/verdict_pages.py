@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 
 from medical_r1.benchmarks import MODELS, RULES
-from medical_r1.display import html_page, verdict_class
+from medical_r1.display import html_page, table_html, verdict_class
 
 # What each rule means, in the words of the page's column headings.
 RULE_NAMES = {"answer_is": "stated", "marked_letter": "bold or bracketed letter", "standalone_letter": "letter",
@@ -15,73 +15,89 @@ RULE_NAMES = {"answer_is": "stated", "marked_letter": "bold or bracketed letter"
               "unreadable": "unreadable", "unfinished": "unfinished"}
 
 
+def short_benchmark(name: str) -> str:
+    """A benchmark's name as a reader says it ("MedQA USLME", "GPQA Medical"): no split suffix, spaces for _."""
+    for split in ("_test", "_validation"):
+        name = name.removesuffix(split)
+    return name.replace("_", " ")
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def accuracy(correct: int, acc: float, interval) -> str:
+    """ "12 right, 40.0%" over its interval, a line each, so that the table fits a desktop's width."""
+    return f"{correct} right, {pct(acc)}<br><span class='same'>[{pct(interval[0])}, {pct(interval[1])}]</span>"
+
+
+def points(difference: float, interval) -> str:
+    return (f"{100 * difference:+.1f} points<br><span class='same'>[{100 * interval[0]:+.1f}, "
+            f"{100 * interval[1]:+.1f}]</span>")
+
+
+def verdict_cell(sentence: str, p_value: float, note: str = "") -> tuple[str, str]:
+    said = sentence.split(" (")[0]
+    return (f"verdict {verdict_class(said)}' title='{html.escape(sentence, quote=True)}",
+            f"{html.escape(said)} <span class='same'>(paired p = {p_value:.2g}{note})</span>")
+
+
 def reading_html(counts: dict[str, dict]) -> str:
     """A table: per model (name -> its rule counts), how many answers each rule read; rules no model used are left
     out, except the two kinds of no answer."""
     shown = [r for r in RULES if r in ("unreadable", "unfinished") or any(c.get(r) for c in counts.values())]
-    head = "".join(f"<th>{html.escape(RULE_NAMES[r])}</th>" for r in shown)
-    body = "".join(f"<tr><td class='label'>{html.escape(name)}</td>"
-                   + "".join(f"<td class='num'>{c.get(r, 0)}</td>" for r in shown) + "</tr>"
-                   for name, c in counts.items())
+    rows = [[("key", html.escape(name))] + [("num", str(c.get(r, 0))) for r in shown] for name, c in counts.items()]
     return ("<h3>How the answers were read</h3><p>Per model, how many answers each rule read: a stated answer (\"the "
             "answer is C\", \\boxed{C}, 选C, a verdict or an answer line), a marked or lone letter, an option's text, "
             "the model reading its own answer where the rules found none (zero-shot answer extraction, counted only "
             "at its threshold), or none. A fine-tuned model that answers in prose moves answers between these "
             "columns; many unreadable answers make any accuracy here doubtful.</p>"
-            f"<div class='scroll'><table><tr><th>model</th>{head}</tr>{body}</table></div>")
+            + table_html(["model"] + [RULE_NAMES[r] for r in shown], rows))
 
 
 def pairs_html(pairs: list[dict]) -> str:
     """One row per pair of models, overall; the per-benchmark tables are in each pair's rows."""
-    def cells(pair):
-        o = pair["overall"]
-        said = pair["verdict"].split(" (")[0]
-        lo, hi = o["difference_interval"]
-        return (f"<tr><td class='label'>{MODELS[pair['before']]} &rarr; {MODELS[pair['after']]}</td>"
-                f"<td class='num'>{o['items']}</td>"
-                f"<td class='num'>{100 * o['base_accuracy']:.1f}%</td><td class='num'>{100 * o['tuned_accuracy']:.1f}%</td>"
-                f"<td class='num'>{100 * o['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]</td>"
-                f"<td class='verdict {verdict_class(said)}' title='{html.escape(pair['verdict'], quote=True)}'>"
-                f"{html.escape(said)} <span class='same'>(paired p = {o['p_value']:.2g})</span></td></tr>")
-
-    counts = {}
+    rows, counts = [], {}
     for pair in pairs:
+        o = pair["overall"]
+        rows.append([("key label", f"{MODELS[pair['before']]} &rarr; {MODELS[pair['after']]}"),
+                     ("num", f"{o['items']}"), ("num", pct(o["base_accuracy"])), ("num", pct(o["tuned_accuracy"])),
+                     ("diff", points(o["difference"], o["difference_interval"])),
+                     verdict_cell(pair["verdict"], o["p_value"])])
         for side, model in (("base", pair["before"]), ("tuned", pair["after"])):
-            counts.setdefault(MODELS[model], pair["overall"][f"{side}_rules"])
+            counts.setdefault(MODELS[model], o[f"{side}_rules"])
+    labels = ["pair", "items", "accuracy before", "accuracy after", "difference [95%]", "verdict"]
     return html_page("Base, SFT and SFT + GRPO", (
         "<h2>Base, SFT and SFT + GRPO: a row per pair</h2><p>The same benchmark items, answered by each model "
         "that exists in this work folder. Each row is one pair's overall comparison, from the exact paired test, "
         "corrected for testing several pairs at once (Holm). Unfinished and unreadable answers count as wrong.</p>"
-        "<div class='scroll'><table><tr><th>pair</th><th>items</th><th>accuracy before</th><th>accuracy after</th>"
-        f"<th>difference, points [95%]</th><th>verdict</th></tr>{''.join(cells(p) for p in pairs)}</table></div>"
-        + reading_html(counts)))
+        + table_html(labels, rows) + reading_html(counts)))
 
 
 def verdict_html(rows: list[dict]) -> str:
-    def pct(x):
-        return f"{100 * x:.1f}%"
-
     def model_cells(r, model):
-        lo, hi = r[f"{model}_interval"]
-        similar = f" (+{r[f'{model}_similarity']} by similarity)" if r[f"{model}_similarity"] else ""
-        similar += f" (+{r[f'{model}_model_extracted']} read by the model)" if r[f"{model}_model_extracted"] else ""
-        return (f"<td class='num'>{r[f'{model}_correct']}</td>"
-                f"<td class='num'>{r[f'{model}_unfinished']} / {r[f'{model}_unreadable']}{similar}</td>"
-                f"<td class='num'>{pct(r[f'{model}_accuracy'])} [{100 * lo:.1f}, {100 * hi:.1f}]</td>")
+        no_answer = f"{r[f'{model}_unfinished']} unfinished,<br>{r[f'{model}_unreadable']} unreadable"
+        no_answer += f" (+{r[f'{model}_similarity']} by similarity)" if r[f"{model}_similarity"] else ""
+        no_answer += f" (+{r[f'{model}_model_extracted']} read by the model)" if r[f"{model}_model_extracted"] else ""
+        return [("num", accuracy(r[f"{model}_correct"], r[f"{model}_accuracy"], r[f"{model}_interval"])),
+                ("num", no_answer)]
 
-    def verdict_cell(r):
-        said = r["verdict"].split(" (")[0]
-        corrected = "" if r["benchmark"] == "all" else "; verdict Holm-corrected"
-        return (f"<td class='verdict {verdict_class(said)}' title='{html.escape(r['verdict'], quote=True)}'>"
-                f"{html.escape(said)} <span class='same'>(paired p = {r['p_value']:.2g}{corrected})</span></td>")
-
+    body = []
+    for r in rows:
+        name = "all benchmarks" if r["benchmark"] == "all" else short_benchmark(r["benchmark"])
+        note = "" if r["benchmark"] == "all" else "; verdict Holm-corrected"
+        body.append([(f"key' title='{html.escape(r['benchmark'], quote=True)}", html.escape(name)),
+                     ("num", f"{r['items']}")] + model_cells(r, "base") + model_cells(r, "tuned") +
+                    [("diff", points(r["difference"], r["difference_interval"])),
+                     ("num", f"{100 * r['detectable_difference']:.0f} points"), verdict_cell(r["verdict"], r["p_value"],
+                                                                                              note)])
+    labels = ["benchmark", "items", "base: accuracy [95%]", "base: no answer", "fine-tuned: accuracy [95%]",
+              "fine-tuned: no answer", "difference [95%]", "detectable", "verdict"]
+    head = ("<tr class='head'><th rowspan='2'>benchmark</th><th rowspan='2'>items</th><th colspan='2'>base model</th>"
+            "<th colspan='2'>fine-tuned</th><th rowspan='2'>difference [95%]</th><th rowspan='2'>detectable</th>"
+            "<th rowspan='2'>verdict</th></tr><tr class='head'>" + "<th>accuracy [95%]</th><th>no answer</th>" * 2 +
+            "</tr>")
     overall = rows[-1]  # "all", the last row verdict_rows writes
-    body = "".join(
-        f"<tr><td>{html.escape(r['benchmark'])}</td><td class='num'>{r['items']}</td>{model_cells(r, 'base')}"
-        f"{model_cells(r, 'tuned')}<td class='num'>{100 * r['difference']:+.1f} "
-        f"[{100 * r['difference_interval'][0]:+.1f}, {100 * r['difference_interval'][1]:+.1f}]</td>"
-        f"<td class='num'>{100 * r['detectable_difference']:.0f} points</td>{verdict_cell(r)}</tr>" for r in rows)
-    per_model = "<th>correct</th><th>unfinished / unreadable</th><th>accuracy, % [95%]</th>"
     return html_page("Did fine-tuning help?", (
         "<h2>Did fine-tuning help?</h2><p>Unfinished: still thinking when the token limit came. Unreadable: "
         "the answer commits to no single option, and the model reading its own answer was not sure enough either. "
@@ -91,8 +107,5 @@ def verdict_html(rows: list[dict]) -> str:
         "testing several benchmarks at once (Holm), so that when fine-tuning changed nothing the chance that any row "
         "says helped or hurt stays at 5%; a benchmark row that says no detectable change may still differ, by "
         "less than this many items can show. The intervals are each benchmark's own 95% intervals.</p>"
-        "<div class='scroll'><table><tr><th rowspan='2'>benchmark</th>"
-        "<th rowspan='2'>items</th><th colspan='3'>base model</th><th colspan='3'>fine-tuned</th>"
-        "<th rowspan='2'>difference, points [95%]</th><th rowspan='2'>detectable</th><th rowspan='2'>verdict</th>"
-        f"</tr><tr>{per_model}{per_model}</tr>{body}</table></div>"
+        + table_html(labels, body, head)
         + reading_html({"base model": overall["base_rules"], "fine-tuned": overall["tuned_rules"]})))

@@ -122,8 +122,8 @@ def test_verdicts_helped_hurt_and_no_change():
     assert all(r["verdict"].startswith("no detectable change") for r in same)
     page = verdict_pages.verdict_html(list(rows.values()))
     verdict_table, reading_table = page.split("How the answers were read")
-    assert verdict_table.count("<tr>") == 2 + 3 and "fine-tuning hurt" in page  # two header rows, three benchmarks
-    assert reading_table.count("<tr>") == 1 + 2  # a header, then the base and the fine-tuned model
+    assert verdict_table.count("<tr") == 2 + 3 and "fine-tuning hurt" in page  # two header rows, three benchmarks
+    assert reading_table.count("<tr") == 1 + 2  # a header, then the base and the fine-tuned model
 
 
 def test_04_has_a_row_per_pair_of_the_models_that_exist_and_names_what_changed():
@@ -139,8 +139,8 @@ def test_04_has_a_row_per_pair_of_the_models_that_exist_and_names_what_changed()
     assert all("Holm-corrected for 3 pairs" in p["verdict"] for p in three)
     assert three[1]["overall"]["difference"] == pytest.approx(0.3) and three[1]["rows"][0]["verdict"].startswith("GRPO")
     pairs_table, reading_table = verdict_pages.pairs_html(three).split("How the answers were read")
-    assert pairs_table.count("<tr>") == 1 + 3 and pairs_table.count("class='verdict helped'") == 3
-    assert reading_table.count("<tr>") == 1 + 3 and "SFT + GRPO (07)" in reading_table  # each model once
+    assert pairs_table.count("<tr") == 1 + 3 and pairs_table.count("class='verdict helped'") == 3
+    assert reading_table.count("<tr") == 1 + 3 and "SFT + GRPO (07)" in reading_table  # each model once
     worse = benchmarks.pair_verdicts({"base": base, "tuned": grpo, "grpo": sft})  # GRPO undoing SFT's gain
     assert worse[1]["verdict"].startswith("GRPO hurt") and "class='verdict hurt'" in verdict_pages.pairs_html(worse)
 
@@ -193,8 +193,11 @@ def test_the_verdict_table_counts_each_kind_of_answer_per_model():
     assert row["base_accuracy"] == 0.25 and row["tuned_accuracy"] == 0.75 and row["difference"] == 0.5
     assert row["detectable_difference"] == pytest.approx(2.8 * (0.5 / 4) ** 0.5)
     page = verdict_pages.verdict_html([row])
-    for header in ("correct", "unfinished / unreadable", "accuracy, % [95%]", "detectable"):
+    for header in ("accuracy [95%]", "no answer", "difference [95%]", "detectable"):
         assert f">{header}</th>" in page, header
+    # Every figure carries its unit, and each cell its column's label for the phone layout.
+    assert ">1 right, 25.0%<br>" in page and "%]</span></td>" in page and "1 unfinished,<br>1 unreadable" in page
+    assert "+50.0 points<br>" in page and "data-label='fine-tuned: no answer'" in page
 
 
 def test_detectable_difference_shrinks_with_items():

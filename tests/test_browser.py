@@ -4,6 +4,7 @@ Needs /usr/bin/chromium and the playwright package; .ci/run installs both (MEDIC
 their absence a failure rather than a skip)."""
 import os
 import pathlib
+import re
 import shutil
 import socket
 import time
@@ -109,6 +110,32 @@ def test_the_chat_streams_keeps_an_opened_fold_open_labels_replies_and_says_when
     page.close()
 
 
+def test_the_chat_refuses_empty_and_over_long_questions_without_answering(browser, chat_url):
+    """Enter in an untouched box, the send button, only spaces, and a 20,000-character question: nothing is sent,
+    no reply starts, and the page says why (for the long one, in tokens, with the limit)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(chat_url)
+    box = page.locator("textarea").first
+    box.wait_for(timeout=30_000)
+    attempts = [("", lambda: box.press("Enter")),
+                ("", lambda: page.locator("button.submit-button, button[aria-label='Submit']").first.click()),
+                ("   ", lambda: box.press("Enter")),
+                ("fever " * 3400, lambda: box.press("Enter"))]
+    for text, send in attempts:
+        box.fill(text)
+        send()
+        time.sleep(1.5)
+        assert page.locator("[data-testid='user']").count() == 0 and bot_messages(page).count() == 0, repr(text[:20])
+    page.get_by_text("longer than the model's limit of 2,048 tokens").first.wait_for(timeout=10_000)
+    said = page.locator("body").inner_text()
+    assert "The question alone is" in said and "tokens" in said
+    box.fill("")
+    box.press("Enter")
+    page.get_by_text("an empty message is not sent").first.wait_for(timeout=10_000)
+    page.screenshot(path=str(SHOTS / "chat-refusals-1280.png"), full_page=True)
+    page.close()
+
+
 def pages(tmp_path) -> dict:
     """verdict.html, verdict_pairs.html, comparison.html and sweep.html as 04 and the sweep write them, on made-up
     results."""
@@ -159,10 +186,18 @@ def test_the_pages_people_share_are_readable_at_desktop_and_phone_width(browser,
         labels = page.locator("td.label")
         for i in range(labels.count()):  # a pair's name is never broken inside a word
             assert labels.nth(i).evaluate("c => c.getBoundingClientRect().width") >= 140, (name, i)
-        if width >= 1280 and name != "sweep":  # on a desktop the whole table shows (the sweep's may scroll)
-            assert page.evaluate("[...document.querySelectorAll('.scroll')].every(b => b.scrollWidth <= b.clientWidth + 1)"), name
-        numbers = page.locator("td.num")
-        assert numbers.count() == 0 or numbers.first.evaluate("c => getComputedStyle(c).textAlign") == "right"
+        # No table is clipped: at 1,280 px every table shows whole; at 420 px each row is a card.
+        assert page.evaluate("[...document.querySelectorAll('.scroll')].every(b => b.scrollWidth <= b.clientWidth + 1)"), name
+        verdicts = page.evaluate("[...document.querySelectorAll('td.verdict')].map(c => c.getBoundingClientRect())"
+                                 ".map(r => [r.left, r.right])")
+        assert all(0 <= left and right <= width + 1 for left, right in verdicts), (name, verdicts)  # in the window
+        if name == "sweep":  # the heading's figures come from the run, as the table's do
+            said = int(re.search(r"the same (\d+) benchmark items", page.locator("strong.measured").inner_text()).group(1))
+            items = {int(t) for t in page.locator("td[data-label='items']").all_inner_texts() if t.isdigit()}
+            assert items == {said}, (said, items)
+        numbers = page.locator("td.num")  # aligned in a desktop's columns; in a phone's cards, after their label
+        align = "right" if width >= 1280 else "left"
+        assert numbers.count() == 0 or numbers.first.evaluate("c => getComputedStyle(c).textAlign") == align
         page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
     verdict = pages(tmp_path)["verdict"].read_text()
     assert "points</td>" in verdict and "class='verdict" in verdict

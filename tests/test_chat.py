@@ -1,6 +1,7 @@
 """06's chat, headless: the Gradio app on the tiny model with a saved adapter, called through Gradio's own Python
 client; the reply streams in, the thinking is folded apart from the answer at </think>, Chinese works, and
 the base-model switch turns the adapter off."""
+import re
 import socket
 
 import pytest
@@ -76,3 +77,19 @@ def test_a_reply_that_gives_no_answer_or_runs_out_says_so_once_it_ends(text, sto
     final = chat.format_reply(text, "Base model (adapter off)", stopped_at, final=True)
     assert streaming.startswith("**Base model (adapter off)**") and "*" not in streaming.split("</details>")[-1]
     assert (note in final) if note else final == streaming
+
+
+@pytest.mark.parametrize("message, said", [
+    ("", "an empty message is not sent"), ("   \n ", "an empty message is not sent"),
+    ({"text": "", "files": []}, "an empty message is not sent"),
+    ("fever " * 3400, r"The question alone is [\d,]+ tokens, longer than the model's limit of 2,048 tokens"),
+    ("What causes a fever?", None),
+])
+def test_a_question_that_cannot_be_answered_is_refused_with_why(tokenizer, message, said):
+    refusal = chat.question_refusal(tokenizer, message, "r1_chat", 2048)
+    assert (re.search(said, refusal) is not None) if said else refusal == ""
+
+
+def test_one_new_token_is_singular():
+    assert "(1 new token)" in chat.format_reply("thinking", stopped_at=1, final=True)
+    assert "(24 new tokens)" in chat.format_reply("thinking", stopped_at=24, final=True)
