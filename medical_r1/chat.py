@@ -66,6 +66,32 @@ def format_reply(text: str, label: str = "", stopped_at: int = 0, final: bool = 
     return reply + (f"\n\n*{note}*" if note else "")
 
 
+STOPPED_NOTE = "*Stopped with the Stop button: the reply ends here.*"
+
+
+def side_by_side(replies: list[str]) -> str:
+    """One reply as it is; two (both models) in columns where the window is wide enough, one above the other on a
+    phone (a grid whose columns are at least 18rem wide)."""
+    if len(replies) == 1:
+        return replies[0]
+    columns = "".join(f"<div>\n\n{reply}\n\n</div>" for reply in replies)
+    return ("<div class='both-models' style='display: grid; gap: 1rem; "
+            f"grid-template-columns: repeat(auto-fit, minmax(18rem, 1fr))'>{columns}</div>")
+
+
+def note_stopped(history: list) -> list:
+    """The chat's messages with STOPPED_NOTE under the last reply (Gradio keeps what the reply had streamed)."""
+    if history and history[-1].get("role") == "assistant":
+        last = dict(history[-1])
+        content = last.get("content")
+        if isinstance(content, str) and STOPPED_NOTE not in content:
+            last["content"] = f"{content}\n\n{STOPPED_NOTE}"
+        elif isinstance(content, list) and content and content[-1].get("type") == "text":
+            last["content"] = [*content[:-1], {**content[-1], "text": f"{content[-1]['text']}\n\n{STOPPED_NOTE}"}]
+        history = [*history[:-1], last]
+    return history
+
+
 def question_refusal(tokenizer, message, template: str, max_seq_length: int) -> str:
     """Why a question is not sent, or "": an empty one (Enter in an empty box, only spaces), or one whose prompt
     alone takes the model's whole context, leaving no room for a reply."""
@@ -81,7 +107,8 @@ def question_refusal(tokenizer, message, template: str, max_seq_length: int) -> 
 
 def stream_reply(model, tokenizer, question: str, template: str, max_new_tokens: int, temperature: float,
                  top_p: float, use_adapter: bool = True, outcome: dict | None = None):
-    """Yield the reply's text so far, token by token. Generation runs in a thread (transformers'
+    """Yield the reply's text so far, token by token; closing the generator early (the Stop button) ends the
+    generation at the next token. Generation runs in a thread (transformers'
     TextIteratorStreamer); with use_adapter False the adapter is switched off for it: the base model. When done,
     `outcome` (if given) holds "new_tokens" and "stopped_at_limit" (all max_new_tokens used, no end token)."""
     import contextlib
@@ -89,6 +116,13 @@ def stream_reply(model, tokenizer, question: str, template: str, max_new_tokens:
     import torch
     from transformers import TextIteratorStreamer
 
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenAsked(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    stop = threading.Event()  # set when the reader stops reading (the Stop button): the generation ends too
     device = input_device(model)
     ids = torch.tensor([encode_prompt(tokenizer, question, template)], device=device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
@@ -101,15 +135,19 @@ def stream_reply(model, tokenizer, question: str, template: str, max_new_tokens:
         with switch, torch.no_grad():
             result["ids"] = model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, streamer=streamer, **sampling)
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([StopWhenAsked()]), **sampling)
 
     worker = threading.Thread(target=generate, daemon=True)
     worker.start()
     text = ""
-    for piece in streamer:
-        text += piece
-        yield text
-    worker.join()
+    try:
+        for piece in streamer:
+            text += piece
+            yield text
+    finally:  # also when the reader stops early: no generation is left running on the model
+        stop.set()
+        worker.join()
     if outcome is not None and "ids" in result:
         new = result["ids"][0, ids.shape[1]:].tolist()
         outcome.update(new_tokens=len(new), stopped_at_limit=len(new) >= max_new_tokens and
@@ -148,12 +186,12 @@ def build_chat_app(model, tokenizer, template: str, max_new_tokens: int, tempera
                 outcome = {}
                 for text in stream_reply(model, tokenizer, message, template, limit, temperature, top_p,
                                          use_adapter=name == "fine-tuned", outcome=outcome):
-                    yield cut + "\n\n---\n\n".join(done + [format_reply(text, LABELS[name])])
+                    yield cut + side_by_side(done + [format_reply(text, LABELS[name])])
                 done.append(format_reply(text, LABELS[name], limit if outcome.get("stopped_at_limit") else 0, final=True))
-                yield cut + "\n\n---\n\n".join(done)
+                yield cut + side_by_side(done)
 
     choices = list(MODELS) if can_switch else [MODELS[0]]
-    return gr.ChatInterface(
+    app = gr.ChatInterface(
         reply, title="Medical R1", api_name="chat",
         description="DeepSeek-R1 distill fine-tuned on medical chains of thought. Research artefact, not medical "
                     "advice. Each question is answered on its own, with the training prompt. Each reply says which "
@@ -169,4 +207,8 @@ def build_chat_app(model, tokenizer, template: str, max_new_tokens: int, tempera
                   ["一位60岁长期吸烟的男性，痰中带血三个月，应首先考虑什么疾病？"]],
         cache_examples=False,
         validator=check,
+        chatbot=gr.Chatbot(show_label=False, height="70vh"),  # no label bar for the replies to scroll under
     )
+    with app:  # the Stop button leaves the reply as far as it got: say so under it
+        app.textbox.stop(note_stopped, [app.chatbot], [app.chatbot], queue=False)
+    return app

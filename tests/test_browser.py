@@ -105,8 +105,33 @@ def test_the_chat_streams_keeps_an_opened_fold_open_labels_replies_and_says_when
     assert text.startswith("Fine-tuned model") and "Base model (adapter off)" in text
     folds = reply.locator("details")
     assert folds.count() == 2 and not any(folds.nth(i).evaluate("d => d.open") for i in range(2))  # closed at the end
+    # Both models' replies side by side at desktop width, one above the other on a phone.
+    columns = "r => [...r.querySelectorAll('.both-models > div')].map(c => c.getBoundingClientRect())" \
+              ".map(b => [Math.round(b.left), Math.round(b.top)])"
+    (left_a, top_a), (left_b, top_b) = reply.evaluate(columns)
+    assert top_a == top_b and left_b > left_a, "not side by side at 1280 px"
+    assert page.locator("[data-testid='block-label']").filter(has_text="Chatbot").count() == 0  # no bar over replies
     page.set_viewport_size({"width": 420, "height": 900})
+    time.sleep(0.5)
+    (left_a, top_a), (left_b, top_b) = reply.evaluate(columns)
+    assert left_a == left_b and top_b > top_a, "not stacked at 420 px"
     page.screenshot(path=str(SHOTS / "chat-420.png"), full_page=True)
+    page.close()
+
+
+def test_a_reply_stopped_with_the_stop_button_says_so(browser, chat_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(chat_url)
+    ask(page, ENGLISH)
+    fold_of_last_reply(page).wait_for(timeout=30_000)
+    time.sleep(0.5)
+    page.locator("button.stop-button, button[aria-label='Stop']").first.click()
+    deadline = time.time() + 20
+    while time.time() < deadline and chat.STOPPED_NOTE.strip("*") not in bot_messages(page).last.inner_text():
+        time.sleep(0.2)
+    text = bot_messages(page).last.inner_text()
+    assert chat.STOPPED_NOTE.strip("*") in text and "Stopped at the token limit" not in text, text[-300:]
+    page.screenshot(path=str(SHOTS / "chat-stopped-1280.png"), full_page=True)
     page.close()
 
 

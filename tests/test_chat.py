@@ -55,7 +55,8 @@ def test_the_app_answers_through_gradios_client_in_english_and_chinese(adapter_m
             for which in chat.MODELS:
                 reply = client.predict(question, which, 0.0, 0.95, 12, api_name="/chat")  # greedy: no early end
                 labels = [chat.LABELS[name] for name in (("fine-tuned", "base") if which == "both" else (which,))]
-                assert isinstance(reply, str) and reply.startswith(f"**{labels[0]}**"), reply
+                assert isinstance(reply, str) and f"**{labels[0]}**" in reply[:200], reply
+                assert ("class='both-models'" in reply) == (which == "both")  # two columns, or one above the other
                 assert reply.count("<details><summary>Thinking") == len(labels) and all(f"**{x}**" in reply for x in labels)
                 assert "Stopped at the token limit (12 new tokens) while still thinking" in reply
                 job = client.submit(question, which, 0.0, 1.0, 12, api_name="/chat")
@@ -93,3 +94,27 @@ def test_a_question_that_cannot_be_answered_is_refused_with_why(tokenizer, messa
 def test_one_new_token_is_singular():
     assert "(1 new token)" in chat.format_reply("thinking", stopped_at=1, final=True)
     assert "(24 new tokens)" in chat.format_reply("thinking", stopped_at=24, final=True)
+
+
+def test_a_stopped_reply_says_so_once():
+    history = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "**Fine-tuned model** ..."}]
+    once = chat.note_stopped(history)
+    assert once[-1]["content"].endswith(chat.STOPPED_NOTE) and chat.note_stopped(once) == once
+    assert history[-1]["content"] == "**Fine-tuned model** ..."  # the messages given are not changed in place
+    listed = [{"role": "assistant", "content": [{"type": "text", "text": "part"}]}]
+    assert chat.note_stopped(listed)[-1]["content"][-1]["text"].endswith(chat.STOPPED_NOTE)
+    assert chat.note_stopped([{"role": "user", "content": "Q"}]) == [{"role": "user", "content": "Q"}]
+
+
+def test_stopping_a_reply_ends_its_generation(adapter_model):
+    """Gradio closes the reply's generator when Stop is pressed; the generation thread must end with it, or it
+    would keep the model busy (and the adapter switched) under the next question."""
+    import threading
+
+    model, tok = adapter_model
+    before = threading.active_count()
+    replies = chat.stream_reply(model, tok, "What causes a fever?", "r1_chat", 2000, 0.0, 0.95)
+    next(replies)
+    next(replies)
+    replies.close()
+    assert threading.active_count() == before
