@@ -48,6 +48,12 @@ def check_gguf_quantizations(quantizations, name: str) -> None:
         raise ValueError(f"{name}: unknown {unknown}; choose from {list(GGUF_QUANTIZATIONS)}")
 
 
+def check_precision(precision, name: str) -> None:
+    """The one check of a PRECISION setting (Params, the run manifest and setup_backend all use it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name} must be 'auto', 'fp16' or 'bf16', got {precision!r}")
+
+
 def check_share(share, name: str) -> None:
     if share != "auto" and not isinstance(share, bool):
         raise ValueError(f"{name} must be 'auto', True or False, got {share!r}")
@@ -168,8 +174,7 @@ class Params:
             raise ValueError(f"data_config must be one of {sorted(DATA_CONFIG_FILES)}, got {self.data_config!r}")
         if self.backend not in ("auto", *BACKENDS):
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {self.backend!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'auto', 'fp16' or 'bf16', got {self.precision!r}")
+        check_precision(self.precision, "precision")
         if isinstance(self.eval_model_reader, bool) or not 0 <= self.eval_model_reader <= 1:
             raise ValueError(f"eval_model_reader must be a probability in [0, 1] (0 turns the model reader off), "
                              f"got {self.eval_model_reader!r}")

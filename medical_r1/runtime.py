@@ -8,7 +8,7 @@ import dataclasses
 import os
 import re
 
-from medical_r1.params import BACKENDS, PRECISIONS
+from medical_r1.params import BACKENDS, check_precision
 
 UNSLOTH_MIN_CAPABILITY = (7, 0)
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere: the first GPUs that compute in bf16 (T4 is 7.5, V100 7.0)
@@ -20,14 +20,18 @@ class Runtime:
     cuda: bool
     gpu_name: str | None
     capability: tuple[int, int] | None
-    bf16: bool
+    bf16_supported: bool  # the GPU computes in bf16 (compute capability 8.0 or newer)
     torch_supports_gpu: bool  # torch was built with kernels for this GPU's architecture
     unsloth_installed: bool
     bitsandbytes_installed: bool
+    # The precision this run computes in, decided once from PRECISION and the GPU (apply_precision): "bfloat16",
+    # "float16" or, without a GPU, "float32". The model's dtype (compute_dtype) and SFTConfig's fp16/bf16
+    # (training.runtime_training_args) are both read from it.
+    dtype: str = "float32"
 
     def describe(self) -> str:
         gpu = f"{self.gpu_name} (compute capability {self.capability[0]}.{self.capability[1]}, bf16 " \
-              f"{'yes' if self.bf16 else 'no'})" if self.cuda else "no GPU"
+              f"{'yes' if self.bf16_supported else 'no'}); computing in {self.dtype}" if self.cuda else "no GPU"
         return f"platform: {self.platform}; {gpu}"
 
 
@@ -59,7 +63,8 @@ def detect_runtime() -> Runtime:
         # TrainingArguments then refuses bf16=True. Unsloth's is_bfloat16_supported() also reads the capability.
         bf16 = bool(supported and capability >= BF16_MIN_CAPABILITY)
     return Runtime(
-        platform=detect_platform(), cuda=cuda, gpu_name=name, capability=capability, bf16=bf16,
+        platform=detect_platform(), cuda=cuda, gpu_name=name, capability=capability, bf16_supported=bf16,
+        dtype=("bfloat16" if bf16 else "float16") if cuda else "float32",
         torch_supports_gpu=supported,
         unsloth_installed=importlib.util.find_spec("unsloth") is not None,
         bitsandbytes_installed=importlib.util.find_spec("bitsandbytes") is not None,
@@ -93,14 +98,16 @@ def choose_backend(requested: str, runtime: Runtime) -> tuple[str, str]:
 
 
 def apply_precision(runtime: Runtime, precision: str) -> Runtime:
-    """"auto" keeps what the GPU supports (bf16 from Ampere on, fp16 on a T4); "fp16" forces T4 behaviour."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"PRECISION must be 'auto', 'fp16' or 'bf16', got {precision!r}")
-    if precision == "bf16" and runtime.cuda and not runtime.bf16:
+    """The runtime with its compute dtype decided from PRECISION: "auto" takes what the GPU supports (bf16 from
+    Ampere on, fp16 on a T4), "fp16" forces a T4's behaviour, "bf16" is refused where the GPU has none. The CPU
+    computes in float32 whatever is asked."""
+    check_precision(precision, "PRECISION")
+    if not runtime.cuda:
+        return dataclasses.replace(runtime, dtype="float32")
+    if precision == "bf16" and not runtime.bf16_supported:
         raise ValueError(f"{runtime.gpu_name} has no bf16 support: use PRECISION = 'fp16' or 'auto'")
-    if precision == "fp16" and runtime.cuda:
-        return dataclasses.replace(runtime, bf16=False)
-    return runtime
+    bf16 = precision == "bf16" or (precision == "auto" and runtime.bf16_supported)
+    return dataclasses.replace(runtime, dtype="bfloat16" if bf16 else "float16")
 
 
 # The cap cap_gpu_memory set for this process, in bytes (0: none); free_gpu_bytes respects it.
@@ -162,11 +169,10 @@ def peak_gpu_memory_gib() -> dict:
 
 
 def compute_dtype(runtime: Runtime):
+    """The torch dtype of the run's precision (Runtime.dtype): what the notebooks pass as from_pretrained's dtype."""
     import torch
 
-    if not runtime.cuda:
-        return torch.float32
-    return torch.bfloat16 if runtime.bf16 else torch.float16
+    return getattr(torch, runtime.dtype)
 
 
 def process_rank() -> tuple[int, int]:

@@ -115,7 +115,7 @@ def runtime_training_args(backend: str, runtime: Runtime, optim: str) -> dict:
     a T4, bf16 from Ampere on), the optimizer's 8-bit form (32-bit AdamW on the CPU), CPU mode, pinned memory,
     gradient checkpointing for the transformers backend (Unsloth does its own), and DDP's unused-parameter scan
     (off: with LoRA every trainable tensor gets a gradient)."""
-    return {"fp16": runtime.cuda and not runtime.bf16, "bf16": runtime.cuda and runtime.bf16,
+    return {"fp16": runtime.dtype == "float16", "bf16": runtime.dtype == "bfloat16",
             "optim": resolve_optimizer(optim, backend), "use_cpu": backend == "cpu",
             "dataloader_pin_memory": runtime.cuda, "gradient_checkpointing": backend == "transformers",
             "ddp_find_unused_parameters": False if process_rank()[1] > 1 else None}

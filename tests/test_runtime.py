@@ -11,7 +11,7 @@ from medical_r1 import runtime as rt_mod
 
 def runtime(capability=None, supported=True, unsloth=True):
     return rt_mod.Runtime(platform="kaggle", cuda=capability is not None, gpu_name="GPU" if capability else None,
-                      capability=capability, bf16=bool(capability and capability >= (8, 0)),
+                      capability=capability, bf16_supported=bool(capability and capability >= (8, 0)),
                       torch_supports_gpu=supported if capability else False, unsloth_installed=unsloth,
                       bitsandbytes_installed=True)
 
@@ -50,7 +50,7 @@ def test_detect_runtime_sees_a_faked_p100_without_kernels(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (6, 0))
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_70", "sm_75", "sm_80", "sm_90"])
     rt = rt_mod.detect_runtime()
-    assert rt.capability == (6, 0) and not rt.torch_supports_gpu and not rt.bf16
+    assert rt.capability == (6, 0) and not rt.torch_supports_gpu and not rt.bf16_supported
     with pytest.raises(RuntimeError, match="Accelerator"):
         rt_mod.choose_backend("auto", rt)
 
@@ -226,7 +226,8 @@ def test_precision_follows_the_hardware_not_emulation(monkeypatch, gpu, bf16):
     fake_gpu(monkeypatch, gpu)
     assert torch.cuda.is_bf16_supported() and torch.cuda.is_bf16_supported(including_emulation=False) == bf16
     runtime = rt_mod.apply_precision(rt_mod.detect_runtime(), "auto")
-    assert runtime.bf16 == bf16 and rt_mod.choose_backend("auto", runtime)[0] in ("unsloth", "transformers")
+    assert runtime.bf16_supported == bf16 and rt_mod.choose_backend("auto", runtime)[0] in ("unsloth", "transformers")
+    assert runtime.dtype == ("bfloat16" if bf16 else "float16")
     assert rt_mod.compute_dtype(runtime) == (torch.bfloat16 if bf16 else torch.float16)
     args = training.runtime_training_args("unsloth", runtime, "adamw_8bit")
     assert (args["bf16"], args["fp16"]) == (bf16, not bf16)
@@ -301,3 +302,26 @@ print(fractions(), fraction["real"] * 2 * 140 / 15)
                            "torch.cuda.is_bf16_supported(including_emulation=False))"], cwd=REPO_ROOT,
                           env=t4_device.child_environment(os.environ), capture_output=True, text=True, check=True)
     assert seen.stdout.split() == ["Tesla", "T4", "False"]
+
+
+@pytest.mark.parametrize("capability, precision, dtype", [
+    ((8, 0), "auto", "bfloat16"), ((8, 0), "fp16", "float16"), ((8, 0), "bf16", "bfloat16"),
+    ((7, 5), "auto", "float16"), ((7, 5), "fp16", "float16"), (None, "bf16", "float32"), (None, "auto", "float32"),
+])
+def test_precision_becomes_one_dtype_that_the_model_and_the_trainer_both_read(capability, precision, dtype):
+    """PRECISION is turned into the run's dtype once (apply_precision); the model's dtype and SFTConfig's fp16/bf16
+    are read from it, so they cannot disagree, and the GPU's own bf16 support stays what it is."""
+    import torch
+
+    decided = rt_mod.apply_precision(runtime(capability), precision)
+    assert decided.dtype == dtype and rt_mod.compute_dtype(decided) == getattr(torch, dtype)
+    args = training.runtime_training_args("cpu" if capability is None else "unsloth", decided, "adamw_8bit")
+    assert (args["bf16"], args["fp16"]) == (dtype == "bfloat16", dtype == "float16")
+    assert decided.bf16_supported == runtime(capability).bf16_supported
+
+
+def test_bf16_on_a_t4_and_an_unknown_precision_are_refused_by_name():
+    with pytest.raises(ValueError, match="has no bf16 support: use PRECISION = 'fp16' or 'auto'"):
+        rt_mod.apply_precision(runtime((7, 5)), "bf16")
+    with pytest.raises(ValueError, match="PRECISION must be 'auto', 'fp16' or 'bf16', got 'fp32'"):
+        rt_mod.apply_precision(runtime((8, 0)), "fp32")

@@ -148,7 +148,7 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
            "rewards_per_step": [{k: v for k, v in h.items() if k.startswith(("reward", "frac_reward"))} for h in history],
            "backend": backend, "offload_embedding": offload_embedding, "offload_embedding_passed": str(offload_value),
            "rollout_speedups": rollout_speedups,
-           "precision": "bf16" if runtime.bf16 else "fp16",
+           "precision": runtime.dtype,
            "device_as_seen": torch.cuda.get_device_name(0) if gpu else "cpu", "step_seconds": timer.seconds,
            "rollouts": rollouts, "peak_reserved_gib_training": round(peak_train, 2),
            "host_load_1min_after_training": os.getloadavg()[0], "host_cpus": os.cpu_count()}  # other work on the host
