@@ -9,9 +9,8 @@ import pathlib
 import random
 import re
 
-from medical_r1.generation import answer_base_and_tuned, auto_batch_size, generate_answers
+from medical_r1.generation import GenerationSettings, answer_base_and_tuned, generate_answers
 from medical_r1.scorer import extract_choice
-from src_helpers import encode_prompt
 
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
                    "GPQA_Medical_test")
@@ -251,14 +250,13 @@ def _read_by_model(model, tokenizer, items, questions, outputs, scored, template
               f"the model at probability >= {threshold}")
 
 
-def run_benchmarks(model, tokenizer, eval_data: dict, template: str, max_new_tokens: int, greedy: bool,
-                   temperature: float, top_p: float, batch_size: int, seed: int, backend: str,
+def run_benchmarks(model, tokenizer, eval_data: dict, template: str, settings: GenerationSettings, backend: str,
                    similarity: bool = False, model_reader: float = 0):
-    """Answer every benchmark item with the adapter off (base) and on (tuned); score both the same way: the rules,
-    then, where they read nothing and `model_reader` > 0, the model itself at that probability or above."""
+    """Answer every benchmark item with the adapter off (base) and on (tuned), as `settings` say; score both the same
+    way: the rules, then, where they read nothing and `model_reader` > 0, the model itself at that probability or
+    above."""
     items, questions = benchmark_questions(eval_data)
-    base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature,
-                                        top_p, batch_size, seed, backend)
+    base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, settings, backend)
     base_scored, tuned_scored = score_answers(items, base, similarity), score_answers(items, tuned, similarity)
     if model_reader:
         with model.disable_adapter():
@@ -267,9 +265,9 @@ def run_benchmarks(model, tokenizer, eval_data: dict, template: str, max_new_tok
     return base_scored, tuned_scored
 
 
-def grpo_benchmarks(model, tokenizer, work_dir, base_name: str, eval_data: dict, template: str, max_new_tokens: int,
-                    greedy: bool, temperature: float, top_p: float, batch_size: int, seed: int, backend: str,
-                    similarity: bool = False, model_reader: float = 0) -> list[dict] | None:
+def grpo_benchmarks(model, tokenizer, work_dir, base_name: str, eval_data: dict, template: str,
+                    settings: GenerationSettings, backend: str, similarity: bool = False,
+                    model_reader: float = 0) -> list[dict] | None:
     """07's adapter's answers to the same items, scored as the others, or None (saying why) when 07 has not run.
     The adapter loads beside 03's on the same base model (PEFT's `load_adapter`) and is switched off again after."""
     from medical_r1.artifacts import artifact, read_json
@@ -291,8 +289,7 @@ def grpo_benchmarks(model, tokenizer, work_dir, base_name: str, eval_data: dict,
     model.load_adapter(str(grpo_dir), adapter_name="grpo")
     model.set_adapter("grpo")
     try:
-        answers = generate_answers(model, tokenizer, questions, template, max_new_tokens, temperature, top_p,
-                                   not greedy, batch_size, seed, backend)
+        answers = generate_answers(model, tokenizer, questions, template, settings, backend)
         scored = score_answers(items, answers, similarity)
         if model_reader:
             _read_by_model(model, tokenizer, items, questions, answers, scored, template, model_reader)
@@ -301,37 +298,41 @@ def grpo_benchmarks(model, tokenizer, work_dir, base_name: str, eval_data: dict,
     return scored
 
 
-def benchmark_plan(model, tokenizer, eval_data: dict, template: str, max_new_tokens: int, batch_size: int,
-                   backend: str, rouge_items: int = 0, warmup_tokens: int = 16) -> str:
+# benchmark_plan's warm-up: a 2-token answer to build the graphs and allocate, then a timed batch of real prompts
+# writing exactly WARMUP_TOKENS each, greedy (its rate does not depend on the sampling).
+WARMUP_TOKENS = 16
+COMPILE_TOKENS = 2
+
+
+def benchmark_plan(model, tokenizer, eval_data: dict, template: str, settings: GenerationSettings, backend: str,
+                   rouge_items: int = 0) -> str:
     """Before the long cell: this GPU's generation rate from a short timed warm-up (one batch of the real
-    prompts, `warmup_tokens` each), the time the benchmarks will take at most at that rate (every answer
-    running to max_new_tokens, base and tuned), and the interval width the chosen items give."""
+    prompts, WARMUP_TOKENS each, at settings.batch_size, which must be chosen: choose_batch_size), the time the
+    benchmarks will take at most at that rate (every answer running to settings.max_new_tokens, base and tuned),
+    and the interval width the chosen items give."""
     import time
 
     import torch
 
     items, questions = benchmark_questions(eval_data)
-    chosen = ""
-    if not batch_size:
-        longest = max(len(encode_prompt(tokenizer, q["question"], template)) for q in questions)
-        batch_size, why = auto_batch_size(model, longest, max_new_tokens)
-        chosen = f"generation {why}.\n"
-    sample = questions[:batch_size]
-    generate_answers(model, tokenizer, sample[:1], template, 2, 0.6, 0.95, False, 1, 0, backend)  # compile, allocate
+    sample = questions[:settings.batch_size]
+    greedy = settings.replace(do_sample=False)
+    generate_answers(model, tokenizer, sample[:1], template, greedy.replace(max_new_tokens=COMPILE_TOKENS, batch_size=1),
+                     backend)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
-    answers = generate_answers(model, tokenizer, sample, template, warmup_tokens, 0.6, 0.95, False, batch_size, 0,
-                               backend, min_new_tokens=warmup_tokens)
+    answers = generate_answers(model, tokenizer, sample, template, greedy.replace(max_new_tokens=WARMUP_TOKENS), backend,
+                               min_new_tokens=WARMUP_TOKENS)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     rate = sum(a["new_tokens"] for a in answers) / (time.perf_counter() - start)
     prompts = 2 * (len(items) + rouge_items)
-    hours = prompts * max_new_tokens / rate / 3600
+    hours = prompts * settings.max_new_tokens / rate / 3600
     per_benchmark = min(len(v) for v in eval_data.values())
     half = lambda n: 1.96 * math.sqrt(0.25 / n)  # noqa: E731 (the 95% half-width at 50% accuracy)
-    return (f"{chosen}measured {rate:,.0f} generated tokens/s at batch {len(sample)}; {prompts} answers (base and tuned: "
-            f"{len(items)} benchmark items, {rouge_items} ROUGE questions) of up to {max_new_tokens} tokens take at "
-            f"most {hours:.1f} h here. Intervals: +/-{100 * half(per_benchmark):.0f} points per benchmark "
+    return (f"measured {rate:,.0f} generated tokens/s at batch {len(sample)}; {prompts} answers (base and tuned: "
+            f"{len(items)} benchmark items, {rouge_items} ROUGE questions) of up to {settings.max_new_tokens} tokens "
+            f"take at most {hours:.1f} h here. Intervals: +/-{100 * half(per_benchmark):.0f} points per benchmark "
             f"({per_benchmark} items), +/-{100 * half(len(items)):.0f} overall ({len(items)}); the smallest "
             f"difference this detects overall is about {100 * detectable_difference(len(items)):.0f} points.")

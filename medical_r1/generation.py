@@ -4,6 +4,7 @@ side-by-side table of base and tuned answers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -211,12 +212,39 @@ def auto_batch_size(model, prompt_tokens: int, max_new_tokens: int) -> tuple[int
                    f"that fits, and never less than {floor}")
 
 
-def generate_answers(model, tokenizer, questions: list[dict], template: str, max_new_tokens: int,
-                     temperature: float, top_p: float, do_sample: bool, batch_size: int, seed: int,
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    """How answers are generated, as one value: what the parameters cells call MAX_NEW_TOKENS (or
+    EVAL_MAX_NEW_TOKENS), DO_SAMPLE (or not EVAL_GREEDY), TEMPERATURE, TOP_P, GEN_BATCH_SIZE and SEED. 01 and 04
+    build it once and pass it to every function that answers; `replace` changes one field."""
+    max_new_tokens: int
+    do_sample: bool = True
+    temperature: float = 0.6
+    top_p: float = 0.95
+    batch_size: int = 0  # 0: the most this GPU holds, chosen once (choose_batch_size) or by the call
+    seed: int = 3407
+
+    def replace(self, **changes) -> GenerationSettings:
+        return dataclasses.replace(self, **changes)
+
+
+def choose_batch_size(model, tokenizer, questions: list[dict], template: str, settings: GenerationSettings
+                      ) -> GenerationSettings:
+    """The settings with GEN_BATCH_SIZE = 0 resolved once, for the longest of `questions` (every prompt the notebook
+    will send) at settings.max_new_tokens, and the choice printed; a batch size already set is kept."""
+    if settings.batch_size:
+        return settings
+    longest = max(len(encode_prompt(tokenizer, q["question"], template)) for q in questions)
+    batch_size, why = auto_batch_size(model, longest, settings.max_new_tokens)
+    print(f"generation {why}")
+    return settings.replace(batch_size=batch_size)
+
+
+def generate_answers(model, tokenizer, questions: list[dict], template: str, settings: GenerationSettings,
                      backend: str, min_new_tokens: int = 0, decode_graphs: bool = True, head_relayout: bool = True,
                      grouped_attention: bool = True, fused_attention: bool = True, **generate_kwargs) -> list[dict]:
-    """Answer each question with the training prompt (left-padded batches, sorted by length). batch_size 0
-    chooses it from the GPU's free memory (auto_batch_size) and prints the choice.
+    """Answer each question with the training prompt (left-padded batches, sorted by length), as `settings` say.
+    A batch size of 0 is chosen here from the GPU's free memory (choose_batch_size) and printed.
     min_new_tokens > 0 forbids stopping earlier (benchmarks use it to compare at equal output tokens);
     decode_graphs, head_relayout, grouped_attention and fused_attention switch its speed-ups (decode_speedups);
     generate_kwargs go to model.generate (a cache implementation, for instance)."""
@@ -229,19 +257,18 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, max
     model.eval()
     encoded = [encode_prompt(tokenizer, q["question"], template) for q in questions]
     order = sorted(range(len(questions)), key=lambda i: len(encoded[i]))
-    if not batch_size:
-        batch_size, why = auto_batch_size(model, max(map(len, encoded)), max_new_tokens)
-        print(f"generation {why}")
+    batch_size = choose_batch_size(model, tokenizer, questions, template, settings).batch_size
+    max_new_tokens, do_sample = settings.max_new_tokens, settings.do_sample
     pad_id = tokenizer.pad_token_id
     device = input_device(model)
     outputs: dict[int, dict] = {}
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         width = max(len(encoded[i]) for i in idx)
         ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
-        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        sampling = {"temperature": settings.temperature, "top_p": settings.top_p} if do_sample else {}
         with torch.no_grad(), decode_speedups(model, backend, decode_graphs, head_relayout, grouped_attention,
                                               fused_attention):
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
@@ -303,15 +330,12 @@ def base_vs_tuned_loss(model, val: list[dict]) -> dict:
             "base_val_perplexity": math.exp(base), "tuned_val_perplexity": math.exp(tuned)}
 
 
-def answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature, top_p,
-                          batch_size, seed, backend, decode_graphs: bool = True):
+def answer_base_and_tuned(model, tokenizer, questions, template: str, settings: GenerationSettings, backend: str,
+                          decode_graphs: bool = True):
     """The same questions answered with the adapter switched off (the base model), then on."""
-    settings = dict(template=template, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                    do_sample=not greedy, batch_size=batch_size, seed=seed, backend=backend,
-                    decode_graphs=decode_graphs)
     with model.disable_adapter():
-        base = generate_answers(model, tokenizer, questions, **settings)
-    return base, generate_answers(model, tokenizer, questions, **settings)
+        base = generate_answers(model, tokenizer, questions, template, settings, backend, decode_graphs=decode_graphs)
+    return base, generate_answers(model, tokenizer, questions, template, settings, backend, decode_graphs=decode_graphs)
 
 
 def comparison_rows(base_answers: list[dict], tuned_answers: list[dict]) -> list[dict]:

@@ -32,14 +32,12 @@ def reference_response(record: dict) -> str:
     return split_thinking(record["completion"])[1]
 
 
-def rouge_comparison(model, tokenizer, val: list[dict], n: int, template: str, max_new_tokens: int,
-                     greedy: bool, temperature: float, top_p: float, batch_size: int, seed: int, backend: str) -> dict:
-    """Mean ROUGE-L of the base and tuned answers (after </think>) against the reference responses of n
-    validation examples. An answer that never closed its thought scores 0 and is counted."""
+def rouge_comparison(model, tokenizer, val: list[dict], n: int, template: str, settings, backend: str) -> dict:
+    """Mean ROUGE-L of the base and tuned answers (after </think>), written as `settings` (GenerationSettings) say,
+    against the reference responses of n validation examples. An answer that never closed its thought scores 0 and is counted."""
     records = val[:n]
     questions = [{"id": str(r["row"]), "question": r["question"]} for r in records]
-    base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, max_new_tokens, greedy, temperature,
-                                        top_p, batch_size, seed, backend)
+    base, tuned = answer_base_and_tuned(model, tokenizer, questions, template, settings, backend)
     references = [reference_response(r) for r in records]
     result = {"items": len(records)}
     for name, answers in (("base", base), ("tuned", tuned)):

@@ -110,9 +110,10 @@ print(render_prompt(tokenizer, QUESTIONS[0]["question"], TEMPLATE))
 # %%
 from medical_r1.artifacts import artifact, write_jsonl
 from medical_r1.display import answers_table
-from medical_r1.generation import generate_answers
+from medical_r1.generation import GenerationSettings, generate_answers
 
-answers = generate_answers(model, tokenizer, QUESTIONS, TEMPLATE, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, DO_SAMPLE,
-                           GEN_BATCH_SIZE, SEED, backend)
+settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, temperature=TEMPERATURE, top_p=TOP_P,
+                              batch_size=GEN_BATCH_SIZE, seed=SEED)
+answers = generate_answers(model, tokenizer, QUESTIONS, TEMPLATE, settings, backend)
 write_jsonl(artifact(WORK_DIR, "baseline_answers"), answers)
 answers_table(answers)

@@ -115,10 +115,11 @@ base_name = model.peft_config["default"].base_model_name_or_path
 
 # %%
 from medical_r1.artifacts import artifact, write_jsonl
-from medical_r1.generation import QUESTIONS, generate_answers
+from medical_r1.generation import QUESTIONS, GenerationSettings, generate_answers
 
-tuned_answers = generate_answers(model, tokenizer, QUESTIONS, template, MAX_NEW_TOKENS, TEMPERATURE, TOP_P,
-                                 DO_SAMPLE, GEN_BATCH_SIZE, SEED, backend)
+settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, do_sample=DO_SAMPLE, temperature=TEMPERATURE, top_p=TOP_P,
+                              batch_size=GEN_BATCH_SIZE, seed=SEED)  # as 01 answered them
+tuned_answers = generate_answers(model, tokenizer, QUESTIONS, template, settings, backend)
 write_jsonl(artifact(WORK_DIR, "tuned_answers"), tuned_answers)
 
 # %% [markdown]
@@ -151,23 +152,27 @@ show_html(artifact(WORK_DIR, "comparison_html"))
 # single option is "unreadable". Both count as wrong, are never guessed, and the page shows per model how many
 # answers each rule read, so that a change in answering style after fine-tuning is visible.
 #
-# First, how long this will take here, measured on a short warm-up, and how wide the intervals will be.
+# The benchmarks, 07's answers and ROUGE share one set of generation settings (`eval_settings`), its batch chosen
+# once here from this GPU's free memory for the longest prompt. First, how long this will take here, measured on a
+# short warm-up, and how wide the intervals will be.
 # To evaluate a whole benchmark (MedQA has 1,273 items), set `EVAL_ITEMS = 0`; docs/evaluation.md says how long it takes.
 
 # %%
-from medical_r1.benchmarks import benchmark_plan, load_eval_data
+from medical_r1.benchmarks import benchmark_plan, benchmark_questions, load_eval_data
+from medical_r1.generation import choose_batch_size
 
 eval_data = load_eval_data(EVAL_DATA, EVAL_ITEMS, SEED)
-print(benchmark_plan(model, tokenizer, eval_data, template, EVAL_MAX_NEW_TOKENS, GEN_BATCH_SIZE, backend, ROUGE_ITEMS))
+eval_settings = choose_batch_size(model, tokenizer, benchmark_questions(eval_data)[1], template, settings.replace(
+    max_new_tokens=EVAL_MAX_NEW_TOKENS, do_sample=not EVAL_GREEDY))  # the benchmarks, GRPO's answers and ROUGE
+print(benchmark_plan(model, tokenizer, eval_data, template, eval_settings, backend, ROUGE_ITEMS))
 
 # %%
 from medical_r1.artifacts import write_json
 from medical_r1.benchmarks import run_benchmarks, verdict_rows
 from medical_r1.verdict_pages import verdict_html
 
-base_scored, tuned_scored = run_benchmarks(model, tokenizer, eval_data, template, EVAL_MAX_NEW_TOKENS, EVAL_GREEDY,
-                                           TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend, EVAL_SIMILARITY,
-                                           EVAL_MODEL_READER)
+base_scored, tuned_scored = run_benchmarks(model, tokenizer, eval_data, template, eval_settings, backend,
+                                           EVAL_SIMILARITY, EVAL_MODEL_READER)
 verdict = verdict_rows(base_scored, tuned_scored, SEED)
 write_json(artifact(WORK_DIR, "verdict"), {"rows": verdict, "base": base_scored, "tuned": tuned_scored})
 write_text(artifact(WORK_DIR, "verdict_html"), verdict_html(verdict))
@@ -183,9 +188,8 @@ show_html(artifact(WORK_DIR, "verdict_html"))
 from medical_r1.benchmarks import grpo_benchmarks, pair_verdicts
 from medical_r1.verdict_pages import pairs_html
 
-grpo_scored = grpo_benchmarks(model, tokenizer, WORK_DIR, base_name, eval_data, template, EVAL_MAX_NEW_TOKENS,
-                              EVAL_GREEDY, TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend, EVAL_SIMILARITY,
-                              EVAL_MODEL_READER)
+grpo_scored = grpo_benchmarks(model, tokenizer, WORK_DIR, base_name, eval_data, template, eval_settings, backend,
+                              EVAL_SIMILARITY, EVAL_MODEL_READER)
 pairs = pair_verdicts({"base": base_scored, "tuned": tuned_scored, "grpo": grpo_scored}, SEED)  # None: not run
 write_json(artifact(WORK_DIR, "verdict_pairs"), {"pairs": pairs, "grpo": grpo_scored})
 write_text(artifact(WORK_DIR, "verdict_pairs_html"), pairs_html(pairs))
@@ -199,8 +203,7 @@ show_html(artifact(WORK_DIR, "verdict_pairs_html"))
 # %%
 from medical_r1.rouge import rouge_comparison, rouge_summary
 
-rouge = rouge_comparison(model, tokenizer, val, ROUGE_ITEMS, template, EVAL_MAX_NEW_TOKENS, EVAL_GREEDY,
-                         TEMPERATURE, TOP_P, GEN_BATCH_SIZE, SEED, backend)
+rouge = rouge_comparison(model, tokenizer, val, ROUGE_ITEMS, template, eval_settings, backend)
 print(rouge_summary(rouge))
 
 # %% [markdown]

@@ -3,12 +3,13 @@ import json
 
 import pytest
 
-from medical_r1 import benchmarks, rouge, verdict_pages
+from medical_r1 import benchmarks, generation, rouge, verdict_pages
 from medical_r1 import data as data_mod
 
 OPTIONS = {"A": "Acute cystitis", "B": "Acute pyelonephritis", "C": "Nephrolithiasis", "D": "Urethritis",
            "E": "Acute glomerulonephritis"}
 TEN = {k: f"option {k}" for k in "ABCDEFGHIJ"}
+GREEDY_8 = generation.GenerationSettings(max_new_tokens=8, do_sample=False, batch_size=1, seed=0)
 
 # (model output, expected letter, expected rule): written by hand, the way R1 distills answer.
 LABELLED = [
@@ -163,14 +164,14 @@ def test_the_three_way_table_holds_each_pair_to_5_percent_when_nothing_changed()
 def test_07s_adapter_joins_04_only_if_it_exists_and_shares_03s_base_model(tmp_path, capsys):
     from medical_r1 import artifacts
 
-    assert benchmarks.grpo_benchmarks(None, None, tmp_path, "base-model", {}, "r1_chat", 8, True, 0.6, 0.95, 1, 0,
+    assert benchmarks.grpo_benchmarks(None, None, tmp_path, "base-model", {}, "r1_chat", GREEDY_8,
                                       "cpu") is None
     assert "07 has not run" in capsys.readouterr().out
     grpo = artifacts.artifact(tmp_path, "grpo_adapter")
     grpo.mkdir(parents=True)
     artifacts.write_json(grpo / "adapter_config.json", {"base_model_name_or_path": "another-model"})
     with pytest.raises(ValueError, match="trained on another-model, 03's on base-model"):
-        benchmarks.grpo_benchmarks(None, None, tmp_path, "base-model", {}, "r1_chat", 8, True, 0.6, 0.95, 1, 0, "cpu")
+        benchmarks.grpo_benchmarks(None, None, tmp_path, "base-model", {}, "r1_chat", GREEDY_8, "cpu")
 
 
 def test_unfinished_outputs_are_counted_as_no_answer_not_guessed():

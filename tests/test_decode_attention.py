@@ -156,9 +156,9 @@ def test_generate_answers_switches_the_grouped_core_in_around_generate(monkeypat
 
     monkeypatch.setattr(model, "generate", recording_generate)
     question = generation.QUESTIONS[:1]
-    generation.generate_answers(model, tokenizer, question, "r1_chat", 2, 0.6, 0.95, False, 1, 0, "cpu")
-    generation.generate_answers(model, tokenizer, question, "r1_chat", 2, 0.6, 0.95, False, 1, 0, "cpu",
-                                grouped_attention=False)
+    two_tokens = generation.GenerationSettings(max_new_tokens=2, do_sample=False, batch_size=1, seed=0)
+    generation.generate_answers(model, tokenizer, question, "r1_chat", two_tokens, "cpu")
+    generation.generate_answers(model, tokenizer, question, "r1_chat", two_tokens, "cpu", grouped_attention=False)
     assert seen == [False, True]
     assert llama._decode_attention_core is unsloth_core
 
@@ -189,8 +189,8 @@ def test_greedy_answers_with_the_grouped_core_equal_todays_token_for_token(tmp_p
     AttentionInterface.register("grouped_core_test", grouped_core_attention)
     AttentionMaskInterface.register("grouped_core_test", sdpa_mask)
     path = models_mod.build_tiny_model(tmp_path / "tiny-llama", "llama")
-    kwargs = dict(template="r1_chat", max_new_tokens=12, temperature=0.6, top_p=0.95, do_sample=False, seed=0,
-                  backend="cpu", batch_size=len(generation.QUESTIONS), min_new_tokens=12)
+    kwargs = dict(template="r1_chat", backend="cpu", min_new_tokens=12, settings=generation.GenerationSettings(
+        max_new_tokens=12, do_sample=False, batch_size=len(generation.QUESTIONS), seed=0))
     answers = {}
     for implementation in ("sdpa", "grouped_core_test"):
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=implementation)

@@ -63,13 +63,13 @@ def test_generate_answers_with_batch_zero_says_what_it_chose(tiny_model_dir, tok
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    answers = generation.generate_answers(model, tokenizer, generation.QUESTIONS[:2], "r1_chat", 2, 0.6, 0.95, False,
-                                          0, 0, "cpu")
+    answers = generation.generate_answers(model, tokenizer, generation.QUESTIONS[:2], "r1_chat",
+                                          generation.GenerationSettings(max_new_tokens=2, do_sample=False), "cpu")
     assert [a["id"] for a in answers] == [q["id"] for q in generation.QUESTIONS[:2]]
     assert "generation batch 32 (no GPU)" in capsys.readouterr().out
 
 
-def test_benchmark_plan_says_the_batch_it_chose_the_rate_and_the_intervals(tiny_model_dir, tokenizer):
+def test_benchmark_plan_says_the_batch_it_chose_the_rate_and_the_intervals(tiny_model_dir, tokenizer, capsys):
     import re
 
     from transformers import AutoModelForCausalLM
@@ -78,9 +78,11 @@ def test_benchmark_plan_says_the_batch_it_chose_the_rate_and_the_intervals(tiny_
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     eval_data = benchmarks.load_eval_data(str(data.SAMPLE_DATA_DIR / "eval_data.json"), 2, seed=0)
-    plan = benchmarks.benchmark_plan(model, tokenizer, eval_data, "r1_chat", 1024, 0, "cpu", rouge_items=3,
-                                     warmup_tokens=4)
-    assert plan.startswith("generation batch 32 (no GPU).\n")
+    settings = generation.choose_batch_size(model, tokenizer, benchmarks.benchmark_questions(eval_data)[1], "r1_chat",
+                                            generation.GenerationSettings(max_new_tokens=1024))  # once, as 04 does
+    assert settings.batch_size == 32 and capsys.readouterr().out.startswith("generation batch 32 (no GPU)")
+    plan = benchmarks.benchmark_plan(model, tokenizer, eval_data, "r1_chat", settings, "cpu", rouge_items=3)
+    assert "generation batch" not in capsys.readouterr().out  # chosen once, not again in each call
     rate = float(re.search(r"measured ([\d,.]+) generated tokens/s at batch 10;", plan).group(1).replace(",", ""))
     assert rate > 0
     assert "26 answers (base and tuned: 10 benchmark items, 3 ROUGE questions)" in plan

@@ -2,7 +2,7 @@
 next-token probabilities after the answer prompt give the letter, accepted only at the threshold."""
 import pytest
 
-from medical_r1 import benchmarks, model_reader
+from medical_r1 import benchmarks, generation, model_reader
 from src_helpers import encode_text
 
 ITEM = {"id": "X/0", "benchmark": "X", "question": "Which drug?", "answer_idx": "C",
@@ -90,8 +90,9 @@ def test_run_benchmarks_reads_the_base_answers_with_the_adapter_off(means_c, mon
 
     monkeypatch.setattr(model_reader, "letter_probabilities", spy)
     monkeypatch.setattr(benchmarks, "answer_base_and_tuned", lambda *a, **k: ([{"output": UNREADABLE}],) * 2)
-    base, tuned = benchmarks.run_benchmarks(model, tokenizer, {"X": [ITEM]}, "r1_chat", 8, True, 0.6, 0.95, 1, 0,
-                                            "cpu", model_reader=0.5)
+    settings = generation.GenerationSettings(max_new_tokens=8, do_sample=False, batch_size=1, seed=0)
+    base, tuned = benchmarks.run_benchmarks(model, tokenizer, {"X": [ITEM]}, "r1_chat", settings, "cpu",
+                                            model_reader=0.5)
     assert states == [True, False]
     assert base[0]["rule"] == tuned[0]["rule"] == "model_extracted"
 

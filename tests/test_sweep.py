@@ -100,7 +100,7 @@ def test_a_2x2_sweep_on_the_tiny_model_with_a_planted_failure_and_a_rerun(tmp_pa
     assert all(name in page for name in rows) and page.count("NaN or infinite") == 2
     compared = json.loads(first_rows)["compared_with_base"]  # each finished setting, corrected for their number
     assert set(compared) == set(rows) - failed | {"sft_then_grpo"} and "Holm's correction for the 3 settings" in page
-    assert "sft_then_grpo (SFT + GRPO)" in page
+    assert ">lr 0.005, r 4 (SFT + GRPO)</td>" in page and "title='sft_then_grpo: LEARNING_RATE=0.005" in page
     assert "not by significance" in page
     assert (work / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((work / "prep").iterdir())) == 1  # 01 and 02 ran once for the one model

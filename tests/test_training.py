@@ -75,8 +75,8 @@ def test_inputs_go_to_the_decoder_even_when_the_first_parameter_lives_elsewhere(
     go to. Emulated here by a first parameter on the meta device: validation loss and answers come out as before."""
     model, tok, val = trained["model"], trained["tok"], trained["val"]
     expected = generation.eval_loss(model, val[:4])
-    kwargs = dict(template="r1_chat", max_new_tokens=4, temperature=0.6, top_p=0.95, do_sample=False, seed=0,
-                  batch_size=2, backend="cpu")
+    kwargs = dict(template="r1_chat", backend="cpu",
+                  settings=generation.GenerationSettings(max_new_tokens=4, do_sample=False, batch_size=2, seed=0))
     answers = generation.generate_answers(model, tok, generation.QUESTIONS[:2], **kwargs)
     parameters = model.parameters
     monkeypatch.setattr(model, "parameters", lambda *a, **k: iter([torch.empty(1, device="meta"), *parameters(*a, **k)]))
@@ -87,10 +87,10 @@ def test_inputs_go_to_the_decoder_even_when_the_first_parameter_lives_elsewhere(
 
 def test_batched_left_padded_generation_equals_one_at_a_time(trained):
     model, tok = trained["model"], trained["tok"]
-    kwargs = dict(template="r1_chat", max_new_tokens=8, temperature=0.6, top_p=0.95, do_sample=False, seed=0,
-                  backend="cpu")
-    batched = generation.generate_answers(model, tok, generation.QUESTIONS, batch_size=len(generation.QUESTIONS), **kwargs)
-    single = generation.generate_answers(model, tok, generation.QUESTIONS, batch_size=1, **kwargs)
+    greedy = generation.GenerationSettings(max_new_tokens=8, do_sample=False, seed=0)
+    batched = generation.generate_answers(model, tok, generation.QUESTIONS, "r1_chat",
+                                          greedy.replace(batch_size=len(generation.QUESTIONS)), "cpu")
+    single = generation.generate_answers(model, tok, generation.QUESTIONS, "r1_chat", greedy.replace(batch_size=1), "cpu")
     assert [a["output"] for a in batched] == [a["output"] for a in single]
     assert [a["id"] for a in batched] == [q["id"] for q in generation.QUESTIONS]
     assert all(0 < a["new_tokens"] <= 8 for a in batched)
@@ -100,8 +100,8 @@ def test_the_head_relayout_keeps_greedy_answers_token_for_token(trained):
     """generate_answers hands the output head its input in the standard layout; with it switched off (04's path
     before), the tiny model's greedy answers are the same, token for token."""
     model, tok = trained["model"], trained["tok"]
-    kwargs = dict(template="r1_chat", max_new_tokens=12, temperature=0.6, top_p=0.95, do_sample=False, seed=0,
-                  backend="cpu", batch_size=len(generation.QUESTIONS), min_new_tokens=12)
+    kwargs = dict(template="r1_chat", backend="cpu", min_new_tokens=12, settings=generation.GenerationSettings(
+        max_new_tokens=12, do_sample=False, batch_size=len(generation.QUESTIONS), seed=0))
     now = generation.generate_answers(model, tok, generation.QUESTIONS, **kwargs)
     before = generation.generate_answers(model, tok, generation.QUESTIONS, head_relayout=False, **kwargs)
     assert [a["output"] for a in now] == [a["output"] for a in before]
@@ -222,8 +222,6 @@ def test_auto_checkpointing_recomputes_only_where_free_memory_is_short(monkeypat
     """GRADIENT_CHECKPOINTING = "auto" on the 8B default (2 x 2,048 tokens) after the 4-bit model took 5.5 GiB:
     a T4 (and an L4) keep recomputing; an A100 or H100 keeps every activation. The reason names the numbers."""
     import types
-
-    import torch
 
     free = (total_gib - 5.5) * 2**30
     fake_gpu(monkeypatch, free, total_gib)

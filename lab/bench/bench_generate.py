@@ -60,8 +60,10 @@ def timed_generation(model, tok, questions, batch_size, new_tokens, backend="uns
     import torch
 
     on = {"fused": True, **PATHS[path]}
-    run = lambda n: generation.generate_answers(  # noqa: E731
-        model, tok, questions, "r1_chat", n, 0.6, 0.95, False, batch_size, 0, backend, min_new_tokens=n,
+    run = lambda n: generation.generate_answers(  # noqa: E731 (greedy, n tokens each, at this batch)
+        model, tok, questions, "r1_chat", generation.GenerationSettings(max_new_tokens=n, do_sample=False,
+                                                                        batch_size=batch_size, seed=0),
+        backend, min_new_tokens=n,
         decode_graphs=on["graphs"], head_relayout=on["relayout"], grouped_attention=on["grouped"],
         fused_attention=on["fused"], **generate_kwargs)
 

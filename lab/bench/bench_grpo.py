@@ -65,7 +65,7 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     import torch
 
     from medical_r1.benchmarks import mc_question
-    from medical_r1.generation import generate_answers
+    from medical_r1.generation import GenerationSettings, generate_answers
     from medical_r1.models import language_model_loader
     from medical_r1.params import LORA_TARGET_MODULES, Params
     from medical_r1.rewards import closed_thinking_reward, correctness_reward, format_reward, length_guard, load_items
@@ -160,8 +160,9 @@ def child(steps: int, out: pathlib.Path, model_path: pathlib.Path, overrides: di
     for length in (8, p.max_completion_length):  # a short first call builds the graphs and compiles (not timed)
         sync()
         start = time.perf_counter()
-        answers = generate_answers(model, tokenizer, question, "r1_chat", length, p.grpo_temperature, 1.0, True,
-                                   p.num_generations, p.seed, backend)
+        answers = generate_answers(model, tokenizer, question, "r1_chat", GenerationSettings(
+            max_new_tokens=length, temperature=p.grpo_temperature, top_p=1.0, batch_size=p.num_generations, seed=p.seed),
+            backend)
         sync()
         answers_runs.append({"seconds": time.perf_counter() - start, "max_new_tokens": length,
                              "new_tokens": sum(a["new_tokens"] for a in answers),

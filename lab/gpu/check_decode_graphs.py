@@ -27,12 +27,12 @@ def main():
     model, tok, backend = bench_generate.load_4bit_with_adapter(args.model_dir, max_seq_length=2048, adapter_std=0.02)
     report = {"device": torch.cuda.get_device_name(0)}
     for graphs in (False, True):
-        settings = dict(template="r1_chat", max_new_tokens=48, temperature=0.6, top_p=0.95, do_sample=True,
-                        batch_size=5, seed=3407, backend=backend, decode_graphs=graphs)
+        settings = generation.GenerationSettings(max_new_tokens=48, batch_size=5, seed=3407)
         start = time.perf_counter()
-        sampled = generation.generate_answers(model, tok, generation.QUESTIONS, **settings)
-        base, tuned = generation.answer_base_and_tuned(model, tok, generation.QUESTIONS, "r1_chat", 48, True, 0.6,
-                                                       0.95, 5, 3407, backend, decode_graphs=graphs)
+        sampled = generation.generate_answers(model, tok, generation.QUESTIONS, "r1_chat", settings, backend,
+                                              decode_graphs=graphs)
+        base, tuned = generation.answer_base_and_tuned(model, tok, generation.QUESTIONS, "r1_chat",
+                                                       settings.replace(do_sample=False), backend, decode_graphs=graphs)
         report["graphs" if graphs else "eager"] = {
             "seconds": time.perf_counter() - start, "sampled": [a["output"] for a in sampled],
             "base": [a["output"] for a in base], "tuned": [a["output"] for a in tuned]}
