@@ -317,13 +317,13 @@ def benchmark_plan(model, tokenizer, eval_data: dict, template: str, settings: G
     items, questions = benchmark_questions(eval_data)
     sample = questions[:settings.batch_size]
     greedy = settings.replace(do_sample=False)
-    generate_answers(model, tokenizer, sample[:1], template, greedy.replace(max_new_tokens=COMPILE_TOKENS, batch_size=1),
-                     backend)
+    generate_answers(model, tokenizer, sample[:1], template,
+                     greedy.replace(max_new_tokens=COMPILE_TOKENS, batch_size=1), backend)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
-    answers = generate_answers(model, tokenizer, sample, template, greedy.replace(max_new_tokens=WARMUP_TOKENS), backend,
-                               min_new_tokens=WARMUP_TOKENS)
+    answers = generate_answers(model, tokenizer, sample, template, greedy.replace(max_new_tokens=WARMUP_TOKENS),
+                               backend, min_new_tokens=WARMUP_TOKENS)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     rate = sum(a["new_tokens"] for a in answers) / (time.perf_counter() - start)

@@ -187,7 +187,8 @@ def build_chat_app(model, tokenizer, template: str, max_new_tokens: int, tempera
                 for text in stream_reply(model, tokenizer, message, template, limit, temperature, top_p,
                                          use_adapter=name == "fine-tuned", outcome=outcome):
                     yield cut + side_by_side(done + [format_reply(text, LABELS[name])])
-                done.append(format_reply(text, LABELS[name], limit if outcome.get("stopped_at_limit") else 0, final=True))
+                stopped_at = limit if outcome.get("stopped_at_limit") else 0
+                done.append(format_reply(text, LABELS[name], stopped_at, final=True))
                 yield cut + side_by_side(done)
 
     choices = list(MODELS) if can_switch else [MODELS[0]]

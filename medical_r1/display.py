@@ -99,7 +99,8 @@ td.text { white-space: pre-wrap; min-width: 16rem; max-width: 36rem; }
 td.verdict { min-width: 12.5rem; }
 td.label { min-width: 9rem; overflow-wrap: normal; }
 .helped { color: #1a7f37; font-weight: 600; } .hurt { color: #cf222e; font-weight: 600; } .same { color: #57606a; }
-td.verdict.helped { background: #dafbe1; } td.verdict.hurt { background: #ffebe9; } td.verdict.same { background: #f6f8fa; }
+td.verdict.helped { background: #dafbe1; } td.verdict.hurt { background: #ffebe9; }
+td.verdict.same { background: #f6f8fa; }
 img { max-width: 100%; height: auto; }
 @media (max-width: 700px) {
   .scroll { overflow-x: visible; }

@@ -128,6 +128,6 @@ def sft_learns(work_dir, mask_completion: bool = False) -> dict:
               "base": tokenizer.decode(base), "tuned_matched": matched(tuned), "base_matched": matched(base),
               "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
     result["line"] = (f"SFT learns on the tiny model: after {p.max_steps} steps on one example, greedy decoding of its "
-                      f"prompt repeats {result['tuned_matched']} of the first {REPRODUCED_TOKENS} answer tokens (the base "
-                      f"model: {result['base_matched']}; 03's trainer)")
+                      f"prompt repeats {result['tuned_matched']} of the first {REPRODUCED_TOKENS} answer tokens "
+                      f"(the base model: {result['base_matched']}; 03's trainer)")
     return result

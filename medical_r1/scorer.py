@@ -47,7 +47,8 @@ _LEAD_IN = re.compile(
     r"|intervention|mechanism|medication|organism|antibiotic)\b[^.;!?\n]{0,80}?\b(?:is|would be|remains)"
     r"|\b(?:recommend(?:s|ed)?|treat(?:ed)?\s+with|start(?:ing)?|initiate|give|administer)\b"
     r"|\b(?:so|thus|hence|therefore|i\.e\.),?|[✅✔☑]|→|=>"
-    r"|\b(?:i(?:'ll|'d| would| will)?|we(?:'ll|'d)?)\s+(?:say|answer|lean\s+(?:towards?|to))\b|\bmy\s+(?:pick|vote|bet)\b"
+    r"|\b(?:i(?:'ll|'d| would| will)?|we(?:'ll|'d)?)\s+(?:say|answer|lean\s+(?:towards?|to))\b|\bmy\s+(?:pick|vote"
+    r"|bet)\b"
     r"|\b(?:points?|pointing)\s+(?:to(?:wards)?|at)|\b(?:suggests?|indicates?|favou?rs?|confirms?|establish(?:es)?)\b"
     r"|\bconsistent\s+with"
     r"|\b(?:go(?:ing)?|went|stick(?:ing)?|settle[ds]?|settling)\s+(?:with|on|for)"
@@ -61,10 +62,12 @@ _LEAD_IN_BEFORE = re.compile(rf"(?P<lead>{_LEAD_IN.pattern}){_SKIP}((?:[\w'-]{{2
 # Only a heading's lead-in reaches the next line ("**Final Answer**" over "C"); "✔" or "so" does not.
 _HEADING = re.compile(r"answer|ans\b|答案|答|选|choice|option|diagnosis|conclusion|verdict|recommendation", _I)
 _CHOSEN_AFTER = re.compile(
-    r"^[\s*)\]}'\"’”]*(?:[.:)\-—–]\s*[^.;!?\n]{0,60}?\s)?(?:is|was|would be|seems|appears|remains|looks|fits)\s+(?:to be\s+)?"
+    r"^[\s*)\]}'\"’”]*(?:[.:)\-—–]\s*[^.;!?\n]{0,60}?\s)?(?:is|was|would be|seems|appears|remains|looks"
+    r"|fits)\s+(?:to be\s+)?"
     r"(?:clearly\s+|therefore\s+|thus\s+|indeed\s+|also\s+|by far\s+)?(?:the\s+)?(?:correct|right|best|most likely|most"
     r" appropriate|most consistent|answer|better|preferred|true|one|appropriate|first[- ]line|recommended|treatment of"
-    r" choice|drug of choice|indicated|diagnosis|likeliest|next step|(?:immediate|initial|first) step)\b|^[\s*)\]}]*(?:is|are|does)\s*(?:[.!]|$)"
+    r" choice|drug of choice|indicated|diagnosis|likeliest|next step|(?:immediate|initial|first) step)\b"
+    r"|^[\s*)\]}]*(?:is|are|does)\s*(?:[.!]|$)"
     r"|^[^\n✅✔☑❌✗✘]{0,60}?[✅✔☑]|^[\s*)\]}]*(?:项|选项)?(?:是|为|最)?"
     r"(?:正确|最合适|最佳|最恰当|符合题意|当选)", _I)
 _BOXED = re.compile(r"\\boxed\{\s*(?:\\text(?:bf)?\{)?\s*$")
@@ -89,16 +92,20 @@ _SENTENCE_END = re.compile(r"[.!?。！？](?=\s|$)|[\n;；]|\b(?:but|however|wh
 _NOT_BEFORE = re.compile(
     r"\b(?:not|isn't|aren't|wasn't|never|cannot be|can't be|rather than|instead of|rules? out|ruled out|ruling out"
     r"|excludes?|excluded|excluding|eliminates?|eliminated|eliminating|unlike|against|avoid|no (?:role|need|place)"
-    r"\s+for|contraindicat\w*|despite|in spite of|already (?:on|taking|receiving|given)|failed)\b|[❌✗✘]|不是|并非|而非|排除|不选|除了|不能选|不应选", _I)
+    r"\s+for|contraindicat\w*|despite|in spite of|already (?:on|taking|receiving|given)|failed)\b|[❌✗✘]|不是|并非|而非|排除"
+    r"|不选|除了|不能选|不应选", _I)
 _NOT_ADJACENT = re.compile(r"\b(?:than|over|vs\.?|versus)\s+(?:the\s+|an?\s+)?$", _I)
 _NOT_AFTER = re.compile(
     r"\b(?:is|are|was|were|seems|appears|would be|remains)\s+(?:also\s+)?(?:not|wrong|incorrect|unlikely|less likely"
-    r"|ruled out|excluded|eliminated|false|contraindicated|inappropriate|irrelevant|unnecessary|harmful|dangerous)\b|\b(?:isn't|aren't|wasn't|wrong|incorrect|unlikely|less likely|contraindicated|(?:has|have|plays?) no"
+    r"|ruled out|excluded|eliminated|false|contraindicated|inappropriate|irrelevant|unnecessary|harmful"
+    r"|dangerous)\b|\b(?:isn't|aren't|wasn't|wrong|incorrect|unlikely|less likely|contraindicated|(?:has|have"
+    r"|plays?) no"
     r" (?:role|place|indication)|would (?:worsen|harm|be harmful)|worsens|(?:does|do)(?:n't| not) (?:fit|explain|match"
     r"|account|cause)|fails? to|cannot explain|can't explain|not indicated|inappropriate|irrelevant|a distractor"
     r"|a trap|can be (?:ruled out|excluded|eliminated))\b|[❌✗✘]|不对|错误|不正确|可以排除|被排除|不符合|不成立|不能|不会"
     r"|无关|禁用|禁忌|不宜|不适合|不是", _I)
-_VERDICT_START = re.compile(rf"(?:[\w'-]+\s+){{0,2}}?(?:{_NOT_AFTER.pattern})", _I)  # "here is wrong", not a later clause's
+# A dismissal right after the option ("here is wrong"), not one in a later clause.
+_VERDICT_START = re.compile(rf"(?:[\w'-]+\s+){{0,2}}?(?:{_NOT_AFTER.pattern})", _I)
 _DOUBLE_NEGATIVE = re.compile(r"\b(?:not|n't|cannot|never|no)\s+(?:\w+\s+)?$", _I)
 _STRETCH_END = re.compile(r"[.;:!?。；！？\n,，—]|\s-\s|\b(?:but|so|therefore|thus|hence|because|since|leaves|leaving"
                           r"|instead|whereas|while|then|which)\b|所以|因此|故|而是|应为|但", _I)
@@ -113,7 +120,8 @@ _NAME_BEFORE = re.compile(r"\b(?:vitamin|hepatitis|type|class|grade|stage|phase|
 _FOLLOWERS = {"is", "was", "would", "could", "can", "seems", "appears", "fits", "remains", "and", "or", "nor", "are",
               "might", "may", "must", "should", "cannot", "isn't", "wasn't", "also", "alone", "too", "only", "looks",
               "best", "matches", "explains", "makes", "describes", "correctly", "here", "instead", "then", "has",
-              "does", "doesn't", "will", "won't", "wins", "stands", "as", "because", "since", "over", "rather", "fit", "match",
+              "does", "doesn't", "will", "won't", "wins", "stands", "as", "because", "since", "over", "rather", "fit",
+              "match",
               "explain", "seem", "appear", "look", "remain", "were", "be", "both", "together", "the"}
 _FUNCTION_WORDS = {"yes", "no", "maybe", "none", "all", "both", "neither", "true", "false", "either"}
 _COMPARING = re.compile(r"\b(?:similar|like|unlike|than|different|versus|vs|compared|resembles?)\b", _I)
@@ -162,7 +170,8 @@ def _letter_mentions(text: str, options: dict) -> list[Mention]:
         if letter not in options:
             continue
         before, after = text[max(0, m.start() - 40):m.start()], text[m.end():m.end() + 40]
-        if re.match(r"[-–]\w|['’]\w|\.\s*[a-z]", after) or re.search(r"\w[-–'’]$", before) or _NAME_BEFORE.search(before):
+        if re.match(r"[-–]\w|['’]\w"
+                    r"|\.\s*[a-z]", after) or re.search(r"\w[-–'’]$", before) or _NAME_BEFORE.search(before):
             continue  # D-dimer, I'd, E. coli, anti-B, vitamin B, Lp(a)
         bracketed = re.search(r"(?:^|[^\w])[(\[]\s*$", before) and re.match(r"\s*[)\]]", after)
         bold = re.search(r"\*\*\s*$", before) and re.match(r"\s*(?:\*\*|[.:)])", after)
@@ -290,8 +299,8 @@ def find_mentions(answer: str, options: dict) -> list[Mention]:
         chosen_after = _CHOSEN_AFTER.match(text[m.end:m.end + 120])
         line_start = text.rfind("\n", 0, m.start) + 1
         # "...: all of the above." A colon or dash that ends with the option and its sentence states a conclusion.
-        concluded = re.search(r"(?:[:—–]|->)\s*$", text[:m.start]) and re.match(r"[\s*)\]]*(?:[.!]|$)",
-                                                                                  text[_own_text_end(text, m, options):])
+        after_own_text = text[_own_text_end(text, m, options):]
+        concluded = re.search(r"(?:[:—–]|->)\s*$", text[:m.start]) and re.match(r"[\s*)\]]*(?:[.!]|$)", after_own_text)
         m.asserted = bool(lead or chosen_after or concluded or (not listing and lines.get(line_start) == m.letter))
         # In "the answer is not A but C" the filler's negation is A's; only what follows its last "but" is C's.
         filler = re.split(r"\b(?:but|rather|instead)\b", lead.group(2), flags=_I)[-1] if lead else ""
@@ -300,7 +309,8 @@ def find_mentions(answer: str, options: dict) -> list[Mention]:
                          or (not lead and _negated(text, m, options))
                          or (lead and _NOT_AFTER.match(text[_own_text_end(text, m, options):][:40])))
         left, right = _stretch(text, m.start, m.end)
-        m.retracted = bool(_RETRACTED.search(text, left, right) or (lead and _WRONG_STATEMENT.search(text[:lead_start])))
+        m.retracted = bool(_RETRACTED.search(text, left, right)
+                           or (lead and _WRONG_STATEMENT.search(text[:lead_start])))
         m.dismissed = bool(m.negated and _STRONG_NOT.search(text, left, max(right, m.end)))
         before, after = _sentence(text, lead_start, m.end)
         said = text[lead_start:m.end] + (chosen_after.group() if chosen_after else "")

@@ -175,7 +175,8 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
     compared = compared_with_base(rows)
     for r in sorted_rows(rows):
         full = html.escape(f"{r['name']}: " + ", ".join(f"{k}={v}" for k, v in r["parameters"].items()), quote=True)
-        name = html.escape(short_setting(r["parameters"])) + (" (SFT + GRPO)" if r.get("tuned_model") == "SFT + GRPO" else "")
+        grpo = " (SFT + GRPO)" if r.get("tuned_model") == "SFT + GRPO" else ""
+        name = html.escape(short_setting(r["parameters"])) + grpo
         key = (f"key' title='{full}", name)
         if r["error"]:
             body.append([key] + [("num", "-")] * 7 + [("verdict hurt", "failed: " + html.escape(r["error"]))])

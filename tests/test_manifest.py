@@ -26,7 +26,7 @@ def test_an_adapter_trained_on_another_model_is_refused_with_the_way_out(tmp_pat
         manifest.check_trained_as_run(run, tmp_path)
     with pytest.raises(ValueError, match=message):
         grpo_start(tmp_path, "adapter", run)
-    assert grpo_start(tmp_path, "base", run) == "unsloth/DeepSeek-R1-Distill-Qwen-7B"  # a new adapter on the run's model
+    assert grpo_start(tmp_path, "base", run) == "unsloth/DeepSeek-R1-Distill-Qwen-7B"  # a new adapter on its model
     artifacts.write_json(artifacts.artifact(tmp_path, "train_metrics"), {"model_name": run.model_name})
     manifest.check_trained_as_run(run, tmp_path)
     assert grpo_start(tmp_path, "adapter", run) == str(tmp_path / "adapter")

@@ -69,7 +69,8 @@ def test_below_the_threshold_the_answer_stays_unreadable_with_its_probability(ad
 def test_only_finished_unreadable_answers_are_given_to_the_model(means_c):
     """An answer the rules read keeps its reading, and an unfinished one was never an answer: neither is tried."""
     model, tokenizer, seen = means_c
-    for output, rule in (("...</think>\n\nThe answer is B.", "answer_is"), ("Still thinking about C and", "unfinished")):
+    read, unfinished = ("...</think>\n\nThe answer is B.", "answer_is"), ("Still thinking about C and", "unfinished")
+    for output, rule in (read, unfinished):
         outputs, scored = scored_unreadable(output)
         assert model_reader.read_unreadable(model, tokenizer, prompts(), outputs, scored, "r1_chat", 0.5)["tried"] == 0
         assert scored[0]["rule"] == rule

@@ -35,7 +35,7 @@ def test_huatuo_reads_differently_where_the_readme_says():
     assert all(r["theirs"] is not None for r in theirs["hedge"] + theirs["unfinished"])
     assert sum(r["theirs"] == r["expected"] for r in theirs["word_boundary"]) < len(theirs["word_boundary"])
     page = (REPO_ROOT / "docs" / "evaluation.md").read_text(encoding="utf-8")
-    assert compare_scorers.table(ROWS) in page, "docs/evaluation.md's scorer table is stale: python scripts/compare_scorers.py"
+    assert compare_scorers.table(ROWS) in page, "docs/evaluation.md's table is stale: python scripts/compare_scorers.py"
 
 
 @pytest.mark.parametrize("answer, options, letter", [

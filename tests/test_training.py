@@ -90,7 +90,8 @@ def test_batched_left_padded_generation_equals_one_at_a_time(trained):
     greedy = generation.GenerationSettings(max_new_tokens=8, do_sample=False, seed=0)
     batched = generation.generate_answers(model, tok, generation.QUESTIONS, "r1_chat",
                                           greedy.replace(batch_size=len(generation.QUESTIONS)), "cpu")
-    single = generation.generate_answers(model, tok, generation.QUESTIONS, "r1_chat", greedy.replace(batch_size=1), "cpu")
+    single = generation.generate_answers(model, tok, generation.QUESTIONS, "r1_chat", greedy.replace(batch_size=1),
+                                         "cpu")
     assert [a["output"] for a in batched] == [a["output"] for a in single]
     assert [a["id"] for a in batched] == [q["id"] for q in generation.QUESTIONS]
     assert all(0 < a["new_tokens"] <= 8 for a in batched)
