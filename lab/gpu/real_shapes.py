@@ -112,7 +112,8 @@ def build_model_in_child(shape: str, out_dir) -> None:
     notebooks' processes must find the GPU as empty as a T4 is: what another process holds counts)."""
     import subprocess
 
-    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT / 'gpu')!r}); import real_shapes; "
+    here = str(pathlib.Path(__file__).resolve().parent)  # lab/gpu, where this module lives
+    subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import real_shapes; "
                     f"real_shapes.build_model({shape!r}, {str(out_dir)!r})"], check=True)
 
 
