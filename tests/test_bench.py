@@ -187,3 +187,20 @@ def test_generate_bench_runs_its_capped_row_with_the_load_and_batch_asked_and_in
     assert command[command.index("--t4-batch") + 1] == "16" and "--t4-cap" in command
     assert command[command.index("--t4-offload-embedding") + 1] == "false"
     assert (seen["env"].get("MEDICAL_R1_T4") == "1") is t4_mode
+
+
+def test_the_model_building_child_finds_real_shapes_where_it_lives(monkeypatch, tmp_path):
+    """build_model_in_child puts its own folder on the child's path (after lab/ moved, it named the old gpu/
+    folder and the GPU run stopped at once)."""
+    import ast
+    import subprocess
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "lab" / "gpu"))
+    import real_shapes
+
+    seen = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: seen.append(command))
+    real_shapes.build_model_in_child("llama-8b", tmp_path / "model")
+    code = seen[0][-1]
+    folder = ast.literal_eval(code.split("sys.path.insert(0, ")[1].split(")")[0])
+    assert (pathlib.Path(folder) / "real_shapes.py").exists()
