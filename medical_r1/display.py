@@ -132,6 +132,21 @@ def table_html(labels: list[str], rows: list[list[tuple[str, str]]], head: str =
     return f"<div class='scroll'><table class='cards'>{head}{body}</table></div>"
 
 
+def percent(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def percent_with_interval(x: float, interval, prefix: str = "") -> str:
+    """ "40.0%" (after `prefix`) over its 95% interval, a line each, so that a table of them fits a desktop."""
+    return f"{prefix}{percent(x)}<br><span class='same'>[{percent(interval[0])}, {percent(interval[1])}]</span>"
+
+
+def points(difference: float, interval) -> str:
+    """A difference of accuracies in points over its 95% interval, a line each."""
+    return (f"{100 * difference:+.1f} points<br><span class='same'>[{100 * interval[0]:+.1f}, "
+            f"{100 * interval[1]:+.1f}]</span>")
+
+
 def html_page(title: str, body: str) -> str:
     """A whole page: viewport for phones, the shared stylesheet, then `body`."""
     import html

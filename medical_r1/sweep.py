@@ -18,7 +18,8 @@ import re
 
 from medical_r1.artifacts import artifact, read_json, write_json, write_text
 from medical_r1.benchmarks import holm_rejections
-from medical_r1.display import html_page, new_figure, save_figure, table_html, verdict_class
+from medical_r1.display import (html_page, new_figure, percent_with_interval, points, save_figure, table_html,
+                                verdict_class)
 
 # Parameters that change what 02 produces: settings that differ in these need their own data preparation.
 DATA_PARAMETERS = ("MODEL_NAME", "DATASET_NAME", "DATA_CONFIG", "MAX_EXAMPLES", "VAL_SIZE", "TEMPLATE",
@@ -151,10 +152,6 @@ def compared_with_base(rows: list[dict], alpha: float = 0.05) -> dict:
             if r["name"] in better_or_worse else "no detectable change" for r in done}
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 # How the sweep page names a setting's parameters: "lr 2e-4, r 8" reads where LEARNING_RATE=0.0002, LORA_R=8 breaks.
 SHORT_NAMES = {"LEARNING_RATE": "lr", "LORA_R": "r", "LORA_ALPHA": "alpha", "MAX_STEPS": "steps",
                "GRPO_MAX_STEPS": "GRPO steps", "BATCH_SIZE": "batch", "GRAD_ACCUM": "accum", "LORA_DROPOUT": "dropout",
@@ -185,12 +182,9 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
         tuned_loss = "-" if r["tuned_val_loss"] is None else f"{r['tuned_val_loss']:.3f}"
         tokens = f", {r['train_tokens'] / 1000:.0f}k tokens" if r["train_tokens"] else ""
         body.append([key, ("num", f"{r['items']}"),
-                     ("num", f"{_pct(r['base_accuracy'])}<br>[{_pct(r['base_interval'][0])}, "
-                             f"{_pct(r['base_interval'][1])}]"),
-                     ("num", f"{_pct(r['tuned_accuracy'])}<br>[{_pct(r['tuned_interval'][0])}, "
-                             f"{_pct(r['tuned_interval'][1])}]"),
-                     ("diff", f"{100 * r['difference']:+.1f} points<br>[{100 * r['difference_interval'][0]:+.1f}, "
-                              f"{100 * r['difference_interval'][1]:+.1f}]"),
+                     ("num", percent_with_interval(r["base_accuracy"], r["base_interval"])),
+                     ("num", percent_with_interval(r["tuned_accuracy"], r["tuned_interval"])),
+                     ("diff", points(r["difference"], r["difference_interval"])),
                      ("num", f"{r['base_unfinished'] + r['base_unreadable']} / "
                              f"{r['tuned_unfinished'] + r['tuned_unreadable']}"),
                      ("num", f"{r['base_val_loss']:.3f} / {tuned_loss}<br>nats per token"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 
 from medical_r1.benchmarks import MODELS, RULES
-from medical_r1.display import html_page, table_html, verdict_class
+from medical_r1.display import html_page, percent, percent_with_interval, points, table_html, verdict_class
 
 # What each rule means, in the words of the page's column headings.
 RULE_NAMES = {"answer_is": "stated", "marked_letter": "bold or bracketed letter", "standalone_letter": "letter",
@@ -22,18 +22,9 @@ def short_benchmark(name: str) -> str:
     return name.replace("_", " ")
 
 
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def accuracy(correct: int, acc: float, interval) -> str:
-    """ "12 right, 40.0%" over its interval, a line each, so that the table fits a desktop's width."""
-    return f"{correct} right, {pct(acc)}<br><span class='same'>[{pct(interval[0])}, {pct(interval[1])}]</span>"
-
-
-def points(difference: float, interval) -> str:
-    return (f"{100 * difference:+.1f} points<br><span class='same'>[{100 * interval[0]:+.1f}, "
-            f"{100 * interval[1]:+.1f}]</span>")
+    """ "12 right, 40.0%" over its interval."""
+    return percent_with_interval(acc, interval, f"{correct} right, ")
 
 
 def verdict_cell(sentence: str, p_value: float, note: str = "") -> tuple[str, str]:
@@ -61,7 +52,7 @@ def pairs_html(pairs: list[dict]) -> str:
     for pair in pairs:
         o = pair["overall"]
         rows.append([("key label", f"{MODELS[pair['before']]} &rarr; {MODELS[pair['after']]}"),
-                     ("num", f"{o['items']}"), ("num", pct(o["base_accuracy"])), ("num", pct(o["tuned_accuracy"])),
+                     ("num", f"{o['items']}"), ("num", percent(o["base_accuracy"])), ("num", percent(o["tuned_accuracy"])),
                      ("diff", points(o["difference"], o["difference_interval"])),
                      verdict_cell(pair["verdict"], o["p_value"])])
         for side, model in (("base", pair["before"]), ("tuned", pair["after"])):
