@@ -234,8 +234,15 @@ def choose_batch_size(model, tokenizer, questions: list[dict], template: str, se
     will send) at settings.max_new_tokens, and the choice printed; a batch size already set is kept."""
     if settings.batch_size:
         return settings
-    longest = max(len(encode_prompt(tokenizer, q["question"], template)) for q in questions)
-    batch_size, why = auto_batch_size(model, longest, settings.max_new_tokens)
+    return _with_batch_size(model, max(len(encode_prompt(tokenizer, q["question"], template)) for q in questions),
+                            settings)
+
+
+def _with_batch_size(model, longest_prompt: int, settings: GenerationSettings) -> GenerationSettings:
+    """settings with batch_size 0 resolved for prompts of up to longest_prompt tokens, the choice printed."""
+    if settings.batch_size:
+        return settings
+    batch_size, why = auto_batch_size(model, longest_prompt, settings.max_new_tokens)
     print(f"generation {why}")
     return settings.replace(batch_size=batch_size)
 
@@ -257,7 +264,7 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, set
     model.eval()
     encoded = [encode_prompt(tokenizer, q["question"], template) for q in questions]
     order = sorted(range(len(questions)), key=lambda i: len(encoded[i]))
-    batch_size = choose_batch_size(model, tokenizer, questions, template, settings).batch_size
+    batch_size = _with_batch_size(model, max(map(len, encoded)), settings).batch_size  # prompts encoded once
     max_new_tokens, do_sample = settings.max_new_tokens, settings.do_sample
     pad_id = tokenizer.pad_token_id
     device = input_device(model)
