@@ -143,6 +143,7 @@ class Mention:
     end: int
     kind: str  # "marked_letter", "standalone_letter" or "option_text"
     asserted: bool = False
+    stated: bool = False  # asserted by words (a lead-in before it or a verdict after it), not by its line alone
     negated: bool = False
     retracted: bool = False
     conditional: bool = False
@@ -259,14 +260,14 @@ def _own_text_end(text: str, m: Mention, options: dict) -> int:
     return end + re.match(r"[\s\-—–:]*", text[end:]).end()
 
 
-def _negated(text: str, m: Mention, options: dict) -> bool:
+def _negated(text: str, m: Mention, after: int) -> bool:
+    """Dismissed in its clause: a cue before the mention, or a verdict right after `after`, where its own text ends."""
     left, _ = _stretch(text, m.start, m.end)
     for cue in _NOT_BEFORE.finditer(text, left, m.start):
         if not _DOUBLE_NEGATIVE.search(text[max(0, cue.start() - 30):cue.start()]):
             return True  # "doesn't exclude B" is no dismissal of B
     if _NOT_ADJACENT.search(text[left:m.start]):
         return True
-    after = _own_text_end(text, m, options)
     _, right = _stretch(text, after, after)
     return bool(_VERDICT_START.match(text[after:max(right, after)]))
 
@@ -286,7 +287,11 @@ def _answer_lines(text: str, options: dict) -> dict[int, str]:
 
 def find_mentions(answer: str, options: dict) -> list[Mention]:
     """Every option the answer names (letters, then text), each marked asserted, conditional, negated or retracted."""
-    text = normalise(answer)
+    return _mentions(normalise(answer), options)
+
+
+def _mentions(text: str, options: dict) -> list[Mention]:
+    """find_mentions on text already normalised."""
     texts = _text_mentions(text, options)
     letters = [m for m in _letter_mentions(text, options)  # "Both A and B" as an option's own text names no letter
                if not any(t.start <= m.start < t.end and t.letter != m.letter for t in texts)]
@@ -299,24 +304,25 @@ def find_mentions(answer: str, options: dict) -> list[Mention]:
         chosen_after = _CHOSEN_AFTER.match(text[m.end:m.end + 120])
         line_start = text.rfind("\n", 0, m.start) + 1
         # "...: all of the above." A colon or dash that ends with the option and its sentence states a conclusion.
-        after_own_text = text[_own_text_end(text, m, options):]
+        own_end = _own_text_end(text, m, options)
+        after_own_text = text[own_end:]
         concluded = re.search(r"(?:[:—–]|->)\s*$", text[:m.start]) and re.match(r"[\s*)\]]*(?:[.!]|$)", after_own_text)
-        m.asserted = bool(lead or chosen_after or concluded or (not listing and lines.get(line_start) == m.letter))
+        m.stated = bool(lead or chosen_after)
+        m.asserted = m.stated or bool(concluded or (not listing and lines.get(line_start) == m.letter))
         # In "the answer is not A but C" the filler's negation is A's; only what follows its last "but" is C's.
         filler = re.split(r"\b(?:but|rather|instead)\b", lead.group(2), flags=_I)[-1] if lead else ""
         m.negated = bool(re.search(r"\b(?:not|never|than|no)\b", filler, _I)
                          or re.search(r"(?:不|非|别|勿)\w?$|\b(?:not|never|n't|avoid|no)\s+(?:\w+\s+)?$", text[:lead_start])
-                         or (not lead and _negated(text, m, options))
-                         or (lead and _NOT_AFTER.match(text[_own_text_end(text, m, options):][:40])))
+                         or (not lead and _negated(text, m, own_end))
+                         or (lead and _NOT_AFTER.match(after_own_text[:40])))
         left, right = _stretch(text, m.start, m.end)
-        m.retracted = bool(_RETRACTED.search(text, left, right)
-                           or (lead and _WRONG_STATEMENT.search(text[:lead_start])))
         m.dismissed = bool(m.negated and _STRONG_NOT.search(text, left, max(right, m.end)))
         before, after = _sentence(text, lead_start, m.end)
         said = text[lead_start:m.end] + (chosen_after.group() if chosen_after else "")
         m.conditional = bool(_CONDITION.search(before + said + after) or (
             m.asserted and _MODAL.search(before + said + after) and _HYPOTHETICAL.search(before + after)))
-        m.retracted = m.retracted or bool(m.asserted and _TAKEN_BACK.search(after))
+        m.retracted = bool(_RETRACTED.search(text, left, right) or (lead and _WRONG_STATEMENT.search(text[:lead_start]))
+                           or (m.asserted and _TAKEN_BACK.search(after)))
     return mentions
 
 
@@ -342,7 +348,7 @@ def extract_choice(output: str, options: dict, similarity: bool = False) -> tupl
     if not finished:
         return None, "unfinished"
     text = normalise(answer)
-    mentions = find_mentions(answer, options)
+    mentions = _mentions(text, options)
     # Second thoughts: an option dismissed outright after it was chosen is no longer chosen.
     standing = [m for i, m in enumerate(mentions) if not any(
         later.dismissed and later.letter == m.letter for later in mentions[i + 1:])]
@@ -354,8 +360,7 @@ def extract_choice(output: str, options: dict, similarity: bool = False) -> tupl
                 last = m
         if _two_answers(text, last, mentions):
             return None, "unreadable"
-        by_statement = _lead_in(text, last.start) or _CHOSEN_AFTER.match(text[last.end:last.end + 120])
-        return last.letter, "answer_is" if by_statement else last.kind
+        return last.letter, "answer_is" if last.stated else last.kind
     live = [m for m in standing if not (m.negated or m.retracted or m.conditional)]
     if len({m.letter for m in live}) == 1:
         return live[-1].letter, live[-1].kind
