@@ -62,13 +62,12 @@ def detect_runtime() -> Runtime:
         # Not torch.cuda.is_bf16_supported(): by default it counts emulated bf16 and says True on a T4, where
         # TrainingArguments then refuses bf16=True. Unsloth's is_bfloat16_supported() also reads the capability.
         bf16 = bool(supported and capability >= BF16_MIN_CAPABILITY)
-    return Runtime(
+    return apply_precision(Runtime(  # PRECISION "auto" until setup_backend applies the notebook's own
         platform=detect_platform(), cuda=cuda, gpu_name=name, capability=capability, bf16_supported=bf16,
-        dtype=("bfloat16" if bf16 else "float16") if cuda else "float32",
         torch_supports_gpu=supported,
         unsloth_installed=importlib.util.find_spec("unsloth") is not None,
         bitsandbytes_installed=importlib.util.find_spec("bitsandbytes") is not None,
-    )
+    ), "auto")
 
 
 def choose_backend(requested: str, runtime: Runtime) -> tuple[str, str]:
