@@ -9,7 +9,7 @@ import pathlib
 import random
 import re
 
-from medical_r1.generation import GenerationSettings, answer_base_and_tuned, generate_answers
+from medical_r1.generation import GenerationSettings, answer_base_and_tuned, choose_batch_size, generate_answers
 from medical_r1.scorer import extract_choice
 
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
@@ -307,7 +307,7 @@ COMPILE_TOKENS = 2
 def benchmark_plan(model, tokenizer, eval_data: dict, template: str, settings: GenerationSettings, backend: str,
                    rouge_items: int = 0) -> str:
     """Before the long cell: this GPU's generation rate from a short timed warm-up (one batch of the real
-    prompts, WARMUP_TOKENS each, at settings.batch_size, which must be chosen: choose_batch_size), the time the
+    prompts, WARMUP_TOKENS each, at settings.batch_size, chosen here if it is still 0), the time the
     benchmarks will take at most at that rate (every answer running to settings.max_new_tokens, base and tuned),
     and the interval width the chosen items give."""
     import time
@@ -315,6 +315,7 @@ def benchmark_plan(model, tokenizer, eval_data: dict, template: str, settings: G
     import torch
 
     items, questions = benchmark_questions(eval_data)
+    settings = choose_batch_size(model, tokenizer, questions, template, settings)  # nothing to do where 04 chose it
     sample = questions[:settings.batch_size]
     greedy = settings.replace(do_sample=False)
     generate_answers(model, tokenizer, sample[:1], template,

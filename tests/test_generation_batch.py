@@ -83,6 +83,8 @@ def test_benchmark_plan_says_the_batch_it_chose_the_rate_and_the_intervals(tiny_
     assert settings.batch_size == 32 and capsys.readouterr().out.startswith("generation batch 32 (no GPU)")
     plan = benchmarks.benchmark_plan(model, tokenizer, eval_data, "r1_chat", settings, "cpu", rouge_items=3)
     assert "generation batch" not in capsys.readouterr().out  # chosen once, not again in each call
+    assert benchmarks.benchmark_plan(model, tokenizer, eval_data, "r1_chat", settings.replace(batch_size=0), "cpu") \
+        and "generation batch 32 (no GPU)" in capsys.readouterr().out  # left at 0, the plan chooses it itself
     rate = float(re.search(r"measured ([\d,.]+) generated tokens/s at batch 10;", plan).group(1).replace(",", ""))
     assert rate > 0
     assert "26 answers (base and tuned: 10 benchmark items, 3 ROUGE questions)" in plan
