@@ -1,6 +1,7 @@
 """The files that pass between notebooks, under one WORK_DIR. Every file is written to a temporary name
 and renamed, so a failure leaves nothing half-written; on Kaggle, earlier notebooks' attached outputs are
-copied in.
+copied in. Where a notebook runs in several processes (one per GPU), only the first writes: the others hold the
+same values (generate_answers gathers every process's answers), and one writer leaves no file written twice.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pathlib
 import shutil
 import tempfile
 from typing import Iterable
+
+from medical_r1.runtime import is_main_process
 
 ARTIFACTS = {
     "runtime": ("runtime.json", "00_setup_secrets"),
@@ -104,6 +107,8 @@ def require_artifact(work_dir, key: str) -> pathlib.Path:
 
 def _atomic_write(path, write) -> pathlib.Path:
     path = pathlib.Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -155,6 +160,8 @@ def write_text(path, text: str) -> pathlib.Path:
 def save_dir_atomic(path, save) -> pathlib.Path:
     """Call save(tmp_dir), then move tmp_dir to path, replacing an older copy only once the new one is whole."""
     path = pathlib.Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:

@@ -11,6 +11,7 @@ import re
 
 from medical_r1.generation import GenerationSettings, answer_base_and_tuned, choose_batch_size, generate_answers
 from medical_r1.scorer import extract_choice
+from medical_r1.runtime import process_rank
 
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
                    "GPQA_Medical_test")
@@ -329,11 +330,13 @@ def benchmark_plan(model, tokenizer, eval_data: dict, template: str, settings: G
         torch.cuda.synchronize()
     rate = sum(a["new_tokens"] for a in answers) / (time.perf_counter() - start)
     prompts = 2 * (len(items) + rouge_items)
-    hours = prompts * settings.max_new_tokens / rate / 3600
+    processes = process_rank()[1]  # each writes a share of the batches (generate_answers)
+    hours = prompts * settings.max_new_tokens / rate / 3600 / processes
     per_benchmark = min(len(v) for v in eval_data.values())
     half = lambda n: 1.96 * math.sqrt(0.25 / n)  # noqa: E731 (the 95% half-width at 50% accuracy)
     return (f"measured {rate:,.0f} generated tokens/s at batch {len(sample)}; {prompts} answers (base and tuned: "
             f"{len(items)} benchmark items, {rouge_items} ROUGE questions) of up to {settings.max_new_tokens} tokens "
-            f"take at most {hours:.1f} h here. Intervals: +/-{100 * half(per_benchmark):.0f} points per benchmark "
+            f"take at most {hours:.1f} h here{f' ({processes} processes)' if processes > 1 else ''}. "
+            f"Intervals: +/-{100 * half(per_benchmark):.0f} points per benchmark "
             f"({per_benchmark} items), +/-{100 * half(len(items)):.0f} overall ({len(items)}); the smallest "
             f"difference this detects overall is about {100 * detectable_difference(len(items)):.0f} points.")

@@ -75,9 +75,11 @@ def show_image(path):
 
 
 def show_html(path):
+    """Display a saved page (on the first process only: the others wrote none)."""
     from IPython.display import HTML, display
 
-    display(HTML(pathlib.Path(path).read_text(encoding="utf-8")))
+    if is_main_process():
+            display(HTML(pathlib.Path(path).read_text(encoding="utf-8")))
 
 
 # One stylesheet for the pages people share (verdict.html, comparison.html, sweep.html). On a desktop, tables with

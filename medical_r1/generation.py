@@ -251,11 +251,15 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, set
                      backend: str, min_new_tokens: int = 0, decode_graphs: bool = True, head_relayout: bool = True,
                      grouped_attention: bool = True, fused_attention: bool = True, **generate_kwargs) -> list[dict]:
     """Answer each question with the training prompt (left-padded batches, sorted by length), as `settings` say.
-    A batch size of 0 is chosen here from the GPU's free memory (choose_batch_size) and printed.
+    A batch size of 0 is chosen here from the GPU's free memory (choose_batch_size) and printed. In several
+    processes (one per GPU: gpu_processes, torchrun) each writes every N-th batch and all get every answer back, in
+    order: the batches, and each batch's seed, are those of one process, so the answers are the same.
     min_new_tokens > 0 forbids stopping earlier (benchmarks use it to compare at equal output tokens);
     decode_graphs, head_relayout, grouped_attention and fused_attention switch its speed-ups (decode_speedups);
     generate_kwargs go to model.generate (a cache implementation, for instance)."""
     import torch
+
+    from medical_r1.runtime import gather_from_processes, process_rank
 
     if backend == "unsloth":
         from unsloth import FastLanguageModel
@@ -269,8 +273,11 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, set
     pad_id = tokenizer.pad_token_id
     device = input_device(model)
     outputs: dict[int, dict] = {}
-    torch.manual_seed(settings.seed)
-    for start in range(0, len(order), batch_size):
+    rank, processes = process_rank()
+    for number, start in enumerate(range(0, len(order), batch_size)):
+        if number % processes != rank:
+            continue
+        torch.manual_seed(settings.seed + number)  # the batch's own seed: the same answers in any process
         idx = order[start:start + batch_size]
         width = max(len(encoded[i]) for i in idx)
         ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
@@ -289,6 +296,7 @@ def generate_answers(model, tokenizer, questions: list[dict], template: str, set
             thinking, answer, finished = split_thinking(text)
             outputs[i] = {**questions[i], "output": text, "thinking": thinking, "answer": answer,
                           "finished_thinking": finished, "new_tokens": len(new)}
+    outputs = gather_from_processes(outputs)
     return [outputs[i] for i in range(len(questions))]
 
 

@@ -94,7 +94,7 @@ def make_grpo_trainer(model, tokenizer, items: list[dict], template: str, p, bac
 
     from medical_r1.rewards import grpo_rows
     from medical_r1.tracking import resolve_report_to
-    from medical_r1.training import runtime_training_args, training_callbacks
+    from medical_r1.training import per_process_batch, runtime_training_args, training_callbacks
 
     report_to, why = resolve_report_to(p.report_to, p.work_dir)
     print(why)
@@ -102,7 +102,7 @@ def make_grpo_trainer(model, tokenizer, items: list[dict], template: str, p, bac
         output_dir=str(artifact(p.work_dir, "grpo_checkpoints")),
         max_steps=p.grpo_max_steps,
         learning_rate=p.grpo_learning_rate,
-        per_device_train_batch_size=p.grpo_batch_size,
+        per_device_train_batch_size=per_process_batch(p.grpo_batch_size),  # shared between GPUs: one GPU's batch
         gradient_accumulation_steps=p.grpo_grad_accum,
         num_generations=p.num_generations,
         max_completion_length=p.max_completion_length,

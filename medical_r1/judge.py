@@ -10,6 +10,7 @@ import re
 from medical_r1.benchmarks import wilson_interval
 from medical_r1.credentials import resolve_secret
 from medical_r1.params import check_judge_base_url
+from medical_r1.runtime import is_main_process
 
 JUDGE_PROMPT = """You are grading two answers to a medical question against a reference answer.
 Judge medical correctness first, then completeness and clarity. Ignore length and style otherwise.
@@ -81,6 +82,8 @@ def run_judge(pairs: list[dict], model: str, base_url: str, seed: int, environ=o
     """The judge when JUDGE_MODEL is set and a JUDGE_API_KEY secret exists; otherwise why it did not run."""
     if not model:
         return {"skipped": "JUDGE_MODEL is empty: the LLM judge is off (the default)"}
+    if not is_main_process():  # one process asks (and pays); it alone writes what the judge said
+        return {"skipped": "the judge runs in the first process only"}
     check_judge_base_url(base_url)
     api_key, _ = resolve_secret("JUDGE_API_KEY", environ)
     if not api_key:

@@ -59,6 +59,11 @@ def check_share(share, name: str) -> None:
         raise ValueError(f"{name} must be 'auto', True or False, got {share!r}")
 
 
+def check_num_gpus(num_gpus, name: str) -> None:
+    if num_gpus != "auto" and (isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1):
+        raise ValueError(f"{name} must be 'auto' or a whole number of GPUs (1 or more), got {num_gpus!r}")
+
+
 def check_judge_base_url(url: str) -> None:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"judge_base_url must be an http(s) URL, got {url!r}")
@@ -105,6 +110,7 @@ class Params:
     install_requirements: str = "auto"
     precision: str = "auto"
     gpu_memory_cap_gib: float = 0
+    num_gpus: str | int = "auto"
     resume: bool = True
     early_stopping_patience: int = 0
     eval_data: str = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"
@@ -183,6 +189,7 @@ class Params:
         if self.chat_model not in ("adapter", "merged"):
             raise ValueError(f"chat_model must be 'adapter' or 'merged', got {self.chat_model!r}")
         check_share(self.share, "share")
+        check_num_gpus(self.num_gpus, "num_gpus")
         if self.report_to not in ("auto", "wandb", "none"):
             raise ValueError(f"report_to must be 'auto', 'wandb' or 'none', got {self.report_to!r}")
         check_gguf_quantizations(self.gguf_quantizations, "gguf_quantizations")

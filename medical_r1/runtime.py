@@ -183,6 +183,32 @@ def is_main_process() -> bool:
     return process_rank()[0] == 0
 
 
+def join_process_group() -> str:
+    """Join the notebook's processes (one per GPU, started by gpu_processes or torchrun) in a torch.distributed
+    group, if not yet: NCCL for CUDA tensors between GPUs, gloo for Python objects (the answers each process wrote)
+    and on the CPU. MEDICAL_R1_PROCESS_BACKEND overrides it (gloo where processes share one GPU, which NCCL
+    refuses). The trainers' accelerate finds the group made and uses it. Returns the backend."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend=os.environ.get("MEDICAL_R1_PROCESS_BACKEND") or (
+            "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"))
+    return str(dist.get_backend())
+
+
+def gather_from_processes(part: dict) -> dict:
+    """Every process's part (a dict keyed by item), merged, in every process; one process: part itself."""
+    if process_rank()[1] == 1:
+        return part
+    import torch.distributed as dist
+
+    join_process_group()
+    parts = [None] * process_rank()[1]
+    dist.all_gather_object(parts, part)
+    return {key: value for each in parts for key, value in each.items()}
+
+
 def setup_script_run(namespace: dict, argv: list[str]) -> list[str]:
     """For a notebook run as a script (python, torchrun, accelerate launch): apply `--NAME=value` arguments to
     the parameters already in `namespace` (values read as Python literals, else as text), and silence

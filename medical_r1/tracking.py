@@ -6,6 +6,7 @@ import os
 import pathlib
 
 from medical_r1.artifacts import artifact, read_json
+from medical_r1.runtime import is_main_process
 
 
 def resolve_report_to(report_to: str, work_dir=".", environ=os.environ) -> tuple[str, str]:
@@ -58,7 +59,7 @@ def log_comparison_to_wandb(work_dir, report_to: str, verdict: list[dict], losse
     run link, or None when W&B is off."""
     mode, why = resolve_report_to(report_to, work_dir, environ)
     print(why)
-    if mode != "wandb":
+    if mode != "wandb" or not is_main_process():  # one process logs, as the trainers do
         return None
     import wandb
 

@@ -37,6 +37,16 @@ def per_process_grad_accum(grad_accum: int, world_size: int | None = None) -> in
     return grad_accum // world_size
 
 
+def per_process_batch(batch_size: int, world_size: int | None = None) -> int:
+    """Completions per device step in each of N processes that keep one process's batch (07: GRPO_BATCH_SIZE
+    answers per step, NUM_GENERATIONS to a question, shared between the processes)."""
+    world_size = process_rank()[1] if world_size is None else world_size
+    if batch_size % world_size:
+        raise ValueError(f"GRPO_BATCH_SIZE ({batch_size}) must be a multiple of the number of processes ({world_size}) "
+                         f"to keep one GPU's batch; use GRPO_BATCH_SIZE = {world_size * max(1, batch_size // world_size)}")
+    return batch_size // world_size
+
+
 # Bytes one token keeps per decoder layer when nothing is recomputed, as 2 bytes x (4 x hidden + 3 x intermediate):
 # fitted to one measurement (one H200, the Llama-8B shape, 2 x 2,048 packed tokens: 21.6 GiB at the peak without
 # recomputation, 7.15 GiB with Unsloth's checkpointing, so 14.45 GiB of activations; issue 24's table).
@@ -312,7 +322,7 @@ def summarize_losses(history: dict, window: int = 3) -> dict:
 
 def describe_training(trainer, train: list, val: list) -> str:
     a = trainer.args
-    effective = a.per_device_train_batch_size * a.gradient_accumulation_steps
+    effective = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
     precision = "bf16" if a.bf16 else "fp16" if a.fp16 else "fp32"
     optim = getattr(a.optim, "value", a.optim)
     trainable = sum(t.numel() for t in trainer.model.parameters() if t.requires_grad)
@@ -323,7 +333,8 @@ def describe_training(trainer, train: list, val: list) -> str:
     else:
         unit = "examples"
     return (f"{len(train)} train / {len(val)} val examples; {a.max_steps} steps of {effective} {unit} "
-            f"({a.per_device_train_batch_size} x {a.gradient_accumulation_steps} accumulation); {precision}; "
+            f"({a.per_device_train_batch_size} x {a.gradient_accumulation_steps} accumulation"
+            f"{f' x {a.world_size} processes' if a.world_size > 1 else ''}); {precision}; "
             f"optimizer {optim}; {trainable:,} trainable parameters; logging to {a.report_to or 'nothing'}")
 
 

@@ -41,6 +41,7 @@ TOP_P = 0.95  # nucleus sampling, DeepSeek's recommended value
 DO_SAMPLE = True  # False gives greedy, repeatable answers (R1 distills may then repeat themselves)
 GEN_BATCH_SIZE = 0  # questions generated together; 0: the most this GPU holds (128, 64 or 32, printed); on out-of-memory set a smaller number
 SEED = 3407  # sampling seed
+NUM_GPUS = "auto"  # "auto" uses every GPU (Kaggle's T4 x2: one process each, see below); 1 keeps to one
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
@@ -65,9 +66,28 @@ if importlib.util.find_spec("medical_r1") is None:
 
 # %%
 from medical_r1.install import install_requirements
-from medical_r1.runtime import setup_backend
 
 print(install_requirements(INSTALL_REQUIREMENTS))
+
+# %% [markdown]
+# ## One process per GPU
+# With two GPUs (Kaggle's *GPU T4 x2*), the cells below run in two processes, one per GPU: each cell as you see it
+# (and as you edit it), in both, and the first process's output shows in the cell. Each writes every other batch of answers and
+# both get all of them back, in order: the same answers as one GPU. With one
+# GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
+# Interrupt stops every process; one that fails stops the others and its message ends the cell
+# (docs/two-gpus.md says how it works, and why this way).
+
+# %%
+from medical_r1.credentials import load_secrets
+from medical_r1.gpu_processes import run_cells_on_all_gpus
+
+load_secrets()
+print(run_cells_on_all_gpus(NUM_GPUS, globals()))
+
+# %%
+from medical_r1.runtime import setup_backend
+
 runtime, backend = setup_backend(BACKEND)
 
 # %% [markdown]

@@ -57,6 +57,7 @@ REPORT_TO = "auto"  # "auto" logs to W&B when WANDB_API_KEY is set; "wandb" or "
 SEED = 3407  # LoRA initialisation and data order
 EARLY_STOPPING_PATIENCE = 0  # 0 trains MAX_STEPS; 3 stops after 3 evaluations without a better val loss
 RESUME = True  # continue from the last checkpoint in WORK_DIR/checkpoints (after Kaggle's 12-hour stop)
+NUM_GPUS = "auto"  # "auto" uses every GPU (Kaggle's T4 x2: one process each, see below); 1 keeps to one
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
@@ -86,8 +87,23 @@ from medical_r1.runtime import setup_script_run
 setup_script_run(globals(), sys.argv)  # as a script (torchrun, accelerate launch): --NAME=value overrides
 print(install_requirements(INSTALL_REQUIREMENTS))
 
+# %% [markdown]
+# ## One process per GPU
+# With two GPUs (Kaggle's *GPU T4 x2*), the cells below run in two processes, one per GPU: each cell as you see it
+# (and as you edit it), in both, and the first process's output shows in the cell. The trainer trains data-parallel across them, with the
+# effective batch and schedule of one GPU (`GRAD_ACCUM` is split between them). With one
+# GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
+# Interrupt stops every process; one that fails stops the others and its message ends the cell
+# (docs/two-gpus.md says how it works, and why this way).
+
 # %%
 from medical_r1.credentials import load_secrets
+from medical_r1.gpu_processes import run_cells_on_all_gpus
+
+load_secrets()
+print(run_cells_on_all_gpus(NUM_GPUS, globals()))
+
+# %%
 from medical_r1.data import load_formatted_data
 from medical_r1.manifest import read_run_manifest
 from medical_r1.params import Params
@@ -101,9 +117,8 @@ params = Params(work_dir=WORK_DIR, model_name=run.model_name, backend=BACKEND, m
                 batch_size=BATCH_SIZE, grad_accum=GRAD_ACCUM, gradient_checkpointing=GRADIENT_CHECKPOINTING,
                 warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, optim=OPTIM, eval_steps=EVAL_STEPS,
                 save_steps=SAVE_STEPS, report_to=REPORT_TO, seed=SEED, gpu_memory_cap_gib=GPU_MEMORY_CAP_GIB,
-                early_stopping_patience=EARLY_STOPPING_PATIENCE)  # checks every value
+                early_stopping_patience=EARLY_STOPPING_PATIENCE, num_gpus=NUM_GPUS)  # checks every value
 train, val = load_formatted_data(WORK_DIR, run.model_name, run.max_seq_length)
-load_secrets()
 runtime, backend = setup_backend(BACKEND, run.precision, GPU_MEMORY_CAP_GIB)
 
 # %% [markdown]

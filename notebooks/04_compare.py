@@ -50,6 +50,7 @@ ROUGE_ITEMS = 10  # validation questions whose answers are scored by ROUGE-L aga
 JUDGE_MODEL = ""  # an LLM judge, e.g. "gpt-4o-mini", compares the ROUGE answers blind; empty keeps it off
 JUDGE_BASE_URL = "https://api.openai.com/v1"  # any OpenAI-compatible endpoint; the key is the JUDGE_API_KEY secret
 REPORT_TO = "auto"  # "auto" logs the verdict to 03's W&B run when WANDB_API_KEY is set; "wandb" or "none"
+NUM_GPUS = "auto"  # "auto" uses every GPU (Kaggle's T4 x2: one process each, see below); 1 keeps to one
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
@@ -73,13 +74,31 @@ if importlib.util.find_spec("medical_r1") is None:
     importlib.invalidate_caches()
 
 # %%
-from medical_r1.artifacts import read_jsonl, require_artifact
-from medical_r1.credentials import load_secrets
 from medical_r1.install import install_requirements
+
+print(install_requirements(INSTALL_REQUIREMENTS))
+
+# %% [markdown]
+# ## One process per GPU
+# With two GPUs (Kaggle's *GPU T4 x2*), the cells below run in two processes, one per GPU: each cell as you see it
+# (and as you edit it), in both, and the first process's output shows in the cell. Each writes every other batch of answers and
+# both get all of them back, in order: the same answers as one GPU. With one
+# GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
+# Interrupt stops every process; one that fails stops the others and its message ends the cell
+# (docs/two-gpus.md says how it works, and why this way).
+
+# %%
+from medical_r1.credentials import load_secrets
+from medical_r1.gpu_processes import run_cells_on_all_gpus
+
+load_secrets()
+print(run_cells_on_all_gpus(NUM_GPUS, globals()))
+
+# %%
+from medical_r1.artifacts import read_jsonl, require_artifact
 from medical_r1.manifest import check_trained_as_run, read_run_manifest
 from medical_r1.runtime import setup_backend
 
-print(install_requirements(INSTALL_REQUIREMENTS))
 base_answers = read_jsonl(require_artifact(WORK_DIR, "baseline_answers"))
 val = read_jsonl(require_artifact(WORK_DIR, "val_data"))
 run = read_run_manifest(WORK_DIR)  # the settings 02 decided for the whole series (run.json)
@@ -87,7 +106,6 @@ print(run)
 check_trained_as_run(run, WORK_DIR)  # 03's adapter belongs to this run's model
 template = run.template
 adapter_dir = require_artifact(WORK_DIR, "adapter")
-load_secrets()
 runtime, backend = setup_backend(BACKEND, run.precision)
 
 # %% [markdown]

@@ -62,6 +62,7 @@ VLLM_GPU_MEMORY = 0.6  # share of GPU memory vLLM may take, used only when vLLM 
 REPORT_TO = "auto"  # "auto" logs to W&B when WANDB_API_KEY is set; "wandb" or "none"
 SEED = 3407  # sampling and data order
 RESUME = True  # continue from the last checkpoint in WORK_DIR/grpo_checkpoints
+NUM_GPUS = "auto"  # "auto" uses every GPU (Kaggle's T4 x2: one process each, see below); 1 keeps to one
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
@@ -89,10 +90,25 @@ from medical_r1.install import install_requirements
 
 print(install_requirements(INSTALL_REQUIREMENTS))
 
+# %% [markdown]
+# ## One process per GPU
+# With two GPUs (Kaggle's *GPU T4 x2*), the cells below run in two processes, one per GPU: each cell as you see it
+# (and as you edit it), in both, and the first process's output shows in the cell. The trainer trains data-parallel across them, with the
+# effective batch and schedule of one GPU (each step's answers are is split between them). With one
+# GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
+# Interrupt stops every process; one that fails stops the others and its message ends the cell
+# (docs/two-gpus.md says how it works, and why this way).
+
+# %%
+from medical_r1.credentials import load_secrets
+from medical_r1.gpu_processes import run_cells_on_all_gpus
+
+load_secrets()
+print(run_cells_on_all_gpus(NUM_GPUS, globals()))
+
 # %%
 from medical_r1.artifacts import artifact
 from medical_r1.benchmarks import load_eval_data
-from medical_r1.credentials import load_secrets
 from medical_r1.manifest import read_run_manifest
 from medical_r1.params import Params
 from medical_r1.rewards import load_items, without_eval_questions
@@ -106,10 +122,10 @@ params = Params(work_dir=WORK_DIR, model_name=run.model_name, start_from=START_F
                 max_completion_length=MAX_COMPLETION_LENGTH, grpo_temperature=GRPO_TEMPERATURE,
                 grpo_learning_rate=GRPO_LEARNING_RATE, grpo_max_steps=GRPO_MAX_STEPS, grpo_batch_size=GRPO_BATCH_SIZE,
                 grpo_grad_accum=GRPO_GRAD_ACCUM, lora_r=LORA_R, lora_alpha=LORA_ALPHA, grpo_save_steps=GRPO_SAVE_STEPS,
-                vllm_gpu_memory=VLLM_GPU_MEMORY, report_to=REPORT_TO, seed=SEED, resume=RESUME)  # checks every value
+                vllm_gpu_memory=VLLM_GPU_MEMORY, report_to=REPORT_TO, seed=SEED, resume=RESUME,
+                num_gpus=NUM_GPUS)  # checks every value
 template = run.template
 items = without_eval_questions(load_items(TRAIN_ITEMS, GRPO_ITEMS), load_eval_data(EVAL_DATA, 0, SEED))  # never 04's
-load_secrets()
 runtime, backend = setup_backend(BACKEND, run.precision)
 
 # %% [markdown]
@@ -194,7 +210,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from medical_r1.rewards import grpo_rows
 from medical_r1.tracking import resolve_report_to
-from medical_r1.training import runtime_training_args, training_callbacks
+from medical_r1.training import per_process_batch, runtime_training_args, training_callbacks
 
 report_to, why = resolve_report_to(REPORT_TO, WORK_DIR)
 print(why)
@@ -202,7 +218,7 @@ config = GRPOConfig(
     output_dir=str(artifact(WORK_DIR, "grpo_checkpoints")),
     max_steps=GRPO_MAX_STEPS,
     learning_rate=GRPO_LEARNING_RATE,
-    per_device_train_batch_size=GRPO_BATCH_SIZE,
+    per_device_train_batch_size=per_process_batch(GRPO_BATCH_SIZE),  # shared between GPUs: one GPU's batch
     gradient_accumulation_steps=GRPO_GRAD_ACCUM,
     num_generations=NUM_GENERATIONS,
     max_completion_length=MAX_COMPLETION_LENGTH,

@@ -1,5 +1,7 @@
-"""03's script under torchrun with two CPU processes (gloo): the same effective batch, the same losses and
-adapter as one process up to float noise, and only the first process writes files or prints."""
+"""03 in two CPU processes (gloo), as a script under torchrun and as a notebook whose cells run in two processes
+(NUM_GPUS = 2, what "Run all" does on Kaggle's two T4s): the same effective batch, the same losses and adapter as one
+process up to float noise, only the first process writes files or prints, and a checkpoint written by two processes
+resumes in one."""
 import json
 import os
 import pathlib
@@ -40,6 +42,17 @@ def train_script(work: pathlib.Path, launcher: list[str]) -> subprocess.Complete
                           env=env, capture_output=True, text=True, timeout=600)
 
 
+def train_notebook(work: pathlib.Path, **changed) -> dict:
+    """03 executed by papermill in work, with train_script's settings; returns train_metrics.json."""
+    args = {"BACKEND": "cpu", "MAX_STEPS": 4, "BATCH_SIZE": 1, "GRAD_ACCUM": 2, "WARMUP_STEPS": 0,
+            "LEARNING_RATE": 0.005, "EVAL_STEPS": 2, "SAVE_STEPS": 2, "REPORT_TO": "none",
+            "INSTALL_REQUIREMENTS": "never",
+            **changed}
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    run_series.execute(args, work, only=["03"])
+    return json.loads(artifacts.artifact(work, "train_metrics").read_text())
+
+
 def copy_of(work: pathlib.Path, name: str) -> pathlib.Path:
     target = work.parent / name
     shutil.copytree(work, target)
@@ -68,6 +81,39 @@ def test_two_processes_train_like_one(formatted):
     # one writer: one summary line printed, no stray temporary files
     assert two.stdout.count("train loss") == 1, two.stdout[-2000:]
     assert not [p for p in double.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
+
+
+def test_run_all_with_two_processes_trains_like_one(formatted):
+    """The notebook itself, NUM_GPUS = 2: its cells run in two processes, against the one-process script."""
+    single, double = copy_of(formatted, "nb_single"), copy_of(formatted, "nb_double")
+    one = train_script(single, [sys.executable])
+    assert one.returncode == 0, one.stderr[-3000:]
+    m1 = json.loads(artifacts.artifact(single, "train_metrics").read_text())
+    m2 = train_notebook(double, NUM_GPUS=2)
+    assert (m1["processes"], m2["processes"]) == (1, 2)
+    assert [s for s, _ in m2["train_losses"]] == [1, 2, 3, 4]
+    assert [loss for _, loss in m2["train_losses"]] == pytest.approx([loss for _, loss in m1["train_losses"]], rel=1e-3)
+    assert m2["weight_changes"]["base_tensors_changed"] == 0
+    assert m2["weight_changes"]["lora_tensors_changed"] == m2["weight_changes"]["lora_tensors"] > 0
+    a = load_file(str(artifacts.artifact(single, "adapter") / "adapter_model.safetensors"))
+    b = load_file(str(artifacts.artifact(double, "adapter") / "adapter_model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+    executed = (double / "executed" / "03_train.ipynb").read_text()
+    assert executed.count("train loss ") == 1 and "2 processes" in executed and "image/png" in executed
+    assert sorted(p.name for p in (double / "logs").iterdir()) == ["gpu_process_0.log", "gpu_process_1.log"]
+
+
+def test_a_checkpoint_of_two_processes_resumes_in_one(formatted):
+    work = copy_of(formatted, "resume")
+    first = train_notebook(work, NUM_GPUS=2, MAX_STEPS=2)
+    assert first["processes"] == 2 and (work / "checkpoints" / "checkpoint-2").is_dir()
+    second = train_notebook(work, NUM_GPUS=1, MAX_STEPS=4)
+    assert second["processes"] == 1
+    # steps 1-2 are the checkpoint's (its log history), 3-4 trained in one process after it
+    assert second["train_losses"][:2] == first["train_losses"]
+    assert [s for s, _ in second["train_losses"]] == [1, 2, 3, 4]
+    assert "checkpoint-2" in (work / "executed" / "03_train.ipynb").read_text()
+    assert (work / "checkpoints" / "checkpoint-4").is_dir()
 
 
 def test_grad_accum_must_split_evenly_across_processes():

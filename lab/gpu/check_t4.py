@@ -8,6 +8,9 @@ sample benchmark file, offline mode. Writes t4_check.json and prints one row per
 On the GPU machine (with .whl and .gpu_ref carried, as lab/gpu/RESULTS.md says):
     python lab/gpu/check_t4.py --out $OUT --only 00 01 02 03      # then, same machine and work dir:
     python lab/gpu/check_t4.py --out $OUT --only 04 05 06
+Two processes sharing the one GPU, each in T4 mode with its own 15 GiB (issue 36; NCCL refuses two processes on one
+GPU, so they use gloo between them, which MEDICAL_R1_SHARE_ONE_GPU=1 sets):
+    MEDICAL_R1_SHARE_ONE_GPU=1 python lab/gpu/check_t4.py --out $OUT --only 00 01 02 03 --set NUM_GPUS=2
 """
 import argparse
 import json
@@ -64,12 +67,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "gpu_check")
     parser.add_argument("--only", nargs="*", default=["00", "01", "02", "03", "05", "06", "07", "04"])  # 04 last
+    parser.add_argument("--work", type=pathlib.Path, default=WORK, help="the series' WORK_DIR (another: a second run)")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="a parameter changed from its default, VALUE in JSON (GRPO_MAX_STEPS=2: a short 07)")
     args = parser.parse_args()
+    work = args.work
     changed = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
     args.out.mkdir(parents=True, exist_ok=True)
-    WORK.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
     if not (MODEL / "config.json").exists():
         start = time.time()
         real_shapes.build_model_in_child("llama-8b", MODEL)
@@ -79,7 +84,7 @@ def main():
     import torch
 
     results_path = args.out / "t4_check.json"
-    results = json.loads((WORK / "t4_check.json").read_text()) if (WORK / "t4_check.json").exists() else {
+    results = json.loads((work / "t4_check.json").read_text()) if (work / "t4_check.json").exists() else {
         "device": subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                                  text=True).stdout.strip(), "torch": torch.__version__,
         "arch_list": torch.cuda.get_arch_list(),
@@ -88,24 +93,28 @@ def main():
     for number in args.only:
         record = {"changed": changed} if changed else {}
         try:
-            record["seconds"] = run_series.run({"offline": True, "parameters": {**parameters(), **changed}}, WORK,
+            record["seconds"] = run_series.run({"offline": True, "parameters": {**parameters(), **changed}}, work,
                                                only=[number])
             record["ok"] = True
         except Exception as err:  # record the failure and go on
             record["ok"], record["error"] = False, f"{type(err).__name__}: {str(err)[-1500:]}"
-        executed = next((WORK / "executed").glob(f"{number}_*.ipynb"), None)
+        executed = next((work / "executed").glob(f"{number}_*.ipynb"), None)
         record["said"] = said(executed) if executed else []
         lines, offset = new_log_lines(offset)
         peaks = [line for line in lines if "peak_reserved_gib" in line]
         record["peak_reserved_gib"] = max((p["peak_reserved_gib"] for p in peaks), default=None)
         record["peak_allocated_gib"] = max((p["peak_allocated_gib"] for p in peaks), default=None)
+        by_process = {}
+        for p in peaks:  # each process's own peak (the kernel's, or each GPU process's under NUM_GPUS > 1)
+            by_process[str(p["pid"])] = max(by_process.get(str(p["pid"]), 0), p["peak_reserved_gib"])
+        record["peak_reserved_gib_by_process"] = by_process
         record["t4_answers_to"] = sorted({f"{line['asked']} <- {line['by']}" for line in lines if "asked" in line})
         record["kept"] = sorted({line["kept"] for line in lines if "kept" in line})
         results["notebooks"][number] = record
         for key in ("runtime", "train_metrics", "compare_metrics", "export_report", "grpo_metrics"):
-            if artifacts.artifact(WORK, key).exists():
-                results[key] = artifacts.read_json(artifacts.artifact(WORK, key))
-        for path in (WORK / "t4_check.json", results_path):
+            if artifacts.artifact(work, key).exists():
+                results[key] = artifacts.read_json(artifacts.artifact(work, key))
+        for path in (work / "t4_check.json", results_path):
             artifacts.write_json(path, results)
         print(f"{number}: ok={record['ok']} peak reserved {record['peak_reserved_gib']} GiB "
               f"{record.get('error', '')[:300]}", flush=True)
