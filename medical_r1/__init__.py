@@ -16,6 +16,8 @@
 - display: figures and tables the notebooks show
 - kaggle_folders: `kaggle kernels push` folders and the helper wheel as a Kaggle dataset
 - sweep: grids of settings, one row per setting, the page that compares them
+- gpu_processes, gpu_worker, cell_namespace: a notebook's cells run in one process per GPU (Kaggle's T4 x2),
+  the kernel keeping the notebook's variables
 
 Importing a module is cheap: torch, transformers, trl and unsloth are imported inside the functions that
 use them, so the first cell works before the install cell and on a machine without a GPU.

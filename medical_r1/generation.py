@@ -200,16 +200,20 @@ def auto_batch_size(model, prompt_tokens: int, max_new_tokens: int) -> tuple[int
     floor = AUTO_BATCH_SIZES[-1]
     if not torch.cuda.is_available():
         return floor, f"batch {floor} (no GPU)"
-    from medical_r1.runtime import free_gpu_bytes
+    from medical_r1.runtime import agree_on_smallest, free_gpu_bytes, process_rank
 
     per_row = batch_memory_per_row(model.config, prompt_tokens, max_new_tokens)
     free = free_gpu_bytes()
     rows = int(0.9 * free // per_row)
-    batch = next((b for b in AUTO_BATCH_SIZES if b <= rows), floor)
+    own = next((b for b in AUTO_BATCH_SIZES if b <= rows), floor)
+    batch = agree_on_smallest(own)  # every process writes the batches one process would: one size for all
+    processes = process_rank()[1]
+    agreed = "" if processes == 1 else (f"; the smallest of the {processes} processes' choices (this one's GPU "
+                                        f"alone: {own})" if batch != own else f"; agreed by the {processes} processes")
     return batch, (f"batch {batch}: {free / 2**30:.1f} GiB free holds about {rows} answers of up to "
                    f"{prompt_tokens + max_new_tokens} tokens ({per_row / 2**20:.0f} MiB each, counted on the safe "
                    f"side); GEN_BATCH_SIZE = 0 takes the largest of {', '.join(map(str, AUTO_BATCH_SIZES))} "
-                   f"that fits, and never less than {floor}")
+                   f"that fits, and never less than {floor}{agreed}")
 
 
 @dataclasses.dataclass(frozen=True)

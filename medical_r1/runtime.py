@@ -183,18 +183,57 @@ def is_main_process() -> bool:
     return process_rank()[0] == 0
 
 
+# How long one collective may wait for the other processes before it fails (the cell then ends with its message,
+# and a "Save & Run All" with nobody to press Interrupt stops instead of burning the session's GPU quota). The
+# longest wait in the series is a process finishing its share of answers before the others gather them: minutes.
+COLLECTIVE_TIMEOUT_S = int(os.environ.get("MEDICAL_R1_COLLECTIVE_TIMEOUT_S", 30 * 60))
+
+
 def join_process_group() -> str:
     """Join the notebook's processes (one per GPU, started by gpu_processes or torchrun) in a torch.distributed
     group, if not yet: NCCL for CUDA tensors between GPUs, gloo for Python objects (the answers each process wrote)
     and on the CPU. MEDICAL_R1_PROCESS_BACKEND overrides it (gloo where processes share one GPU, which NCCL
-    refuses). The trainers' accelerate finds the group made and uses it. Returns the backend."""
+    refuses). A collective waits at most COLLECTIVE_TIMEOUT_S. The trainers' accelerate finds the group made and
+    uses it. Returns the backend."""
+    import datetime
+
     import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group(backend=os.environ.get("MEDICAL_R1_PROCESS_BACKEND") or (
-            "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"))
+            "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"),
+            timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     return str(dist.get_backend())
+
+
+def check_processes_reach_each_other() -> None:
+    """One small sum across the processes, on the GPU where there is one (NCCL's path between the GPUs): a pair of
+    GPUs that cannot talk hangs here, at launch, where gpu_processes waits for it a few seconds, rather than in
+    the first training step."""
+    import torch
+    import torch.distributed as dist
+
+    nccl = "nccl" in str(dist.get_backend())
+    device = f"cuda:{torch.cuda.current_device()}" if nccl else "cpu"
+    total = torch.ones(1, device=device)
+    dist.all_reduce(total)
+    if int(total.item()) != dist.get_world_size():
+        raise RuntimeError(f"a sum of ones across {dist.get_world_size()} processes gave {total.item()}")
+
+
+def agree_on_smallest(value: int) -> int:
+    """The smallest of every process's value (one process: value). Choices each process makes from its own GPU
+    (the free memory behind GEN_BATCH_SIZE = 0) must be one choice, or the processes' batches no longer line up."""
+    if process_rank()[1] == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    join_process_group()
+    smallest = torch.tensor([value], dtype=torch.int64)  # on the CPU: gloo, whatever the GPUs' backend
+    dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+    return int(smallest.item())
 
 
 def gather_from_processes(part: dict) -> dict:

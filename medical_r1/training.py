@@ -14,6 +14,7 @@ from medical_r1.display import plot_loss_curve
 from medical_r1.params import Params
 from medical_r1.runtime import (
     Runtime,
+    agree_on_smallest,
     free_gpu_bytes,
     is_main_process,
     peak_gpu_memory_gib,
@@ -27,23 +28,35 @@ def resolve_optimizer(optim: str, backend: str) -> str:
     return "adamw_torch" if backend == "cpu" and "8bit" in optim else optim
 
 
-def per_process_grad_accum(grad_accum: int, world_size: int | None = None) -> int:
+def _multiples_around(value: int, step: int) -> list[int]:
+    """The multiples of step nearest to value, below (if any) and above: the values a message can offer."""
+    return sorted({m for m in (step * (value // step), step * -(-value // step)) if m >= step})
+
+
+def per_process_grad_accum(grad_accum: int, world_size: int | None = None, batch_size: int = 1) -> int:
     """Accumulation steps per process that keep the effective batch of one process with GRAD_ACCUM: each of
     the N processes takes its own micro-batches, so N processes need GRAD_ACCUM / N each."""
     world_size = process_rank()[1] if world_size is None else world_size
     if grad_accum % world_size:
-        raise ValueError(f"GRAD_ACCUM ({grad_accum}) must be a multiple of the number of processes ({world_size}) "
-                         f"to keep the effective batch; use GRAD_ACCUM = {world_size * max(1, grad_accum // world_size)}")
+        offers = " or ".join(f"GRAD_ACCUM = {m} (an update of {m * batch_size} rows)"
+                             for m in _multiples_around(grad_accum, world_size))
+        raise ValueError(f"GRAD_ACCUM ({grad_accum}) must be a multiple of the number of processes ({world_size}), "
+                         f"since each process takes its share of an update's micro-batches: use {offers}, or "
+                         f"NUM_GPUS = 1 to keep updates of {grad_accum * batch_size} rows")
     return grad_accum // world_size
 
 
-def per_process_batch(batch_size: int, world_size: int | None = None) -> int:
+def per_process_batch(batch_size: int, world_size: int | None = None, num_generations: int = 1) -> int:
     """Completions per device step in each of N processes that keep one process's batch (07: GRPO_BATCH_SIZE
     answers per step, NUM_GENERATIONS to a question, shared between the processes)."""
     world_size = process_rank()[1] if world_size is None else world_size
     if batch_size % world_size:
+        # the value offered must also hold whole questions' answers, as Params asks
+        step = world_size * num_generations // math.gcd(world_size, num_generations)
+        offers = " or ".join(f"GRPO_BATCH_SIZE = {m}" for m in _multiples_around(batch_size, step))
         raise ValueError(f"GRPO_BATCH_SIZE ({batch_size}) must be a multiple of the number of processes ({world_size}) "
-                         f"to keep one GPU's batch; use GRPO_BATCH_SIZE = {world_size * max(1, batch_size // world_size)}")
+                         f"to keep one GPU's batch: use {offers} (a multiple of {world_size} and of NUM_GENERATIONS "
+                         f"= {num_generations}), or NUM_GPUS = 1")
     return batch_size // world_size
 
 
@@ -78,7 +91,9 @@ def choose_gradient_checkpointing(setting: str, model, backend: str, batch_size:
         return "unsloth", (f"gradient checkpointing on: 'auto' decides only for Unsloth on a GPU (backend {backend})")
     tokens = batch_size * max_seq_length
     need = NO_RECOMPUTE_MARGIN * activation_gib(model.config, tokens) + NO_RECOMPUTE_HEADROOM_GIB
-    free = free_gpu_bytes() / 2**30  # under GPU_MEMORY_CAP_GIB, what the cap leaves, not the device's free memory
+    # under GPU_MEMORY_CAP_GIB, what the cap leaves, not the device's free memory; with one process per GPU, the
+    # least any of them has, so that all decide alike
+    free = agree_on_smallest(free_gpu_bytes()) / 2**30
     if free >= need:
         return False, (f"gradient checkpointing off: {free:.1f} GiB free holds the activations of {batch_size} x "
                        f"{max_seq_length} tokens (about {need:.1f} GiB with a margin), so none are recomputed "
@@ -155,7 +170,7 @@ def make_trainer(model, tokenizer, train_records, val_records, p: Params, backen
         learning_rate=p.learning_rate,
         per_device_train_batch_size=p.batch_size,
         per_device_eval_batch_size=p.batch_size,
-        gradient_accumulation_steps=per_process_grad_accum(p.grad_accum),
+        gradient_accumulation_steps=per_process_grad_accum(p.grad_accum, batch_size=p.batch_size),
         warmup_steps=p.warmup_steps,
         lr_scheduler_type="linear",
         weight_decay=p.weight_decay,

@@ -72,10 +72,12 @@ print(install_requirements(INSTALL_REQUIREMENTS))
 # %% [markdown]
 # ## One process per GPU
 # With two GPUs (Kaggle's *GPU T4 x2*), the cells below run in two processes, one per GPU: each cell as you see it
-# (and as you edit it), in both, and the first process's output shows in the cell. Each writes every other batch of answers and
-# both get all of them back, in order: the same answers as one GPU. With one
-# GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
-# Interrupt stops every process; one that fails stops the others and its message ends the cell
+# (and as you edit it), in both, and the first process's output shows in the cell. Each writes every other
+# batch of answers and both get all of them back, in order: the same answers as one GPU.
+# With one GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
+# It stays a notebook: edit a parameter and Run all again (this cell starts the processes again from the values
+# above), `!nvidia-smi`, `%pip` and `%%time` work, and Interrupt while nothing runs leaves the processes alone.
+# Interrupt during a cell, or a process that fails, stops them all and says so; Run all then starts again
 # (docs/two-gpus.md says how it works, and why this way).
 
 # %%

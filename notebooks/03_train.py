@@ -90,10 +90,12 @@ print(install_requirements(INSTALL_REQUIREMENTS))
 # %% [markdown]
 # ## One process per GPU
 # With two GPUs (Kaggle's *GPU T4 x2*), the cells below run in two processes, one per GPU: each cell as you see it
-# (and as you edit it), in both, and the first process's output shows in the cell. The trainer trains data-parallel across them, with the
-# effective batch and schedule of one GPU (`GRAD_ACCUM` is split between them). With one
-# GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
-# Interrupt stops every process; one that fails stops the others and its message ends the cell
+# (and as you edit it), in both, and the first process's output shows in the cell. The trainer trains
+# data-parallel across them, with the effective batch and schedule of one GPU (`GRAD_ACCUM` is split between them).
+# With one GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
+# It stays a notebook: edit a parameter and Run all again (this cell starts the processes again from the values
+# above), `!nvidia-smi`, `%pip` and `%%time` work, and Interrupt while nothing runs leaves the processes alone.
+# Interrupt during a cell, or a process that fails, stops them all and says so; Run all then starts again
 # (docs/two-gpus.md says how it works, and why this way).
 
 # %%
@@ -187,7 +189,7 @@ config = SFTConfig(
     learning_rate=LEARNING_RATE,
     per_device_train_batch_size=BATCH_SIZE,
     per_device_eval_batch_size=BATCH_SIZE,
-    gradient_accumulation_steps=per_process_grad_accum(GRAD_ACCUM),  # split across GPUs under torchrun
+    gradient_accumulation_steps=per_process_grad_accum(GRAD_ACCUM, batch_size=BATCH_SIZE),  # split across GPUs
     warmup_steps=WARMUP_STEPS,
     lr_scheduler_type="linear",
     weight_decay=WEIGHT_DECAY,

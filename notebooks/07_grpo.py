@@ -93,10 +93,12 @@ print(install_requirements(INSTALL_REQUIREMENTS))
 # %% [markdown]
 # ## One process per GPU
 # With two GPUs (Kaggle's *GPU T4 x2*), the cells below run in two processes, one per GPU: each cell as you see it
-# (and as you edit it), in both, and the first process's output shows in the cell. The trainer trains data-parallel across them, with the
-# effective batch and schedule of one GPU (each step's answers are is split between them). With one
-# GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
-# Interrupt stops every process; one that fails stops the others and its message ends the cell
+# (and as you edit it), in both, and the first process's output shows in the cell. The trainer trains
+# data-parallel across them, with the effective batch and schedule of one GPU (each step's answers are split between them).
+# With one GPU (Colab) they run here, as in any notebook. The secrets are read first, so the processes inherit them.
+# It stays a notebook: edit a parameter and Run all again (this cell starts the processes again from the values
+# above), `!nvidia-smi`, `%pip` and `%%time` work, and Interrupt while nothing runs leaves the processes alone.
+# Interrupt during a cell, or a process that fails, stops them all and says so; Run all then starts again
 # (docs/two-gpus.md says how it works, and why this way).
 
 # %%
@@ -218,7 +220,7 @@ config = GRPOConfig(
     output_dir=str(artifact(WORK_DIR, "grpo_checkpoints")),
     max_steps=GRPO_MAX_STEPS,
     learning_rate=GRPO_LEARNING_RATE,
-    per_device_train_batch_size=per_process_batch(GRPO_BATCH_SIZE),  # shared between GPUs: one GPU's batch
+    per_device_train_batch_size=per_process_batch(GRPO_BATCH_SIZE, num_generations=NUM_GENERATIONS),  # one GPU's batch
     gradient_accumulation_steps=GRPO_GRAD_ACCUM,
     num_generations=NUM_GENERATIONS,
     max_completion_length=MAX_COMPLETION_LENGTH,

@@ -100,6 +100,12 @@ def test_run_all_with_two_processes_trains_like_one(formatted):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
     executed = (double / "executed" / "03_train.ipynb").read_text()
     assert executed.count("train loss ") == 1 and "2 processes" in executed and "image/png" in executed
+    # the trainer's progress as one GPU shows it in a notebook: one table updated in place, no printed log dicts
+    # or text bars repeated after every step
+    train_cell = next(c for c in json.loads(executed)["cells"] if "trainer.train(" in "".join(c["source"]))
+    tables = [o for o in train_cell["outputs"] if "<progress" in "".join(o.get("data", {}).get("text/html", ""))]
+    text = "".join("".join(o.get("text", "")) for o in train_cell["outputs"])
+    assert len(tables) == 1 and "{'loss'" not in text and "\x1b[A" not in text and text.count("it/s]") <= 1, text
     assert sorted(p.name for p in (double / "logs").iterdir()) == ["gpu_process_0.log", "gpu_process_1.log"]
 
 
