@@ -160,3 +160,62 @@ def test_an_upper_bound_verdict_and_a_missing_figure():
 def test_the_host_snapshot_has_the_load_whether_or_not_nvidia_smi_answers():
     state = repeat.host_snapshot()
     assert state["load_1min"] >= 0 and state["cpus"] >= 1 and "gpu_util_percent" in state
+
+
+@pytest.mark.parametrize("config", ["raw", "trainer"])
+def test_a_bench_train_worker_runs_its_windows_at_the_gates_on_the_cpu(tiny_model_dir, tmp_path, monkeypatch, config):
+    """bench_train's --repeat worker with the tiny model on the CPU, the bare loop and the trainer: it waits at
+    each gate until the parent opens it, times 2 windows of 2 steps after a warm-up step, each window's micro-batches
+    counted, then runs its 2 tail steps; the parent's summary has the medians of the two windows."""
+    import bench_train
+
+    from medical_r1 import data as data_mod
+
+    monkeypatch.setattr(bench_train, "DATA", data_mod.SAMPLE_DATA_DIR)
+    small = {"batch_size": 2, "grad_accum": 2, "packing": False}
+    monkeypatch.setitem(bench_train.CONFIGS, "cpu", {"backend": "cpu", "params": small, "completion_only_loss": True,
+                                                     **({"raw": True} if config == "raw" else {})})
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(result=bench_train.run_windows(
+        "cpu", tiny_model_dir, warmup=1, measure=2, windows=2, out=tmp_path, profiled=False)))
+    (tmp_path / "gates").mkdir()
+    worker.start()
+    log = repeat.drive(tmp_path / "gates", ["cpu"], repeat.phases(2, bench_train.PROFILED_STEPS),
+                       {"cpu": worker.is_alive}, timeout_s=300)
+    worker.join()
+    result = box["result"]
+    assert log["cpu"]["failed_at_phase"] is None and len(log["cpu"]["host_before_phase"]) == 4
+    assert [(r["round"], r["first_step"], r["end_step"]) for r in result["runs"]] == [(0, 2, 4), (1, 5, 7)]
+    for run in result["runs"]:
+        # 2 steps x 2 micro-batches x 2 examples, unpacked: every position of the 8 examples, padding included
+        assert run["seconds"] > 0 and run["real_tokens"] > 0 and run["positions_tokens"] >= run["real_tokens"]
+        assert run["mfu"] is None and run["peak_reserved_gib"] is None  # no GPU: no matmul rate, no GPU memory
+    assert result["profile"]["steps"] == 2  # the tail, timed (profiled=False)
+    assert len(result["losses"]) == 9 if config == "raw" else result["losses"]  # 1 + 2 x 3 + 2 steps
+    windows = sorted(p.name for p in (tmp_path / "gates").glob("window_*"))
+    assert windows == ["window_cpu_0.json", "window_cpu_1.json"]
+    report = bench_train.summarise_repeated({"cpu": result})
+    assert report["summary"]["cpu"]["real_tokens_per_s"]["n"] == 2
+
+
+def test_the_repeated_report_judges_the_ratios_on_their_medians_and_shows_failures():
+    import bench_train
+
+    def runs(rates):
+        return [{"round": k, "real_tokens_per_s": v, "answer_tokens_per_s": v / 2, "mfu": 0.3,
+                 "peak_reserved_gib": 7.8, "seconds_per_step": 1.0, "cuda_mallocs": 0, "compiled_graphs": 0}
+                for k, v in enumerate(rates)]
+
+    results = {"a_project": {"runs": runs([7000, 6300, 7500]), "gradient_checkpointing": "unsloth"},
+               "a_project_auto": {"runs": runs([11000, 7600, 9100]), "gradient_checkpointing": "False"},
+               "r_raw_loop": {"runs": runs([7100, 6400, 7600])},
+               "r_raw_loop_no_checkpointing": {"error": "worker exited with 1", "runs": []}}
+    report = bench_train.summarise_repeated(results)
+    auto = report["targets"]["auto_over_a"]
+    assert auto["median"] == pytest.approx(9100 / 7500) and auto["met"] is False and auto["runs_straddle_target"]
+    assert report["targets"]["a_over_r"]["met"] is True and report["targets"]["peak_gib"]["met"] is True
+    assert "auto_over_r_no_checkpointing" not in report["targets"]  # a failed configuration is no figure
+    text = bench_train.repeated_table(results, report, {"device": "fake", "windows": 3, "measure": 10})
+    assert "| a_project_auto | False | 9,100 (7,600-11,000) |" in text
+    assert "| r_raw_loop_no_checkpointing | failed: worker exited with 1" in text
+    assert "| auto_over_a | 1.213 (1.206-1.571) | 1.5 | False |" in text

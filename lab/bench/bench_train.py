@@ -9,6 +9,13 @@ process with it. Every process also measures the GPU's bf16 matmul rate, the den
 On the GPU machine (after installing .whl and building .gpu_ref, see lab/BENCHMARKS.md):
     python lab/bench/bench_train.py --shape llama-8b --out $OUT
 Prints a table and writes train_bench.json.
+
+With --repeat N (lab/bench/repeat.py): the configurations asked run alternated in one invocation, N timed windows
+each (A, B, C, A, B, C, ...), one process per configuration that loads its model once, only one on the GPU at a
+time; the warm-up and each window's first step untimed; the host's load before each window. Writes every window and
+the medians with their ranges to train_bench_repeated.json and judges each ratio on its median. --profile adds two
+profiled steps per configuration after the windows (torch.profiler: host against GPU time, syncs, allocator calls,
+compiled regions, top operations), for the trainer-against-bare-loop question.
 """
 import argparse
 import json
@@ -20,7 +27,8 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "lab" / "gpu")]
+sys.path[:0] = [str(ROOT), str(ROOT / "lab" / "gpu"), str(ROOT / "lab" / "bench")]
+import repeat  # noqa: E402
 from medical_r1 import (
     artifacts,  # noqa: E402
     params,  # noqa: E402
@@ -63,7 +71,19 @@ CONFIGS = {
                                     "completion_only_loss": True, "raw": True, "checkpointing": False},
 }
 TARGETS = {"a_over_c": 4.0, "a_over_b": 1.15, "a_over_r": 0.9, "a_over_r_repeated": 0.95, "peak_gib": 8.0, "mfu": 0.40,
-           "auto_over_a": 1.5}
+           "auto_over_a": 1.5, "auto_over_r_no_checkpointing": 0.9}
+# Each ratio: (numerator, denominator, the rate compared).
+RATIOS = {"a_over_c": ("a_project", "c_peft_bnb", "answer_tokens_per_s"),
+          "a_over_b": ("a_project", "b_seed", "answer_tokens_per_s"),
+          "a_over_r": ("a_project", "r_raw_loop", "real_tokens_per_s"),
+          "a_over_r_repeated": ("a_project", "r_raw_loop_repeated", "real_tokens_per_s"),
+          "auto_over_a": ("a_project_auto", "a_project", "real_tokens_per_s"),
+          "auto_over_r_no_checkpointing": ("a_project_auto", "r_raw_loop_no_checkpointing", "real_tokens_per_s")}
+# The four rows of issue 46: 03 with checkpointing on and "auto", and the bare loop with and without it.
+REPEATED_DEFAULT = ["a_project", "a_project_auto", "r_raw_loop", "r_raw_loop_no_checkpointing"]
+WINDOW_KEYS = ["real_tokens_per_s", "answer_tokens_per_s", "labels_tokens_per_s", "mfu", "peak_allocated_gib",
+               "peak_reserved_gib", "seconds_per_step", "host_load_1min_at_end", "cuda_mallocs", "alloc_retries",
+               "compiled_graphs"]
 PROFILED_STEPS = 2  # optimizer steps after the timed window, under torch.profiler
 
 
@@ -205,6 +225,14 @@ def profile_summary(prof, steps: int, wall_s: float) -> dict:
     return {"steps": steps, "wall_ms_per_step": 1000 * wall_s / steps, "gpu_busy_ms_per_step": gpu_ms(),
             "syncs_per_step": (count.get("cudaStreamSynchronize", 0) + count.get("cudaDeviceSynchronize", 0)) / steps,
             "item_calls_per_step": count.get("aten::_local_scalar_dense", 0) / steps,
+            # allocator churn: the caching allocator going to the driver (cudaMalloc/cudaFree) inside a step
+            "cuda_malloc_free_per_step": sum(c for k, c in count.items() if k in ("cudaMalloc", "cudaFree")) / steps,
+            # compiled regions entered, and dynamo guard checks (a recompile shows as time in these)
+            "compiled_region_calls_per_step": sum(c for k, c in count.items() if "Compiled" in k) / steps,
+            "dynamo_cpu_ms_per_step": sum(e.self_cpu_time_total for e in events
+                                          if "dynamo" in e.key.lower() or "Compiled" in e.key) / 1000 / steps,
+            "optimizer_cpu_ms_per_step": sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step"))
+            / 1000 / steps,
             "nccl_ms_per_step": gpu_ms(lambda k: "nccl" in k.lower()),
             "memcpy_dtoh_ms_per_step": gpu_ms(lambda k: "DtoH" in k or "Device -> Pageable" in k or "Device -> Pinned" in k),
             "memcpy_htod_ms_per_step": gpu_ms(lambda k: "HtoD" in k or "Pageable -> Device" in k or "Pinned -> Device" in k),
@@ -221,12 +249,16 @@ def profiler_callback(first_step: int, steps: int, results: dict, profiled: bool
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
+    def sync():  # on the CPU (the tests) there is nothing to wait for
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
     class Profiled(TrainerCallback):
         prof = start = None
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == first_step and self.start is None:
-                torch.cuda.synchronize()
+                sync()
                 if profiled:
                     self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
                     self.prof.__enter__()
@@ -234,7 +266,7 @@ def profiler_callback(first_step: int, steps: int, results: dict, profiled: bool
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.start is not None and state.global_step == first_step + steps:
-                torch.cuda.synchronize()
+                sync()
                 wall = time.perf_counter() - self.start
                 if self.prof is None:
                     results["profile"] = {"steps": steps, "wall_ms_per_step": 1000 * wall / steps}
@@ -247,11 +279,12 @@ def profiler_callback(first_step: int, steps: int, results: dict, profiled: bool
 
 
 def raw_loop(trainer, model, p, steps: int, clock_marks: list, results: dict, profile_from: int,
-             checkpointing=True, repeat: int = 0) -> list:
+             checkpointing=True, repeat: int = 0, schedule=None, profiled: bool = True) -> list:
     """The bare loop over the trainer's own dataloader: forward, loss / accumulation, backward, 8-bit AdamW.
     Appends the seconds since the start at the end of each optimizer step to clock_marks; profiles the steps
     after profile_from. With `repeat`, cycles over the first `repeat` micro-batches (the trainer's collator, a
-    CountingCollator, then records each one again as it is used). Returns the losses per optimizer step."""
+    CountingCollator, then records each one again as it is used). With a repeat.WindowSchedule, stops at its gates
+    and times its windows. Returns the losses per optimizer step."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -297,14 +330,18 @@ def raw_loop(trainer, model, p, steps: int, clock_marks: list, results: dict, pr
     sync()
     start = time.perf_counter()
     for step in range(steps):
+        if schedule is not None:
+            schedule.before_step(step)
         if step == profile_from:
             sync()
             prof_start = time.perf_counter()
-            prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-            prof.__enter__()
+            if profiled:
+                prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                prof.__enter__()
         total = torch.zeros((), device=device)
         for _ in range(p.grad_accum):
-            batch = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in next(batches).items()}
+            batch = {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v
+                     for k, v in next(batches).items()}
             loss = model(**batch).loss / p.grad_accum
             loss.backward()
             total += loss.detach()
@@ -313,21 +350,25 @@ def raw_loop(trainer, model, p, steps: int, clock_marks: list, results: dict, pr
         sync()
         clock_marks.append(time.perf_counter() - start)
         losses.append(total)
-        if prof is not None and step == profile_from + PROFILED_STEPS - 1:
-            prof.__exit__(None, None, None)
-            results["profile"] = profile_summary(prof, PROFILED_STEPS, time.perf_counter() - prof_start)
-            prof = None
+        if schedule is not None:
+            schedule.after_step(step)
+        if step == profile_from + PROFILED_STEPS - 1:
+            if prof is not None:
+                prof.__exit__(None, None, None)
+                results["profile"] = profile_summary(prof, PROFILED_STEPS, time.perf_counter() - prof_start)
+                prof = None
+            else:  # profiled=False: the same steps, timed only
+                results["profile"] = {"steps": PROFILED_STEPS,
+                                      "wall_ms_per_step": 1000 * (time.perf_counter() - prof_start) / PROFILED_STEPS}
     return [x.item() for x in losses]
 
 
-def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.Path) -> dict:
-    import torch
-
+def prepare(name: str, model_dir: str, max_steps: int) -> dict:
+    """A configuration's model, trainer and counting collator, built as 03 builds them, for max_steps steps."""
     spec = CONFIGS[name]
-    tflops = matmul_tflops()
-    runtime, backend = rt_mod.setup_backend(spec["backend"], "bf16")
-    p = params.Params(work_dir=f"/tmp/bench/{name}", model_name=model_dir, max_steps=warmup + measure + PROFILED_STEPS,
-                  save_steps=10_000, eval_steps=10_000, report_to="none", warmup_steps=0, **spec["params"])
+    runtime, backend = rt_mod.setup_backend(spec["backend"], spec.get("precision", "bf16"))
+    p = params.Params(work_dir=f"/tmp/bench/{name}", model_name=model_dir, max_steps=max_steps,
+                      save_steps=10_000, eval_steps=10_000, report_to="none", warmup_steps=0, **spec["params"])
     load_start = time.perf_counter()
     model, tok = models_mod.load_model_and_tokenizer(model_dir, backend, runtime, p.max_seq_length, p.load_in_4bit)
     model = models_mod.add_lora(model, backend, p)
@@ -340,6 +381,38 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
         trainer.data_collator = BucketedCollator(trainer.data_collator, multiple, tok.pad_token_id)
     counter = CountingCollator(trainer.data_collator, tok.bos_token_id, tok.convert_tokens_to_ids("<｜Assistant｜>"))
     trainer.data_collator = counter
+    n_matmul = matmul_parameters(json.loads((pathlib.Path(model_dir) / "config.json").read_text()))
+    return {"spec": spec, "p": p, "model": model, "tok": tok, "records": records, "dropped": dropped,
+            "trainer": trainer, "counter": counter, "backend": backend, "load_s": load_s, "n_matmul": n_matmul}
+
+
+def rates(batches: list, seconds: float, n_matmul: int, tflops) -> dict:
+    """Tokens of the timed micro-batches, per second, the padding share and MFU (None without a matmul rate)."""
+    totals = {k: sum(b[k] for b in batches) for k in ("positions", "real", "labels", "answer")}
+    return {"seconds": seconds, **{f"{k}_tokens": v for k, v in totals.items()},
+            **{f"{k}_tokens_per_s": v / seconds for k, v in totals.items()},
+            "padding_fraction": 1 - totals["real"] / totals["positions"],
+            "mfu": 4 * n_matmul * totals["real"] / seconds / (tflops * 1e12) if tflops else None}
+
+
+def describe(name: str, run: dict, tflops) -> dict:
+    """What a configuration was: the same fields in a single run and a repeated one."""
+    p, trainer, spec = run["p"], run["trainer"], run["spec"]
+    return {"config": name, "backend": run["backend"], "packing": bool(trainer.args.packing),
+            "padding_free": bool(getattr(trainer.args, "padding_free", False)), "batch_size": p.batch_size,
+            "grad_accum": p.grad_accum, "completion_only_loss": spec["completion_only_loss"],
+            "examples": len(run["records"]), "dropped": run["dropped"], "matmul_tflops": tflops,
+            "matmul_parameters": run["n_matmul"], "host_cpus": os.cpu_count(), "load_s": run["load_s"],
+            "gradient_checkpointing_setting": p.gradient_checkpointing,
+            "gradient_checkpointing": str(getattr(run["model"], "_unsloth_gradient_checkpointing", "not recorded"))}
+
+
+def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.Path) -> dict:
+    import torch
+
+    tflops = matmul_tflops()
+    run = prepare(name, model_dir, warmup + measure + PROFILED_STEPS)
+    spec, p, model, trainer, counter = run["spec"], run["p"], run["model"], run["trainer"], run["counter"]
     extra = {}
     torch.cuda.reset_peak_memory_stats()
     if spec.get("raw"):
@@ -355,28 +428,197 @@ def run_one(name: str, model_dir: str, warmup: int, measure: int, out: pathlib.P
     peak = rt_mod.peak_gpu_memory_gib()
     window = counter.batches[warmup * p.grad_accum:(warmup + measure) * p.grad_accum]
     seconds = marks[warmup + measure - 1] - marks[warmup - 1]
-    totals = {k: sum(b[k] for b in window) for k in ("positions", "real", "labels", "answer")}
-    n_matmul = matmul_parameters(json.loads((pathlib.Path(model_dir) / "config.json").read_text()))
-    result = {**extra,
-        "config": name, "backend": backend, "packing": bool(trainer.args.packing),
-        "padding_free": bool(getattr(trainer.args, "padding_free", False)), "batch_size": p.batch_size,
-        "grad_accum": p.grad_accum, "completion_only_loss": spec["completion_only_loss"], "examples": len(records),
-        "dropped": dropped, "measured_steps": measure, "warmup_steps": warmup, "seconds": seconds,
-        **{f"{k}_tokens": v for k, v in totals.items()},
-        **{f"{k}_tokens_per_s": v / seconds for k, v in totals.items()},
-        "padding_fraction": 1 - totals["real"] / totals["positions"],
-        "peak_allocated_gib": peak["peak_allocated_gib"], "peak_reserved_gib": peak["peak_reserved_gib"],
-        "matmul_tflops": tflops, "matmul_parameters": n_matmul,
-        # Other work on the host slows a launch-bound step: a load far above this process's own share says so.
-        "host_load_1min_at_end": os.getloadavg()[0], "host_cpus": os.cpu_count(),
-        "mfu": 4 * n_matmul * totals["real"] / seconds / (tflops * 1e12),
-        "losses": losses, "load_s": load_s, "gradient_checkpointing_setting": p.gradient_checkpointing,
-        "gradient_checkpointing": str(getattr(model, "_unsloth_gradient_checkpointing", "not recorded")),
-    }
+    result = {**extra, **describe(name, run, tflops), "measured_steps": measure, "warmup_steps": warmup,
+              **rates(window, seconds, run["n_matmul"], tflops),
+              "peak_allocated_gib": peak["peak_allocated_gib"], "peak_reserved_gib": peak["peak_reserved_gib"],
+              # Other work on the host slows a launch-bound step: a load far above this process's own share says so.
+              "host_load_1min_at_end": os.getloadavg()[0], "losses": losses}
     if name == "a_project":
-        result["packed_loss_check"] = packed_loss_check(trainer, model, records)
+        result["packed_loss_check"] = packed_loss_check(trainer, model, run["records"])
     artifacts.write_json(out / f"train_bench_{name}.json", result)
     return result
+
+
+class WindowHooks:
+    """A worker's side of repeat.WindowSchedule: its gates, the GPU's clock and cache, and each window's figures
+    (rates, peak memory, the allocator's trips to the driver, graphs compiled, the host's load) written as soon as
+    the window ends, so a worker that dies later loses nothing."""
+
+    def __init__(self, name: str, gate_dir: pathlib.Path, run_box: dict):
+        self.name, self.gate_dir, self.box, self.runs, self.tflops = name, gate_dir, run_box, [], None
+        self.pass_gate = repeat.worker_gate(gate_dir, name)
+
+    def gate(self, phase):
+        self.pass_gate(phase)
+        if phase == 0 and self.cuda():  # alone on the GPU now: the MFU denominator, measured undisturbed
+            self.tflops = matmul_tflops()
+
+    @staticmethod
+    def cuda():
+        import torch
+
+        return torch.cuda.is_available()
+
+    def sync(self):
+        import torch
+
+        if self.cuda():
+            torch.cuda.synchronize()
+
+    def clock(self):
+        return time.perf_counter()
+
+    def free_memory(self):
+        import torch
+
+        if self.cuda():
+            torch.cuda.empty_cache()
+
+    def counters(self) -> dict:
+        import torch
+
+        stats = torch.cuda.memory_stats() if self.cuda() else {}
+        try:
+            from torch._dynamo.utils import counters
+
+            graphs = counters["stats"]["unique_graphs"]
+        except (ImportError, KeyError):
+            graphs = 0
+        return {"cuda_mallocs": stats.get("num_device_alloc", 0), "alloc_retries": stats.get("num_alloc_retries", 0),
+                "compiled_graphs": graphs}
+
+    def window_start(self, k):
+        import torch
+
+        if self.cuda():
+            torch.cuda.reset_peak_memory_stats()
+        self.start_counters = self.counters()
+
+    def window_end(self, k, first_step, end_step, seconds):
+        run, ga = self.box["run"], self.box["run"]["p"].grad_accum
+        batches = run["counter"].batches[first_step * ga:end_step * ga]
+        peak = rt_mod.peak_gpu_memory_gib()
+        now = self.counters()
+        row = {"round": k, "first_step": first_step, "end_step": end_step,
+               **rates(batches, seconds, run["n_matmul"], self.tflops),
+               "seconds_per_step": seconds / (end_step - first_step), **peak,
+               "host_load_1min_at_end": os.getloadavg()[0],
+               # during the window: the allocator asking the driver for memory, retries after freeing its cache,
+               # graphs compiled (each new shape the compiled blocks meet)
+               **{key: now[key] - self.start_counters[key] for key in now}}
+        self.runs.append(row)
+        artifacts.write_json(self.gate_dir / f"window_{self.name}_{k}.json", row)
+
+
+class ScheduleCallback:
+    """The trainer's side of a WindowSchedule: gates before a step, windows timed at a step's end."""
+
+    def __new__(cls, schedule):
+        from transformers import TrainerCallback
+
+        class Scheduled(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                schedule.before_step(state.global_step)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                schedule.after_step(state.global_step - 1)  # global_step counts the step just finished
+
+        return Scheduled()
+
+
+def run_windows(name: str, model_dir: str, warmup: int, measure: int, windows: int, out: pathlib.Path,
+                profiled: bool) -> dict:
+    """A worker of --repeat: loads once, then runs its warm-up, its windows and its tail (profiled if asked),
+    each when the parent opens the gate (repeat.py)."""
+    box = {}
+    hooks = WindowHooks(name, out / "gates", box)
+    schedule = repeat.WindowSchedule(warmup, measure, windows, PROFILED_STEPS, hooks)
+    run = box["run"] = prepare(name, model_dir, schedule.total_steps)
+    spec, p, model, trainer = run["spec"], run["p"], run["model"], run["trainer"]
+    extra = {}
+    if spec.get("raw"):
+        losses = raw_loop(trainer, model, p, p.max_steps, [], extra, schedule.tail_start,
+                          checkpointing=spec.get("checkpointing", "unsloth"), repeat=spec.get("repeat", 0),
+                          schedule=schedule, profiled=profiled)
+    else:
+        trainer.add_callback(ScheduleCallback(schedule))  # before the profiler's: the gate opens, then it starts
+        trainer.add_callback(profiler_callback(schedule.tail_start, PROFILED_STEPS, extra, profiled=profiled))
+        trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = {**extra, **describe(name, run, hooks.tflops), "warmup_steps": warmup, "measured_steps": measure,
+              "windows": windows, "runs": hooks.runs, "losses": losses}
+    artifacts.write_json(out / f"train_bench_{name}.json", result)
+    return result
+
+
+def summarise_repeated(results: dict) -> dict:
+    """Per configuration the spread of each figure over its windows; per ratio the windows' paired ratios; the
+    verdicts on the medians."""
+    summary = {name: repeat.summarise(r.get("runs", []), WINDOW_KEYS) for name, r in results.items()}
+    ratios = {key: repeat.paired_ratios(results[num]["runs"], results[den]["runs"], rate)
+              for key, (num, den, rate) in RATIOS.items()
+              if results.get(num, {}).get("runs") and results.get(den, {}).get("runs")}
+    targets = {key: repeat.verdict(figure, TARGETS[key]) for key, figure in ratios.items()}
+    if "a_project" in summary:
+        targets["peak_gib"] = repeat.verdict(summary["a_project"]["peak_reserved_gib"], TARGETS["peak_gib"],
+                                             at_most=True)
+        targets["mfu"] = repeat.verdict(summary["a_project"]["mfu"], TARGETS["mfu"])
+    return {"summary": summary, "ratios": ratios, "targets": targets}
+
+
+def repeated_table(results: dict, report: dict, meta: dict) -> str:
+    lines = [f"device: {meta['device']}; {meta['windows']} alternated windows of {meta['measure']} steps per "
+             f"configuration, median (min-max)",
+             "| config | checkpointing | real tok/s | answer tok/s | s/step | peak alloc / reserved GiB | MFU | "
+             "mallocs, graphs compiled / window | host load |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if not r.get("runs"):
+            lines.append(f"| {name} | failed: {str(r.get('error', 'no window finished'))[:200]} ||||||||")
+            continue
+        f = report["summary"][name]
+        lines.append(f"| {name} | {r.get('gradient_checkpointing')} | {repeat.fmt(f['real_tokens_per_s'])} | "
+                     f"{repeat.fmt(f['answer_tokens_per_s'])} | {repeat.fmt(f['seconds_per_step'], 3)} | "
+                     f"{repeat.fmt(f['peak_allocated_gib'], 2)} / {repeat.fmt(f['peak_reserved_gib'], 2)} | "
+                     f"{repeat.fmt(f['mfu'], percent=True)} | {f['cuda_mallocs']['median']}, "
+                     f"{f['compiled_graphs']['median']} | {repeat.fmt(f['host_load_1min_at_end'], 2)} |")
+    lines += ["", "| ratio | median (min-max of the paired windows) | target | met (on the median) |", "|---|---|---|---|"]
+    for key, v in report["targets"].items():
+        figure = repeat.fmt(v, 3) if v["median"] is not None else "-"
+        lines.append(f"| {key} | {figure} | {v['target']} | {v['met']} |")
+    return "\n".join(lines)
+
+
+def run_repeated(names: list, model_dir: str, args) -> dict:
+    """The parent of --repeat: one worker per configuration, started together (they load in parallel), then
+    driven through their phases one at a time in the alternated order."""
+    gate_dir = args.out / "gates"
+    gate_dir.mkdir(parents=True, exist_ok=True)
+    for stale in gate_dir.iterdir():
+        stale.unlink()
+    workers = {}
+    for name in names:
+        cmd = [sys.executable, __file__, "--worker", name, "--model-dir", model_dir, "--out", str(args.out),
+               "--warmup", str(args.warmup), "--measure", str(args.measure), "--repeat", str(args.repeat)]
+        workers[name] = subprocess.Popen(cmd + (["--profile"] if args.profile else []),
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    start = time.perf_counter()
+    log = repeat.drive(gate_dir, names, repeat.phases(args.repeat, PROFILED_STEPS),
+                       {n: (lambda w=w: w.poll() is None) for n, w in workers.items()}, snapshot=repeat.host_snapshot)
+    results = {}
+    for name, worker in workers.items():
+        code = worker.wait()
+        path = args.out / f"train_bench_{name}.json"
+        if code == 0 and path.exists():
+            results[name] = artifacts.read_json(path)
+        else:  # the windows it finished still count
+            finished = sorted(gate_dir.glob(f"window_{name}_*.json"))
+            results[name] = {"error": f"worker exited with {code}", "runs": [artifacts.read_json(f) for f in finished]}
+        for run, host in zip(results[name].get("runs", []), log[name]["host_before_phase"][1:]):
+            run["host_before"] = host
+        results[name]["failed_at_phase"] = log[name]["failed_at_phase"]
+    print(f"{len(names)} configurations x {args.repeat} windows: {time.perf_counter() - start:.0f} s", flush=True)
+    return results
 
 
 def table(results: dict, meta: dict) -> str:
@@ -399,8 +641,9 @@ def table(results: dict, meta: dict) -> str:
 
 def verdicts(results: dict) -> dict:
     """Each target, the figure reached and whether it is met (None where a configuration failed)."""
-    a, b, c, r, auto, repeated = (results.get(k, {}) for k in ("a_project", "b_seed", "c_peft_bnb", "r_raw_loop",
-                                                                "a_project_auto", "r_raw_loop_repeated"))
+    a, b, c, r, auto, repeated, bare_off = (results.get(k, {}) for k in (
+        "a_project", "b_seed", "c_peft_bnb", "r_raw_loop", "a_project_auto", "r_raw_loop_repeated",
+        "r_raw_loop_no_checkpointing"))
 
     def ratio(x, y):
         return x["answer_tokens_per_s"] / y["answer_tokens_per_s"] if "mfu" in x and "mfu" in y else None
@@ -410,7 +653,7 @@ def verdicts(results: dict) -> dict:
 
     figures = {"a_over_c": ratio(a, c), "a_over_b": ratio(a, b), "a_over_r": real(a, r),
                "a_over_r_repeated": real(a, repeated), "peak_gib": a.get("peak_reserved_gib"), "mfu": a.get("mfu"),
-               "auto_over_a": real(auto, a)}
+               "auto_over_a": real(auto, a), "auto_over_r_no_checkpointing": real(auto, bare_off)}
     return {k: {"value": v, "target": TARGETS[k],
                 "met": None if v is None else (v <= TARGETS[k] if k == "peak_gib" else v >= TARGETS[k])}
             for k, v in figures.items()}
@@ -421,14 +664,27 @@ def main():
     parser.add_argument("--shape", default="llama-8b", help="a shape from lab/gpu/real_shapes.py")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps run before timing starts")
-    parser.add_argument("--measure", type=int, default=4, help="optimizer steps timed")
-    parser.add_argument("--only", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--measure", type=int, default=4, help="optimizer steps timed (per window with --repeat)")
+    parser.add_argument("--only", nargs="*", help="configurations (default: all; with --repeat, issue 46's four)")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="N timed windows per configuration, alternated in one invocation, medians and ranges")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --repeat: profile 2 steps per configuration after its windows (torch.profiler)")
     parser.add_argument("--model-dir", help="an existing model folder (else one is built)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    names = args.only or (REPEATED_DEFAULT if args.repeat else list(CONFIGS))
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration(s) {unknown}: choose from {list(CONFIGS)}")
+    if args.profile and not args.repeat:
+        parser.error("--profile goes with --repeat N (a single run profiles its last 2 steps already)")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.worker:
-        run_one(args.worker, args.model_dir, args.warmup, args.measure, args.out)
+        if args.repeat:
+            run_windows(args.worker, args.model_dir, args.warmup, args.measure, args.repeat, args.out, args.profile)
+        else:
+            run_one(args.worker, args.model_dir, args.warmup, args.measure, args.out)
         return
     import torch
 
@@ -439,8 +695,18 @@ def main():
         model_dir = f"/tmp/models/{args.shape}"
         real_shapes.build_model(args.shape, model_dir)
         torch.cuda.empty_cache()
+    meta = {"device": torch.cuda.get_device_name(0), **package_versions(), "shape": args.shape,
+            "command": " ".join(sys.argv), "host_at_start": repeat.host_snapshot()}
+    if args.repeat:
+        results = run_repeated(names, model_dir, args)
+        meta.update(windows=args.repeat, measure=args.measure, warmup=args.warmup,
+                    order="alternated: warm-up of each, then window k of each configuration in turn, k = 1..N")
+        report = {"meta": meta, "results": results, **summarise_repeated(results)}
+        artifacts.write_json(args.out / "train_bench_repeated.json", report)
+        print(repeated_table(results, report, meta))
+        return
     results = {}
-    for name in args.only:
+    for name in names:
         cmd = [sys.executable, __file__, "--worker", name, "--model-dir", model_dir, "--out", str(args.out),
                "--warmup", str(args.warmup), "--measure", str(args.measure)]
         start = time.perf_counter()
@@ -450,8 +716,7 @@ def main():
                          else {"error": f"worker exited with {done.returncode}"})
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     tflops = [r["matmul_tflops"] for r in results.values() if "matmul_tflops" in r]
-    meta = {"device": torch.cuda.get_device_name(0), **package_versions(), "shape": args.shape,
-            "matmul_tflops": sum(tflops) / len(tflops) if tflops else math.nan}
+    meta["matmul_tflops"] = sum(tflops) / len(tflops) if tflops else math.nan
     report = {"meta": meta, "results": results, "targets": verdicts(results)}
     artifacts.write_json(args.out / "train_bench.json", report)
     print(table(results, meta))
