@@ -188,6 +188,7 @@ def test_a_bench_train_worker_runs_its_windows_at_the_gates_on_the_cpu(tiny_mode
     assert [(r["round"], r["first_step"], r["end_step"]) for r in result["runs"]] == [(0, 2, 4), (1, 5, 7)]
     for run in result["runs"]:
         # 2 steps x 2 micro-batches x 2 examples, unpacked: every position of the 8 examples, padding included
+        assert run["micro_batches"] == 2 * 2  # 2 steps of GRAD_ACCUM 2
         assert run["seconds"] > 0 and run["real_tokens"] > 0 and run["positions_tokens"] >= run["real_tokens"]
         assert run["mfu"] is None and run["peak_reserved_gib"] is None  # no GPU: no matmul rate, no GPU memory
     assert result["profile"]["steps"] == 2  # the tail, timed (profiled=False)

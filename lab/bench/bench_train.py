@@ -493,13 +493,16 @@ class WindowHooks:
         if self.cuda():
             torch.cuda.reset_peak_memory_stats()
         self.start_counters = self.counters()
+        # The micro-batches collated so far: those collated during the window are the window's (counted by time,
+        # not by index, since an epoch's last step may take fewer than GRAD_ACCUM of them).
+        self.start_batches = len(self.box["run"]["counter"].batches)
 
     def window_end(self, k, first_step, end_step, seconds):
-        run, ga = self.box["run"], self.box["run"]["p"].grad_accum
-        batches = run["counter"].batches[first_step * ga:end_step * ga]
+        run = self.box["run"]
+        batches = run["counter"].batches[self.start_batches:]
         peak = rt_mod.peak_gpu_memory_gib()
         now = self.counters()
-        row = {"round": k, "first_step": first_step, "end_step": end_step,
+        row = {"round": k, "first_step": first_step, "end_step": end_step, "micro_batches": len(batches),
                **rates(batches, seconds, run["n_matmul"], self.tflops),
                "seconds_per_step": seconds / (end_step - first_step), **peak,
                "host_load_1min_at_end": os.getloadavg()[0],
