@@ -25,7 +25,7 @@
 #
 # **Reads:** `WORK_DIR/run.json` (02: model, maximum length, precision, 4-bit), `data/train.jsonl`, `val.jsonl`, `stats.json` (02).
 # **Writes:** `WORK_DIR/adapter/`, `checkpoints/`, `loss_curve.png`, `train_metrics.json`.
-# **Time on a T4 (an estimate; not yet measured on one):** about 25-35 minutes for 60 steps of the 8B model (4 packed rows of up to 2048 tokens per step, about 12 examples).
+# **Time on a T4 (an estimate; not yet measured on one):** about 21 minutes for 60 steps of the 8B model (4 packed rows of up to 2048 tokens per step, about 12 examples), plus loading and saving. The settings cell prints it for your settings, from `medical_r1/t4_estimate.py`: the training rate measured on a bigger GPU, scaled to a T4's fp16 matmul rate.
 #
 # The defaults are the tutorial's: r=16, alpha=16, dropout 0 on q/k/v/o/gate/up/down, 8-bit AdamW,
 # learning rate 2e-4 for 60 steps, seed 3407. A T4 has no bf16, so training runs in fp16 there.
@@ -110,6 +110,7 @@ from medical_r1.data import load_formatted_data
 from medical_r1.manifest import read_run_manifest
 from medical_r1.params import Params
 from medical_r1.runtime import setup_backend
+from medical_r1.t4_estimate import describe_training
 
 run = read_run_manifest(WORK_DIR)  # the settings 02 decided for the whole series (run.json)
 print(run)
@@ -122,6 +123,7 @@ params = Params(work_dir=WORK_DIR, model_name=run.model_name, backend=BACKEND, m
                 early_stopping_patience=EARLY_STOPPING_PATIENCE, num_gpus=NUM_GPUS)  # checks every value
 train, val = load_formatted_data(WORK_DIR, run.model_name, run.max_seq_length)
 runtime, backend = setup_backend(BACKEND, run.precision, GPU_MEMORY_CAP_GIB)
+print(describe_training(run.model_name, MAX_STEPS, BATCH_SIZE, GRAD_ACCUM, run.max_seq_length, PACKING))
 
 # %% [markdown]
 # ## Load the model in 4 bits

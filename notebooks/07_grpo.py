@@ -29,10 +29,12 @@
 # training items (by default MedQA's USMLE training split from the Hub, CC BY 4.0) and 04's evaluation file (to
 # leave out any question it shares).
 # **Writes:** `WORK_DIR/grpo_adapter/`, `grpo_checkpoints/`, `grpo_metrics.json`, `grpo_curve.png`.
-# **Time on a T4 (an estimate; not yet measured on one):** about 32 s a step for the 8B model at the defaults,
-# almost all of it writing the `NUM_GENERATIONS` answers; 100 steps under an hour, in about 8.2 GiB of GPU memory
-# (measured on a bigger GPU answering as a T4 does: lab/BENCHMARKS.md, "GRPO (07)"). The Qwen distills write their
-# answers without Unsloth's CUDA graphs and take longer.
+# **Time on a T4 (an estimate; not yet measured on one):** about 140 s a step for the 8B model at the defaults,
+# almost all of it writing the `NUM_GENERATIONS` answers: at a batch above 1 every decode step turns the 4-bit
+# weights into fp16 copies, some 31 GB of memory traffic per token on a T4's 320 GB/s. 100 steps take about 4
+# hours, in about 8.2 GiB of GPU memory (measured on a bigger GPU answering as a T4 does: lab/BENCHMARKS.md);
+# answers that finish before `MAX_COMPLETION_LENGTH` take less. The settings cell prints it for your settings, from
+# `medical_r1/t4_estimate.py`. The Qwen distills write their answers without Unsloth's CUDA graphs and take longer.
 #
 # The rewards (`medical_r1/rewards.py`, tested): correctness as HuatuoGPT-o1's RL stage scores it (1 for the
 # right option, 0.1 for a wrong one, 0 for no answer), read by the same rules as 04, only after `</think>`; a
@@ -115,6 +117,7 @@ from medical_r1.manifest import read_run_manifest
 from medical_r1.params import Params
 from medical_r1.rewards import load_items, without_eval_questions
 from medical_r1.runtime import setup_backend
+from medical_r1.t4_estimate import describe_grpo
 
 run = read_run_manifest(WORK_DIR)  # the settings 02 decided for the whole series (run.json)
 print(run)
@@ -129,6 +132,8 @@ params = Params(work_dir=WORK_DIR, model_name=run.model_name, start_from=START_F
 template = run.template
 items = without_eval_questions(load_items(TRAIN_ITEMS, GRPO_ITEMS), load_eval_data(EVAL_DATA, 0, SEED))  # never 04's
 runtime, backend = setup_backend(BACKEND, run.precision)
+print(describe_grpo(run.model_name, GRPO_BATCH_SIZE, NUM_GENERATIONS, MAX_COMPLETION_LENGTH, GRPO_MAX_STEPS,
+                    GRPO_GRAD_ACCUM))
 
 # %% [markdown]
 # ## The model
