@@ -1,5 +1,6 @@
 """The repeated, alternated benchmark runs (lab/bench/repeat.py) on the CPU: the order the runs happen in, which
 steps are timed, the medians, ranges and verdicts. The GPU figures are only as right as these."""
+import os
 import pathlib
 import sys
 import threading
@@ -220,3 +221,12 @@ def test_the_repeated_report_judges_the_ratios_on_their_medians_and_shows_failur
     assert "| a_project_auto | False | 9,100 (7,600-11,000) |" in text
     assert "| r_raw_loop_no_checkpointing | failed: worker exited with 1" in text
     assert "| auto_over_a | 1.213 (1.206-1.571) | 1.5 | False |" in text
+
+
+def test_a_configuration_s_own_environment_reaches_its_worker_only():
+    import bench_train
+
+    assert bench_train.worker_env("a_project_auto_expandable")["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert bench_train.worker_env("a_project_auto").get("PYTORCH_CUDA_ALLOC_CONF") == os.environ.get(
+        "PYTORCH_CUDA_ALLOC_CONF")
+    assert bench_train.worker_env("a_project")["PYTHONUNBUFFERED"] == "1"

@@ -69,6 +69,11 @@ CONFIGS = {
     # activation kept, no recomputation. Shows what checkpointing costs, in time and in memory.
     "r_raw_loop_no_checkpointing": {"backend": "unsloth", "params": {"gradient_checkpointing": "off"},
                                     "completion_only_loss": True, "raw": True, "checkpointing": False},
+    # "auto" (no recomputation) with torch's expandable segments: packed micro-batches of ever-different lengths
+    # make activation blocks of ever-different sizes, which the caching allocator may not reuse (issue 46's
+    # allocator-churn hypothesis); expandable segments grow one mapping instead of allocating new blocks.
+    "a_project_auto_expandable": {"backend": "unsloth", "params": {}, "completion_only_loss": True,
+                                  "env": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}},
 }
 TARGETS = {"a_over_c": 4.0, "a_over_b": 1.15, "a_over_r": 0.9, "a_over_r_repeated": 0.95, "peak_gib": 8.0, "mfu": 0.40,
            "auto_over_a": 1.5, "auto_over_r_no_checkpointing": 0.9}
@@ -117,6 +122,12 @@ class BucketedCollator:
         if name == "collator":
             raise AttributeError(name)
         return getattr(self.collator, name)
+
+
+def worker_env(name: str) -> dict:
+    """A worker's environment: this one, unbuffered, with its configuration's own variables (set before torch
+    starts, as the allocator's must be)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **CONFIGS[name].get("env", {})}
 
 
 def matmul_tflops(n: int = 8192, reps: int = 30) -> float:
@@ -603,8 +614,7 @@ def run_repeated(names: list, model_dir: str, args) -> dict:
     for name in names:
         cmd = [sys.executable, __file__, "--worker", name, "--model-dir", model_dir, "--out", str(args.out),
                "--warmup", str(args.warmup), "--measure", str(args.measure), "--repeat", str(args.repeat)]
-        workers[name] = subprocess.Popen(cmd + (["--profile"] if args.profile else []),
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        workers[name] = subprocess.Popen(cmd + (["--profile"] if args.profile else []), env=worker_env(name))
     start = time.perf_counter()
     log = repeat.drive(gate_dir, names, repeat.phases(args.repeat, PROFILED_STEPS),
                        {n: (lambda w=w: w.poll() is None) for n, w in workers.items()}, snapshot=repeat.host_snapshot)
@@ -713,7 +723,7 @@ def main():
         cmd = [sys.executable, __file__, "--worker", name, "--model-dir", model_dir, "--out", str(args.out),
                "--warmup", str(args.warmup), "--measure", str(args.measure)]
         start = time.perf_counter()
-        done = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
+        done = subprocess.run(cmd, env=worker_env(name), check=False)
         path = args.out / f"train_bench_{name}.json"
         results[name] = (artifacts.read_json(path) if done.returncode == 0 and path.exists()
                          else {"error": f"worker exited with {done.returncode}"})
