@@ -66,7 +66,8 @@ class Shape:
         """The weights of the 7 projections of every layer (4-bit)."""
         head_dim = self.head_dim or self.hidden // self.heads
         kv = self.kv_heads * head_dim
-        return self.layers * (2 * self.hidden * self.hidden + 2 * self.hidden * kv + 3 * self.hidden * self.intermediate)
+        h = self.hidden
+        return self.layers * (2 * h * h + 2 * h * kv + 3 * h * self.intermediate)
 
     @property
     def head_params(self) -> int:

@@ -230,3 +230,22 @@ def test_a_configuration_s_own_environment_reaches_its_worker_only():
     assert bench_train.worker_env("a_project_auto").get("PYTORCH_CUDA_ALLOC_CONF") == os.environ.get(
         "PYTORCH_CUDA_ALLOC_CONF")
     assert bench_train.worker_env("a_project")["PYTHONUNBUFFERED"] == "1"
+
+
+def test_the_generation_bench_keeps_the_median_run_of_each_row_and_pairs_its_speed_ups():
+    """bench_generate --repeat: rows run alternated; each row shows its median run and range; the speed-up of the
+    new path over the old is the median of the rounds' ratios, not one run's."""
+    import bench_generate
+
+    def runs(rates):
+        return [{"round": k, "tokens_per_s": v, "seconds": 1.0} for k, v in enumerate(rates)]
+
+    all_runs = {"old_batched_32": runs([400, 300, 500]), "new_batched_32": runs([1200, 1000, 1400]),
+                "broken": [{"error": "x", "round": 0}]}
+    rows = bench_generate.aggregate_repeats(all_runs)
+    assert rows["old_batched_32"]["tokens_per_s"] == 400 and rows["old_batched_32"]["tokens_per_s_spread"]["min"] == 300
+    assert len(rows["new_batched_32"]["runs"]) == 3 and rows["broken"] == {"error": "x", "round": 0}
+    # rounds: 3.0, 3.33, 2.8 -> median 3.0 (one run alone could have said 2.8 or 3.33)
+    assert bench_generate.speedup(rows, "new_batched_32", "old_batched_32") == pytest.approx(3.0)
+    single = {"a": {"tokens_per_s": 6.0}, "b": {"tokens_per_s": 2.0}}
+    assert bench_generate.speedup(single, "a", "b") == 3.0 and bench_generate.speedup(single, "a", "c") is None

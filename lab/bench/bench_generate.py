@@ -7,7 +7,9 @@ relayout_only rows on request (--only-rows). Each row captures its own decode gr
 decode steps' logits of each path with the old one, records what layout the head receives, and runs the
 default batch at --t4-new-tokens under a 15 GiB cap in float16 (in its own process; --t4-mode makes torch and
 Unsloth see a T4 there, --t4-offload-embedding and --t4-batch set its load and batch, --t4-cap-only runs only it).
---loop-questions N adds the tutorials' one-question-per-call loop.
+--loop-questions N adds the tutorials' one-question-per-call loop. --repeat N runs the rows N times alternated
+(A, B, C, A, B, C, ... in the one process, the host's load recorded before each): each row then gives the median
+run with the range of its tokens/s, and each speed-up the median of the paired runs' ratios.
 
 On the GPU machine (after installing .whl and building .gpu_ref, see lab/BENCHMARKS.md):
     python lab/bench/bench_generate.py --shape llama-8b --out $OUT
@@ -23,6 +25,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "lab" / "gpu"), str(ROOT / "lab" / "bench")]
 import bench_train  # noqa: E402
+import repeat  # noqa: E402
 
 from medical_r1 import (
     artifacts,  # noqa: E402
@@ -264,6 +267,29 @@ def capped_run(model_dir, args) -> dict:
     return result
 
 
+def aggregate_repeats(all_runs: dict) -> dict:
+    """{row: [run per round]} -> {row: the median run (by tokens/s), with every run and the spread}; a row
+    none of whose runs finished keeps its first run (its error)."""
+    rows = {}
+    for name, runs in all_runs.items():
+        timed = [r for r in runs if "tokens_per_s" in r]
+        if not timed:
+            rows[name] = runs[0]
+            continue
+        spread = repeat.spread([r["tokens_per_s"] for r in timed])
+        middle = min(timed, key=lambda r: abs(r["tokens_per_s"] - spread["median"]))
+        rows[name] = {**middle, "tokens_per_s": spread["median"], "tokens_per_s_spread": spread, "runs": runs}
+    return rows
+
+
+def speedup(runs: dict, new: str, old: str):
+    """new over old: the median of the paired runs' ratios where rows were repeated, else the one ratio."""
+    a, b = runs.get(new, {}), runs.get(old, {})
+    if "runs" in a and "runs" in b:
+        return repeat.paired_ratios(a["runs"], b["runs"], "tokens_per_s")["median"]
+    return a["tokens_per_s"] / b["tokens_per_s"] if "tokens_per_s" in a and "tokens_per_s" in b else None
+
+
 def main():
     import torch
 
@@ -286,6 +312,7 @@ def main():
     parser.add_argument("--skip-t4-cap", action="store_true", help="leave out the 15 GiB run")
     parser.add_argument("--skip-checks", action="store_true", help="leave out the logit and layout checks")
     parser.add_argument("--deadline-s", type=float, default=420, help="skip the remaining rows after this")
+    parser.add_argument("--repeat", type=int, default=1, help="run the rows N times, alternated; medians, ranges")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = args.model_dir
@@ -311,23 +338,28 @@ def main():
             if name in (args.only_rows or []) or (not args.only_rows and path in default_rows):
                 rows.append((name, lambda b=b, path=path: timed_generation(
                     model, tok, eval_questions(b or generation.AUTO_BATCH_SIZES[0]), b, args.new_tokens, path=path)))
-    for name, fn in rows:
+    all_runs = {name: [] for name, _ in rows}
+    for k, name in repeat.alternated([row[0] for row in rows], args.repeat):
+        fn = dict(rows)[name]
+        host = repeat.host_snapshot()
         if time.perf_counter() - started > args.deadline_s:
-            runs[name] = {"skipped": "deadline"}
+            all_runs[name].append({"skipped": "deadline", "round": k})
             continue
         try:
-            runs[name] = fn()
+            result = fn()
         except Exception as err:  # noqa: BLE001 (record and go on)
-            runs[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
-        print(name, runs[name], flush=True)
+            result = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+        all_runs[name].append({**result, "round": k, "host_before": host})
+        print(name, k, result, flush=True)
+    runs = aggregate_repeats(all_runs) if args.repeat > 1 else {n: r[0] for n, r in all_runs.items()}
     for b in args.batch_sizes:
-        if b and "tokens_per_s" in runs.get(f"new_batched_{b}", {}) and "tokens_per_s" in runs.get(f"old_batched_{b}", {}):
-            runs[f"new_batched_{b}"]["speedup_vs_old_same_batch"] = (
-                runs[f"new_batched_{b}"]["tokens_per_s"] / runs[f"old_batched_{b}"]["tokens_per_s"])
-    default_old = runs.get(f"old_batched_{generation.AUTO_BATCH_SIZES[-1]}", {}).get("tokens_per_s")
-    for r in runs.values():
-        if default_old and "tokens_per_s" in r:
-            r["vs_old_batched_32"] = r["tokens_per_s"] / default_old
+        if b and speedup(runs, f"new_batched_{b}", f"old_batched_{b}") is not None:
+            runs[f"new_batched_{b}"]["speedup_vs_old_same_batch"] = speedup(runs, f"new_batched_{b}",
+                                                                             f"old_batched_{b}")
+    default_old = f"old_batched_{generation.AUTO_BATCH_SIZES[-1]}"
+    for name, r in runs.items():
+        if "tokens_per_s" in r and speedup(runs, name, default_old) is not None:
+            r["vs_old_batched_32"] = speedup(runs, name, default_old)
     checks = {}
     if not args.skip_checks:
         questions = eval_questions(8)
@@ -354,17 +386,19 @@ def main():
     model = None  # free the GPU for the capped run
     torch.cuda.empty_cache()
     report = {"meta": {"device": torch.cuda.get_device_name(0), **bench_train.package_versions(),
-                       "shape": args.shape, "new_tokens_per_question": args.new_tokens},
+                       "shape": args.shape, "new_tokens_per_question": args.new_tokens, "repeat": args.repeat},
               "runs": runs, "checks": checks}
     artifacts.write_json(args.out / "generate_bench.json", report)
     if not args.skip_t4_cap:
         report["t4_cap"] = capped_run(model_dir, args)
     artifacts.write_json(args.out / "generate_bench.json", report)
-    print("| mode | batch | output tokens | s | tokens/s | vs old_batched_32 (04 before) | peak alloc / reserved GiB |")
+    print("| mode | batch | output tokens | s | tokens/s (median (min-max) with --repeat) "
+          "| vs old_batched_32 (04 before) | peak alloc / reserved GiB |")
     print("|---|---|---|---|---|---|---|")
     for name, r in runs.items():
         if "tokens_per_s" in r:
-            print(f"| {name} | {r['batch_size']} | {r['new_tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.0f} | "
+            rate = repeat.fmt(r["tokens_per_s_spread"]) if "tokens_per_s_spread" in r else f"{r['tokens_per_s']:.0f}"
+            print(f"| {name} | {r['batch_size']} | {r['new_tokens']} | {r['seconds']:.1f} | {rate} | "
                   f"{r.get('vs_old_batched_32', float('nan')):.2f}x | "
                   f"{r['peak_allocated_gib']:.2f} / {r['peak_reserved_gib']:.2f} |")
         else:

@@ -596,7 +596,8 @@ def repeated_table(results: dict, report: dict, meta: dict) -> str:
                      f"{repeat.fmt(f['peak_allocated_gib'], 2)} / {repeat.fmt(f['peak_reserved_gib'], 2)} | "
                      f"{repeat.fmt(f['mfu'], percent=True)} | {f['cuda_mallocs']['median']}, "
                      f"{f['compiled_graphs']['median']} | {repeat.fmt(f['host_load_1min_at_end'], 2)} |")
-    lines += ["", "| ratio | median (min-max of the paired windows) | target | met (on the median) |", "|---|---|---|---|"]
+    lines += ["", "| ratio | median (min-max of the paired windows) | target | met (on the median) |",
+              "|---|---|---|---|"]
     for key, v in report["targets"].items():
         figure = repeat.fmt(v, 3) if v["median"] is not None else "-"
         lines.append(f"| {key} | {figure} | {v['target']} | {v['met']} |")
