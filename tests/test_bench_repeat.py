@@ -166,19 +166,19 @@ def test_the_host_snapshot_has_the_load_whether_or_not_nvidia_smi_answers():
 @pytest.mark.parametrize("config", ["raw", "trainer"])
 def test_a_bench_train_worker_runs_its_windows_at_the_gates_on_the_cpu(tiny_model_dir, tmp_path, monkeypatch, config):
     """bench_train's --repeat worker with the tiny model on the CPU, the bare loop and the trainer: it waits at
-    each gate until the parent opens it, times 2 windows of 2 steps after a warm-up step, each window's micro-batches
+    each gate until the parent opens it, times 2 windows of 1 step after a warm-up step, each window's micro-batches
     counted, then runs its 2 tail steps; the parent's summary has the medians of the two windows."""
     import bench_train
 
     from medical_r1 import data as data_mod
 
     monkeypatch.setattr(bench_train, "DATA", data_mod.SAMPLE_DATA_DIR)
-    small = {"batch_size": 2, "grad_accum": 2, "packing": False}
+    small = {"batch_size": 1, "grad_accum": 2, "packing": False, "max_seq_length": 1024}
     monkeypatch.setitem(bench_train.CONFIGS, "cpu", {"backend": "cpu", "params": small, "completion_only_loss": True,
                                                      **({"raw": True} if config == "raw" else {})})
     box = {}
     worker = threading.Thread(target=lambda: box.update(result=bench_train.run_windows(
-        "cpu", tiny_model_dir, warmup=1, measure=2, windows=2, out=tmp_path, profiled=False)))
+        "cpu", tiny_model_dir, warmup=1, measure=1, windows=2, out=tmp_path, profiled=False)))
     (tmp_path / "gates").mkdir()
     worker.start()
     log = repeat.drive(tmp_path / "gates", ["cpu"], repeat.phases(2, bench_train.PROFILED_STEPS),
@@ -186,14 +186,14 @@ def test_a_bench_train_worker_runs_its_windows_at_the_gates_on_the_cpu(tiny_mode
     worker.join()
     result = box["result"]
     assert log["cpu"]["failed_at_phase"] is None and len(log["cpu"]["host_before_phase"]) == 4
-    assert [(r["round"], r["first_step"], r["end_step"]) for r in result["runs"]] == [(0, 2, 4), (1, 5, 7)]
+    assert [(r["round"], r["first_step"], r["end_step"]) for r in result["runs"]] == [(0, 2, 3), (1, 4, 5)]
     for run in result["runs"]:
-        # 2 steps x 2 micro-batches x 2 examples, unpacked: every position of the 8 examples, padding included
-        assert run["micro_batches"] == 2 * 2  # 2 steps of GRAD_ACCUM 2
+        # unpacked examples one at a time: no padding
+        assert run["micro_batches"] == 2  # 1 step of GRAD_ACCUM 2
         assert run["seconds"] > 0 and run["real_tokens"] > 0 and run["positions_tokens"] >= run["real_tokens"]
         assert run["mfu"] is None and run["peak_reserved_gib"] is None  # no GPU: no matmul rate, no GPU memory
     assert result["profile"]["steps"] == 2  # the tail, timed (profiled=False)
-    assert len(result["losses"]) == 9 if config == "raw" else result["losses"]  # 1 + 2 x 3 + 2 steps
+    assert len(result["losses"]) == 7 if config == "raw" else result["losses"]  # 1 + 2 x 2 + 2 steps
     windows = sorted(p.name for p in (tmp_path / "gates").glob("window_*"))
     assert windows == ["window_cpu_0.json", "window_cpu_1.json"]
     report = bench_train.summarise_repeated({"cpu": result})
