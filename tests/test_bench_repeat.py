@@ -230,6 +230,8 @@ def test_a_configuration_s_own_environment_reaches_its_worker_only():
     assert bench_train.worker_env("a_project_auto").get("PYTORCH_CUDA_ALLOC_CONF") == os.environ.get(
         "PYTORCH_CUDA_ALLOC_CONF")
     assert bench_train.worker_env("a_project")["PYTHONUNBUFFERED"] == "1"
+    together = [bench_train.worker_env(n, parallel=True)["UNSLOTH_COMPILE_LOCATION"] for n in bench_train.CONFIGS]
+    assert len(set(together)) == len(bench_train.CONFIGS)  # workers started together never share Unsloth's cache
 
 
 def test_the_generation_bench_keeps_the_median_run_of_each_row_and_pairs_its_speed_ups():

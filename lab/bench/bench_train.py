@@ -124,10 +124,13 @@ class BucketedCollator:
         return getattr(self.collator, name)
 
 
-def worker_env(name: str) -> dict:
+def worker_env(name: str, parallel: bool = False) -> dict:
     """A worker's environment: this one, unbuffered, with its configuration's own variables (set before torch
-    starts, as the allocator's must be)."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1", **CONFIGS[name].get("env", {})}
+    starts, as the allocator's must be). Workers that start together (--repeat) each get their own folder for
+    the modules Unsloth writes and imports at start-up (unsloth_compiled_cache in the working folder otherwise),
+    so that none imports a file another is still writing."""
+    private = {"UNSLOTH_COMPILE_LOCATION": f"/tmp/unsloth_compiled_cache_{name}"} if parallel else {}
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **private, **CONFIGS[name].get("env", {})}
 
 
 def matmul_tflops(n: int = 8192, reps: int = 30) -> float:
@@ -615,7 +618,8 @@ def run_repeated(names: list, model_dir: str, args) -> dict:
     for name in names:
         cmd = [sys.executable, __file__, "--worker", name, "--model-dir", model_dir, "--out", str(args.out),
                "--warmup", str(args.warmup), "--measure", str(args.measure), "--repeat", str(args.repeat)]
-        workers[name] = subprocess.Popen(cmd + (["--profile"] if args.profile else []), env=worker_env(name))
+        workers[name] = subprocess.Popen(cmd + (["--profile"] if args.profile else []),
+                                         env=worker_env(name, parallel=True))
     start = time.perf_counter()
     log = repeat.drive(gate_dir, names, repeat.phases(args.repeat, PROFILED_STEPS),
                        {n: (lambda w=w: w.poll() is None) for n, w in workers.items()}, snapshot=repeat.host_snapshot)
