@@ -251,3 +251,24 @@ def test_the_generation_bench_keeps_the_median_run_of_each_row_and_pairs_its_spe
     assert bench_generate.speedup(rows, "new_batched_32", "old_batched_32") == pytest.approx(3.0)
     single = {"a": {"tokens_per_s": 6.0}, "b": {"tokens_per_s": 2.0}}
     assert bench_generate.speedup(single, "a", "b") == 3.0 and bench_generate.speedup(single, "a", "c") is None
+
+
+def test_the_profile_summary_counts_syncs_item_calls_and_the_optimizer_on_the_cpu():
+    """--profile's table, from a CPU profile of two 'steps' (a matmul, one .item(), an optimizer step each)."""
+    import bench_train
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    weight = torch.nn.Parameter(torch.randn(64, 64))
+    optimizer = torch.optim.SGD([weight], lr=0.1)  # no .item() of its own, unlike AdamW
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            loss = (torch.randn(8, 64) @ weight).square().mean()
+            loss.backward()
+            loss.item()
+            optimizer.step()
+            optimizer.zero_grad()
+    summary = bench_train.profile_summary(prof, 2, 0.5)
+    assert summary["wall_ms_per_step"] == 250 and summary["item_calls_per_step"] == 1
+    assert summary["optimizer_cpu_ms_per_step"] > 0 and summary["cuda_malloc_free_per_step"] == 0
+    assert any("mm" in key for key, _, _ in summary["top_cpu_ms_per_step"])
