@@ -1,5 +1,6 @@
 """The repeated, alternated benchmark runs (lab/bench/repeat.py) on the CPU: the order the runs happen in, which
 steps are timed, the medians, ranges and verdicts. The GPU figures are only as right as these."""
+import json
 import os
 import pathlib
 import sys
@@ -272,3 +273,63 @@ def test_the_profile_summary_counts_syncs_item_calls_and_the_optimizer_on_the_cp
     assert summary["wall_ms_per_step"] == 250 and summary["item_calls_per_step"] == 1
     assert summary["optimizer_cpu_ms_per_step"] > 0 and summary["cuda_malloc_free_per_step"] == 0
     assert any("mm" in key for key, _, _ in summary["top_cpu_ms_per_step"])
+
+
+def test_the_repeat_parent_drives_its_workers_and_gathers_their_windows(tmp_path, monkeypatch):
+    """bench_train's parent (run_repeated) with fake worker processes that play the gates as run_windows does:
+    each worker gets the command and environment asked, the phases run alternated, each window gets the host's
+    state recorded before it, and a worker that dies keeps the windows it finished."""
+    import argparse
+
+    import bench_train
+
+    order, commands = [], {}
+
+    class FakeWorker:
+        def __init__(self, cmd, env):
+            name = cmd[cmd.index("--worker") + 1]
+            commands[name] = (cmd, env)
+            windows = int(cmd[cmd.index("--repeat") + 1])
+            self.code = None
+
+            def play():
+                gate = repeat.worker_gate(tmp_path / "gates", name)
+                runs = []
+                for phase in range(repeat.phases(windows, bench_train.PROFILED_STEPS)):
+                    gate(phase)
+                    order.append((name, phase))
+                    if name == "r_raw_loop" and phase == 2:
+                        self.code = 1  # dies in its second window
+                        return
+                    if 1 <= phase <= windows:
+                        run = {"round": phase - 1, "real_tokens_per_s": 100.0 * phase}
+                        runs.append(run)
+                        (tmp_path / "gates" / f"window_{name}_{phase - 1}.json").write_text(json.dumps(run))
+                (tmp_path / f"train_bench_{name}.json").write_text(json.dumps({"runs": runs}))
+                self.code = 0
+
+            self.thread = threading.Thread(target=play)
+            self.thread.start()
+
+        def poll(self):
+            return None if self.thread.is_alive() else self.code
+
+        def wait(self):
+            self.thread.join()
+            return self.code
+
+    monkeypatch.setattr(bench_train.subprocess, "Popen", FakeWorker)
+    monkeypatch.setattr(repeat, "host_snapshot", lambda: {"load_1min": 0.1})  # nvidia-smi runs through subprocess
+    args = argparse.Namespace(out=tmp_path, warmup=1, measure=2, repeat=2, profile=True)
+    names = ["a_project", "r_raw_loop"]
+    results = bench_train.run_repeated(names, "/models/llama-8b", args)
+    assert order == [("a_project", 0), ("r_raw_loop", 0), ("a_project", 1), ("r_raw_loop", 1), ("a_project", 2),
+                     ("r_raw_loop", 2), ("a_project", 3)]
+    cmd, env = commands["a_project"]
+    assert "--profile" in cmd and cmd[cmd.index("--model-dir") + 1] == "/models/llama-8b"
+    assert env["UNSLOTH_COMPILE_LOCATION"].endswith("a_project")
+    assert [r["round"] for r in results["a_project"]["runs"]] == [0, 1]
+    assert all("load_1min" in r["host_before"] for r in results["a_project"]["runs"])
+    broken = results["r_raw_loop"]
+    assert broken["error"] == "worker exited with 1" and [r["round"] for r in broken["runs"]] == [0]
+    assert broken["failed_at_phase"] == 2 and results["a_project"]["failed_at_phase"] is None
