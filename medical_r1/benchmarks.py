@@ -135,6 +135,14 @@ def paired_test_p(base: list[bool], tuned: list[bool]) -> float:
     return min(1.0, 2 * tail)
 
 
+def row_alphas(benchmarks: int, alpha: float = 0.05, pairs: int = 1) -> dict:
+    """How a comparison spends its chance of a false claim, alpha: half on the headline (all benchmarks together),
+    half shared equally by the benchmark rows, and all of it divided by the pairs of models compared (Bonferroni,
+    which holds whatever the dependence between rows and whenever each stopped), so that when nothing changed the
+    chance that any row of any pair claims a change stays at or below alpha."""
+    return {"all": alpha / 2 / pairs, "benchmark": alpha / 2 / benchmarks / pairs}
+
+
 def holm_rejections(p_values: dict, alpha: float = 0.05) -> set:
     """Holm's step-down: the names whose hypothesis is rejected with the chance of any false rejection among all
     of them at most alpha, whatever their dependence (the benchmarks share a model; the settings share a base)."""
