@@ -33,6 +33,8 @@ ARTIFACTS = {
     "verdict_html": ("verdict.html", "04_compare"),
     "verdict_pairs": ("verdict_pairs.json", "04_compare"),
     "verdict_pairs_html": ("verdict_pairs.html", "04_compare"),
+    "eval_answers": ("eval/answers.jsonl", "04_compare"),
+    "eval_manifest": ("eval/manifest.json", "04_compare"),
     "merged": ("merged_16bit", "05_export_push"),
     "gguf": ("gguf", "05_export_push"),
     "export_report": ("export.json", "05_export_push"),
