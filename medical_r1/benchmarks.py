@@ -211,17 +211,17 @@ WARMUP_TOKENS = 16
 COMPILE_TOKENS = 2
 
 
-def benchmark_plan(model, tokenizer, eval_data: dict, template: str, settings: GenerationSettings, backend: str,
+def benchmark_plan(model, tokenizer, order: list[dict], template: str, settings: GenerationSettings, backend: str,
                    minutes: float, models: int = 2) -> str:
-    """Before the long cell: this GPU's generation rate from a short timed warm-up (one batch of the real
-    prompts, WARMUP_TOKENS each, at settings.batch_size, chosen here if it is still 0), how long one round takes
+    """Before the long cell: this GPU's generation rate from a short timed warm-up (one batch of the first items
+    of `order`, WARMUP_TOKENS each, at settings.batch_size, chosen here if it is still 0), how long one round takes
     at most at that rate (one batch per process for each of `models`, every answer running to
     settings.max_new_tokens), and how many items per model the budget of `minutes` holds at least."""
     import time
 
     import torch
 
-    items, questions = benchmark_questions(eval_data)
+    questions = [{"id": item["id"], "question": mc_question(item)} for item in order]
     settings = choose_batch_size(model, tokenizer, questions, template, settings)  # nothing to do where 04 chose it
     sample = questions[:settings.batch_size]
     greedy = settings.replace(do_sample=False)
@@ -243,4 +243,4 @@ def benchmark_plan(model, tokenizer, eval_data: dict, template: str, settings: G
             f"answered by {models} models{f' in {processes} processes' if processes > 1 else ''}, up to "
             f"{settings.max_new_tokens} tokens each) takes at most {round_minutes:.1f} min here, so "
             f"EVAL_MINUTES = {minutes:g} holds at least {rounds} round{'s' * (rounds != 1)} "
-            f"({rounds * round_items} items per model, of the {len(items)} drawn); shorter answers fit more.")
+            f"({rounds * round_items} items per model, of the {len(order)} drawn); shorter answers fit more.")

@@ -114,7 +114,9 @@ class Params:
     resume: bool = True
     early_stopping_patience: int = 0
     eval_data: str = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"
-    eval_items: int = 30
+    eval_minutes: float = 60
+    eval_items: int = 0
+    eval_decide: str = "headline"
     eval_greedy: bool = True
     eval_max_new_tokens: int = 1024
     eval_similarity: bool = False
@@ -157,6 +159,11 @@ class Params:
         for name in ("learning_rate", "grpo_learning_rate", "grpo_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if isinstance(self.eval_minutes, bool) or not isinstance(self.eval_minutes, (int, float)) or \
+                self.eval_minutes <= 0:
+            raise ValueError(f"eval_minutes must be a positive number of minutes, got {self.eval_minutes!r}")
+        if self.eval_decide not in ("headline", "every"):
+            raise ValueError(f"eval_decide must be 'headline' or 'every', got {self.eval_decide!r}")
         if self.gradient_checkpointing not in ("auto", "on", "off"):
             raise ValueError(f"gradient_checkpointing must be 'auto', 'on' or 'off', got {self.gradient_checkpointing!r}")
         if not 0 < self.vllm_gpu_memory < 1:

@@ -174,7 +174,8 @@ class LiveTable:
             return
         from IPython import get_ipython
 
-        if getattr(get_ipython(), "kernel", None) is not None:
+        shell = get_ipython()
+        if shell is not None and "IPKernelApp" in shell.config:  # a notebook's kernel, or a GPU process's shell
             from IPython.display import HTML, display
 
             self.handle = display(HTML("<p>04's first round is being answered...</p>"), display_id=True)
@@ -273,6 +274,12 @@ def answer_round(model, tokenizer, items, name, number, template, settings, back
     answers = [{k: out[k] for k in ("id", "output", "new_tokens", "finished_thinking")} for out in outputs]
     return {"round": number, "model": name, "seconds": time.perf_counter() - start, "answers": answers,
             "scored": scored}
+
+
+def stopping_record(evaluation: dict) -> dict:
+    """What the verdict page, compare_metrics.json and W&B keep of how 04 stopped: the items per model, the rounds,
+    the minutes spent and budgeted, why it stopped, what it waited for, and the sentence."""
+    return {k: evaluation[k] for k in ("items", "rounds", "minutes", "budget_minutes", "stopped", "decide", "outcome")}
 
 
 STOPS = {"decided": "decided", "budget": "the budget of {minutes:g} minutes ran out",

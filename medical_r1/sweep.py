@@ -2,7 +2,7 @@
 
 A grid file (recipes/sweeps/NAME.json) holds either `grid` (parameter -> list of values: every combination
 is a setting) or `settings` (a list of {"name", "parameters"}), or both, and optionally `parameters` that every
-setting shares (for example fewer benchmark items, so that a grid fits one Kaggle session). scripts/sweep.py runs 01 and 02 once
+setting shares (for example one EVAL_MINUTES: every setting's evaluation gets the same time budget). scripts/sweep.py runs 01 and 02 once
 per model, then 03 and 04 once per setting in its own folder on a copy of that model's data, so every row has
 the same validation split, benchmark items and seed. A named setting with `"grpo": true` runs 07 between 03 and
 04, and its row compares the base model with SFT + GRPO. This module reads the grid, names the settings, turns a
@@ -17,7 +17,7 @@ import pathlib
 import re
 
 from medical_r1.artifacts import artifact, read_json, write_json, write_text
-from medical_r1.benchmarks import holm_rejections
+from medical_r1.sequential import decided, difference_interval
 from medical_r1.display import (html_page, new_figure, percent_with_interval, points, save_figure, table_html,
                                 verdict_class)
 
@@ -91,7 +91,7 @@ def setting_row(name: str, parameters: dict, work_dir, grpo: bool = False) -> di
     """A finished setting's row, read from the files 03, 07 and 04 wrote in its folder. With `grpo` the tuned
     model is SFT + GRPO (04's base -> SFT + GRPO pair); its validation loss is not measured (04's is SFT's)."""
     verdict = read_json(artifact(work_dir, "verdict"))
-    overall = next(r for r in verdict["rows"] if r["benchmark"] == "all")
+    overall, stopping = next(r for r in verdict["rows"] if r["benchmark"] == "all"), verdict.get("stopping")
     compare = read_json(artifact(work_dir, "compare_metrics"))
     train = read_json(artifact(work_dir, "train_metrics"))
     if grpo:
@@ -107,8 +107,9 @@ def setting_row(name: str, parameters: dict, work_dir, grpo: bool = False) -> di
         "base_accuracy": overall["base_accuracy"], "base_interval": overall["base_interval"],
         "tuned_accuracy": overall["tuned_accuracy"], "tuned_interval": overall["tuned_interval"],
         "difference": overall["difference"], "difference_interval": overall["difference_interval"],
-        "verdict": overall["verdict"],
-        "p_value": overall["p_value"],
+        "verdict": overall["verdict"], "stopping": stopping,
+        # right or wrong per item, in the order answered, both models: the page re-reads the interval at its level
+        "base_right": [s["correct"] for s in verdict["base"]], "tuned_right": [s["correct"] for s in verdict["tuned"]],
         "base_unfinished": count_rules(verdict["base"], ("unfinished",)),
         "tuned_unfinished": count_rules(verdict["tuned"], ("unfinished",)),
         "base_unreadable": count_rules(verdict["base"], ("empty", "unreadable")),
@@ -144,12 +145,13 @@ def sorted_rows(rows: list[dict]) -> list[dict]:
 
 def compared_with_base(rows: list[dict], alpha: float = 0.05) -> dict:
     """{setting: "better than the base model" | "worse than the base model" | "no detectable change"}: each finished
-    setting's paired test against the base, corrected with Holm's step-down for the number of settings compared,
-    so that the best-looking of several settings is not called better by luck."""
+    setting's anytime-valid interval against the base (medical_r1.sequential, over its answers in the order 04
+    gave them, valid whenever its 04 stopped) at alpha divided by the number of settings compared (Bonferroni), so
+    that the best-looking of several settings is not called better by luck."""
     done = [r for r in rows if not r["error"]]
-    better_or_worse = holm_rejections({r["name"]: r.get("p_value", 1.0) for r in done}, alpha)
-    return {r["name"]: ("better than the base model" if r["difference"] > 0 else "worse than the base model")
-            if r["name"] in better_or_worse else "no detectable change" for r in done}
+    said = {1: "better than the base model", -1: "worse than the base model", 0: "no detectable change"}
+    return {r["name"]: said[decided(difference_interval(r.get("base_right", []), r.get("tuned_right", []),
+                                                        alpha / len(done)))] for r in done}
 
 
 # How the sweep page names a setting's parameters: "lr 2e-4, r 8" reads where LEARNING_RATE=0.0002, LORA_R=8 breaks.
@@ -189,8 +191,8 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
                              f"{r['tuned_unfinished'] + r['tuned_unreadable']}"),
                      ("num", f"{r['base_val_loss']:.3f} / {tuned_loss}<br>nats per token"),
                      ("num", f"{r['train_runtime_s'] or 0:.0f} s{tokens}"),
-                     (f"verdict {verdict_class(said)}", f"{said} <span class='same'>(paired p = "
-                                                       f"{r.get('p_value', 1.0):.3g})</span>")])
+                     (f"verdict {verdict_class(said)}", f"{said} <span class='same'>"
+                                                       f"({html.escape(stopping_said(r))})</span>")])
     done = [r for r in rows if not r["error"]]
     items = sorted({r["items"] for r in done})
     measured = (f"Each setting was scored on the same {items[0]} benchmark items." if len(items) == 1 else
@@ -201,12 +203,23 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
         f"<p>{html.escape(grid['description'])} <strong class='measured'>{measured}</strong></p><p>Benchmark accuracy "
         "over all benchmarks, base vs tuned, on the same items for every setting. Sorted by the observed difference, "
         "best first, not by significance: "
-        f"a setting is called better or worse than the base model only when its exact paired test holds after "
-        f"Holm's correction for the {len(compared)} settings compared, so the top row is not called better "
-        "for being the luckiest. A setting marked SFT + GRPO ran 07 after 03; its tuned model is the GRPO adapter "
+        f"a setting is called better or worse than the base model only when its anytime-valid interval excludes no "
+        f"change at 5% shared by the {len(compared)} settings compared (Bonferroni), so the top row is not called "
+        "better for being the luckiest. Each setting's 04 had the same time budget and stopped when its own answer "
+        "was decided or the budget ran out. A setting marked SFT + GRPO ran 07 after 03; its tuned model is the GRPO adapter "
         "(its validation loss is not measured). No answer: unfinished or unreadable, counted as wrong. Failed "
         "settings are listed last with their error; a setting's full name is in its cell's tooltip.</p>"
         f"<img src='sweep.png' alt='tuned accuracy per setting'>" + table_html(labels, body)))
+
+
+def stopping_said(row: dict) -> str:
+    """How the setting's 04 stopped: "decided at 96 items", "budget of 60 min out at 150 items"."""
+    stopping = row.get("stopping") or {}
+    if stopping.get("stopped") == "decided":
+        return f"04 decided at {stopping['items']} items"
+    if stopping.get("stopped") == "budget":
+        return f"04's {stopping['budget_minutes']:g} minutes ran out at {stopping['items']} items"
+    return f"{row['items']} items"
 
 
 def plot_sweep(rows: list[dict], path) -> pathlib.Path:

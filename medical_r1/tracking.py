@@ -53,9 +53,11 @@ def wandb_run_id() -> str | None:
 
 
 def log_comparison_to_wandb(work_dir, report_to: str, verdict: list[dict], losses: dict, rouge: dict, judge: dict,
-                            pairs: list[dict] | None = None, environ=os.environ) -> str | None:
+                            pairs: list[dict] | None = None, stopping: dict | None = None,
+                            environ=os.environ) -> str | None:
     """Log 04's verdict table and numbers to W&B, into the training run when 03 logged one (same run id),
-    offline under WORK_DIR/wandb without a key; with `pairs` (base, SFT, SFT + GRPO) their table too. Returns the
+    offline under WORK_DIR/wandb without a key; with `pairs` (base, SFT, SFT + GRPO) their table too; with
+    `stopping` (medical_r1.rounds.stopping_record) the items used, the minutes and why it stopped. Returns the
     run link, or None when W&B is off."""
     mode, why = resolve_report_to(report_to, work_dir, environ)
     print(why)
@@ -68,11 +70,11 @@ def log_comparison_to_wandb(work_dir, report_to: str, verdict: list[dict], losse
     run = wandb.init(project=environ["WANDB_PROJECT"], dir=environ["WANDB_DIR"], id=run_id, resume="allow",
                      job_type="compare")
     columns = ["benchmark", "items", "base_accuracy", "tuned_accuracy", "difference", "difference_low",
-               "difference_high", "base_no_answer", "tuned_no_answer", "verdict"]
+               "difference_high", "decided", "base_no_answer", "tuned_no_answer", "verdict"]
     table = wandb.Table(columns=columns, data=[
         [r["benchmark"], r["items"], r["base_accuracy"], r["tuned_accuracy"], r["difference"],
-         r["difference_interval"][0], r["difference_interval"][1], r["base_no_answer"], r["tuned_no_answer"],
-         r["verdict"]] for r in verdict])
+         r["difference_interval"][0], r["difference_interval"][1], r["decided"], r["base_no_answer"],
+         r["tuned_no_answer"], r["verdict"]] for r in verdict])
     numbers = {f"compare/{r['benchmark']}/{k}": r[k] for r in verdict for k in ("base_accuracy", "tuned_accuracy")}
     scalars = {**losses, "base_rouge_l": rouge.get("base_rouge_l"), "tuned_rouge_l": rouge.get("tuned_rouge_l"),
                "judge_tuned_win_rate": judge.get("tuned_win_rate")}
@@ -80,11 +82,14 @@ def log_comparison_to_wandb(work_dir, report_to: str, verdict: list[dict], losse
     logged = {"compare/verdict": table}
     if pairs:
         logged["compare/pairs"] = wandb.Table(
-            columns=["before", "after", "items", "accuracy_before", "accuracy_after", "difference", "p_value", "verdict"],
+            columns=["before", "after", "items", "accuracy_before", "accuracy_after", "difference", "decided", "verdict"],
             data=[[p["before"], p["after"], p["overall"]["items"], p["overall"]["base_accuracy"],
-                   p["overall"]["tuned_accuracy"], p["overall"]["difference"], p["overall"]["p_value"], p["verdict"]]
+                   p["overall"]["tuned_accuracy"], p["overall"]["difference"], p["overall"]["decided"], p["verdict"]]
                   for p in pairs])
         numbers.update({f"compare/{p['after']}_vs_{p['before']}/difference": p["overall"]["difference"] for p in pairs})
+    if stopping:  # the items used and why 04 stopped ("decided", "budget" or "items")
+        numbers.update({f"compare/stopping/{k}": v for k, v in stopping.items() if isinstance(v, (int, float))})
+        numbers.update({"compare/stopping/stopped": stopping["stopped"], "compare/stopping/outcome": stopping["outcome"]})
     run.log({**logged, **numbers})
     run.summary.update(numbers)
     link = wandb_run_link()

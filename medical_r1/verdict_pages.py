@@ -27,10 +27,16 @@ def accuracy(correct: int, acc: float, interval) -> str:
     return percent_with_interval(acc, interval, f"{correct} right, ")
 
 
-def verdict_cell(sentence: str, p_value: float, note: str = "") -> tuple[str, str]:
-    said = sentence.split(" (")[0]
-    return (f"verdict {verdict_class(said)}' title='{html.escape(sentence, quote=True)}",
-            f"{html.escape(said)} <span class='same'>(paired p = {p_value:.2g}{note})</span>")
+def verdict_cell(row: dict) -> tuple[str, str]:
+    """The row's verdict, coloured, with the level its anytime-valid interval holds at (its share of the 5%)."""
+    said = row["verdict"].split(" (")[0]
+    return (f"verdict {verdict_class(said)}' title='{html.escape(row['verdict'], quote=True)}",
+            f"{html.escape(said)} <span class='same'>(at {100 * (1 - row['alpha']):.1f}%)</span>")
+
+
+def outcome_html(outcome: str) -> str:
+    """How 04 stopped, in one sentence: what was decided and at how many items, or why it stopped undecided."""
+    return f"<p class='measured'><strong>{html.escape(outcome)}</strong></p>"
 
 
 def reading_html(counts: dict[str, dict]) -> str:
@@ -46,7 +52,7 @@ def reading_html(counts: dict[str, dict]) -> str:
             + table_html(["model"] + [RULE_NAMES[r] for r in shown], rows))
 
 
-def pairs_html(pairs: list[dict]) -> str:
+def pairs_html(pairs: list[dict], outcome: str) -> str:
     """One row per pair of models, overall; the per-benchmark tables are in each pair's rows."""
     rows, counts = [], {}
     for pair in pairs:
@@ -54,18 +60,19 @@ def pairs_html(pairs: list[dict]) -> str:
         rows.append([("key label", f"{MODELS[pair['before']]} &rarr; {MODELS[pair['after']]}"),
                      ("num", f"{o['items']}"), ("num", percent(o["base_accuracy"])), ("num", percent(o["tuned_accuracy"])),
                      ("diff", points(o["difference"], o["difference_interval"])),
-                     verdict_cell(pair["verdict"], o["p_value"])])
+                     verdict_cell(o)])
         for side, model in (("base", pair["before"]), ("tuned", pair["after"])):
             counts.setdefault(MODELS[model], o[f"{side}_rules"])
-    labels = ["pair", "items", "accuracy before", "accuracy after", "difference [95%]", "verdict"]
+    labels = ["pair", "items", "accuracy before", "accuracy after", "difference [anytime-valid]", "verdict"]
     return html_page("Base, SFT and SFT + GRPO", (
-        "<h2>Base, SFT and SFT + GRPO: a row per pair</h2><p>The same benchmark items, answered by each model "
-        "that exists in this work folder. Each row is one pair's overall comparison, from the exact paired test, "
-        "corrected for testing several pairs at once (Holm). Unfinished and unreadable answers count as wrong.</p>"
+        "<h2>Base, SFT and SFT + GRPO: a row per pair</h2>" + outcome_html(outcome) + "<p>The same benchmark "
+        "items, in the same rounds, answered by each model that exists in this work folder. Each row is one pair's "
+        "overall comparison; its interval is a confidence sequence, valid whenever 04 stopped, and the pairs share "
+        "the 5% chance of a false claim. Unfinished and unreadable answers count as wrong.</p>"
         + table_html(labels, rows) + reading_html(counts)))
 
 
-def verdict_html(rows: list[dict]) -> str:
+def verdict_html(rows: list[dict], outcome: str) -> str:
     def model_cells(r, model):
         no_answer = f"{r[f'{model}_unfinished']} unfinished,<br>{r[f'{model}_unreadable']} unreadable"
         no_answer += f" (+{r[f'{model}_similarity']} by similarity)" if r[f"{model}_similarity"] else ""
@@ -76,27 +83,28 @@ def verdict_html(rows: list[dict]) -> str:
     body = []
     for r in rows:
         name = "all benchmarks" if r["benchmark"] == "all" else short_benchmark(r["benchmark"])
-        note = "" if r["benchmark"] == "all" else "; verdict Holm-corrected"
         body.append([(f"key' title='{html.escape(r['benchmark'], quote=True)}", html.escape(name)),
                      ("num", f"{r['items']}")] + model_cells(r, "base") + model_cells(r, "tuned") +
                     [("diff", points(r["difference"], r["difference_interval"])),
-                     ("num", f"{100 * r['detectable_difference']:.0f} points"), verdict_cell(r["verdict"], r["p_value"],
-                                                                                              note)])
+                     ("num", f"{100 * max(-r['difference_interval'][0], r['difference_interval'][1]):.0f} points"),
+                     verdict_cell(r)])
     labels = ["benchmark", "items", "base: accuracy [95%]", "base: no answer", "fine-tuned: accuracy [95%]",
-              "fine-tuned: no answer", "difference [95%]", "detectable", "verdict"]
+              "fine-tuned: no answer", "difference [anytime-valid]", "largest change left open", "verdict"]
     head = ("<tr class='head'><th rowspan='2'>benchmark</th><th rowspan='2'>items</th><th colspan='2'>base model</th>"
-            "<th colspan='2'>fine-tuned</th><th rowspan='2'>difference [95%]</th><th rowspan='2'>detectable</th>"
+            "<th colspan='2'>fine-tuned</th><th rowspan='2'>difference [anytime-valid]</th>"
+            "<th rowspan='2'>largest change left open</th>"
             "<th rowspan='2'>verdict</th></tr><tr class='head'>" + "<th>accuracy [95%]</th><th>no answer</th>" * 2 +
             "</tr>")
     overall = rows[-1]  # "all", the last row verdict_rows writes
     return html_page("Did fine-tuning help?", (
-        "<h2>Did fine-tuning help?</h2><p>Unfinished: still thinking when the token limit came. Unreadable: "
-        "the answer commits to no single option, and the model reading its own answer was not sure enough either. "
-        "Both count as wrong and are never guessed. Detectable: the smallest "
-        "difference, in points of accuracy, this many items detect with 80% power.</p><p>Read the last row (all) "
-        "first: it is the headline, from an exact paired test at 5%. The per-benchmark rows are corrected for "
-        "testing several benchmarks at once (Holm), so that when fine-tuning changed nothing the chance that any row "
-        "says helped or hurt stays at 5%; a benchmark row that says no detectable change may still differ, by "
-        "less than this many items can show. The intervals are each benchmark's own 95% intervals.</p>"
+        "<h2>Did fine-tuning help?</h2>" + outcome_html(outcome) + "<p>Unfinished: still thinking when the token "
+        "limit came. Unreadable: the answer commits to no single option, and the model reading its own answer was "
+        "not sure enough either. Both count as wrong and are never guessed.</p><p>Read the last row (all) first: it "
+        "is the headline. Each difference's interval is a confidence sequence: it holds however many rounds 04 "
+        "looked at and whenever it stopped, so stopping early raises no false claims. The headline spends half of "
+        "a 5% chance of a false claim and the benchmark rows share the other half (once 07 has run, the three pairs "
+        "share the 5%; each verdict says its level), so that when fine-tuning changed nothing the chance that any "
+        "row says helped or hurt stays at 5%. Largest change left open: the farthest end of the interval from zero; a "
+        "row not decided may still differ, by less than that.</p>"
         + table_html(labels, body, head)
         + reading_html({"base model": overall["base_rules"], "fine-tuned": overall["tuned_rules"]})))

@@ -25,8 +25,10 @@
 #
 # **Reads:** `WORK_DIR/run.json` and `data/val.jsonl` (02), `adapter/` and `train_metrics.json` (03), `answers/base.jsonl` (01).
 # **Writes:** `WORK_DIR/answers/tuned.jsonl`, `comparison.html`, `verdict.json`/`.html`, `verdict_pairs.json`/`.html`
-# (base, SFT and, once 07 has run, SFT + GRPO), `compare_metrics.json`.
-# **Time on a T4 (an estimate; not yet measured on one):** about 5-10 minutes for the 8B model.
+# (base, SFT and, once 07 has run, SFT + GRPO), `compare_metrics.json`, and as it goes `eval/answers.jsonl` with
+# `eval/manifest.json` (a rerun continues from them).
+# **Time on a T4 (an estimate; not yet measured on one):** the benchmarks take what `EVAL_MINUTES` gives them (60)
+# or less; the rest about 5-10 minutes for the 8B model.
 #
 # Lower validation loss means the tuned model finds the reference reasoning more likely; it does not
 # by itself mean the answers are more correct. Read the answers, and do not trust one question.
@@ -41,7 +43,9 @@ DO_SAMPLE = True  # keep equal to 01's
 GEN_BATCH_SIZE = 0  # questions generated together; 0: the most this GPU holds (128, 64 or 32, printed); on out-of-memory set a smaller number
 SEED = 3407  # sampling seed, and which benchmark items are drawn
 EVAL_DATA = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"  # or a local file in its schema
-EVAL_ITEMS = 30  # items per benchmark (5 benchmarks; about an hour on a T4, estimated); 0 uses all 8,381; more items, narrower intervals
+EVAL_MINUTES = 60  # the benchmarks stop when decided or before a round would overrun this (about 150 items per model on a T4, estimated); more minutes, smaller changes seen
+EVAL_ITEMS = 0  # at most this many items per model; 0: all 8,381 (the time budget stops it first)
+EVAL_DECIDE = "headline"  # stop once "headline" (all benchmarks together) is decided, or "every" benchmark row too
 EVAL_GREEDY = True  # greedy decoding for the benchmarks, so a rerun scores the same; False samples
 EVAL_MAX_NEW_TOKENS = 1024  # answers still thinking at this length count as "unfinished", never guessed
 EVAL_SIMILARITY = False  # True reads an answer naming no option as its most similar option (counted apart)
@@ -172,47 +176,67 @@ show_html(artifact(WORK_DIR, "comparison_html"))
 # single option is "unreadable". Both count as wrong, are never guessed, and the page shows per model how many
 # answers each rule read, so that a change in answering style after fine-tuning is visible.
 #
-# The benchmarks, 07's answers and ROUGE share one set of generation settings (`eval_settings`), its batch chosen
-# once here from this GPU's free memory for the longest prompt. First, how long this will take here, measured on a
-# short warm-up, and how wide the intervals will be.
-# To evaluate a whole benchmark (MedQA has 1,273 items), set `EVAL_ITEMS = 0`; docs/evaluation.md says how long it takes.
+# **In rounds, for as long as you give it.** The items are drawn in one seeded random order, one benchmark after
+# another in turn, and answered in rounds: each round one generation batch per GPU of the same items, answered by
+# the base model (adapter off), the fine-tuned model and, once 07 has run, SFT + GRPO (its adapter loaded beside
+# 03's). After each round the table below updates in place, and 04 stops as soon as the answer is decided
+# (`EVAL_DECIDE`), before a round that would overrun `EVAL_MINUTES`, or after `EVAL_ITEMS`. The intervals are
+# confidence sequences, valid however often they are looked at and whenever 04 stops (docs/evaluation.md). Two
+# GPUs answer twice the items in the same minutes. Every round's answers go to `eval/answers.jsonl` as they are
+# written: run 04 again after a stop (Kaggle's limit, a crash, Interrupt) and it goes on where it stopped; raise
+# `EVAL_MINUTES` to buy more rounds. A changed model, adapter, setting or evaluation file is refused, never mixed.
+#
+# The benchmarks and ROUGE share one set of generation settings (`eval_settings`), its batch chosen once here from
+# this GPU's free memory for the longest prompt. First, how long a round takes here, measured on a short warm-up.
 
 # %%
 from medical_r1.benchmarks import benchmark_plan, benchmark_questions, load_eval_data
 from medical_r1.generation import choose_batch_size
+from medical_r1.rounds import check_manifest, check_stopping, draw_order, evaluation_manifest, load_grpo_adapter
 
-eval_data = load_eval_data(EVAL_DATA, EVAL_ITEMS, SEED)
+check_stopping(EVAL_MINUTES, EVAL_ITEMS, EVAL_DECIDE)
+eval_data = load_eval_data(EVAL_DATA, 0, SEED)
+order = draw_order(eval_data, SEED, EVAL_ITEMS)  # the order every model answers in, round by round
+grpo_dir = load_grpo_adapter(model, WORK_DIR, base_name)  # None until 07 has run
+compared = ("base", "tuned") + (("grpo",) if grpo_dir else ())
 eval_settings = choose_batch_size(model, tokenizer, benchmark_questions(eval_data)[1], template, settings.replace(
-    max_new_tokens=EVAL_MAX_NEW_TOKENS, do_sample=not EVAL_GREEDY))  # the benchmarks, GRPO's answers and ROUGE
-print(benchmark_plan(model, tokenizer, eval_data, template, eval_settings, backend, ROUGE_ITEMS))
+    max_new_tokens=EVAL_MAX_NEW_TOKENS, do_sample=not EVAL_GREEDY))  # the benchmarks and ROUGE
+adapters = {"tuned": adapter_dir, **({"grpo": grpo_dir} if grpo_dir else {})}
+check_manifest(WORK_DIR, evaluation_manifest(base_name, adapters, template, eval_settings, EVAL_SIMILARITY,
+                                             EVAL_MODEL_READER, eval_data))  # the stored answers belong to these
+print(benchmark_plan(model, tokenizer, order, template, eval_settings, backend, EVAL_MINUTES, len(compared)))
+
+# %%
+from medical_r1.rounds import evaluate_in_rounds
+
+evaluation = evaluate_in_rounds(model, tokenizer, order, template, eval_settings, backend, WORK_DIR, compared,
+                                EVAL_MINUTES, EVAL_DECIDE, EVAL_SIMILARITY, EVAL_MODEL_READER)
+print(evaluation["outcome"])
 
 # %%
 from medical_r1.artifacts import write_json
-from medical_r1.benchmarks import run_benchmarks, verdict_rows
+from medical_r1.rounds import stopping_record
 from medical_r1.verdict_pages import verdict_html
 
-base_scored, tuned_scored = run_benchmarks(model, tokenizer, eval_data, template, eval_settings, backend,
-                                           EVAL_SIMILARITY, EVAL_MODEL_READER)
-verdict = verdict_rows(base_scored, tuned_scored, SEED)
-write_json(artifact(WORK_DIR, "verdict"), {"rows": verdict, "base": base_scored, "tuned": tuned_scored})
-write_text(artifact(WORK_DIR, "verdict_html"), verdict_html(verdict))
+pairs, stopping = evaluation["pairs"], stopping_record(evaluation)
+verdict = pairs[0]["rows"]  # base -> SFT, per benchmark and overall
+write_json(artifact(WORK_DIR, "verdict"), {"rows": verdict, "base": evaluation["scored"]["base"],
+                                           "tuned": evaluation["scored"]["tuned"], "stopping": stopping})
+write_text(artifact(WORK_DIR, "verdict_html"), verdict_html(verdict, evaluation["outcome"]))
 show_html(artifact(WORK_DIR, "verdict_html"))
 
 # %% [markdown]
 # ## And after reinforcement learning (07)?
-# 04 compares what exists. Once 07 has run, run 04 again: 07's adapter is loaded beside 03's, answers the same
-# items, and the table gains a row per pair: base → SFT, SFT → SFT + GRPO, base → SFT + GRPO. The headlines
-# are corrected for comparing three pairs at once.
+# 04 compares what exists. Once 07 has run, run 04 again: 07's adapter answers the same items in the same rounds
+# (those already answered by the others are read back, not answered again), and the table gains a row per pair:
+# base → SFT, SFT → SFT + GRPO, base → SFT + GRPO, sharing the 5% chance of a false claim between them.
 
 # %%
-from medical_r1.benchmarks import grpo_benchmarks, pair_verdicts
 from medical_r1.verdict_pages import pairs_html
 
-grpo_scored = grpo_benchmarks(model, tokenizer, WORK_DIR, base_name, eval_data, template, eval_settings, backend,
-                              EVAL_SIMILARITY, EVAL_MODEL_READER)
-pairs = pair_verdicts({"base": base_scored, "tuned": tuned_scored, "grpo": grpo_scored}, SEED)  # None: not run
-write_json(artifact(WORK_DIR, "verdict_pairs"), {"pairs": pairs, "grpo": grpo_scored})
-write_text(artifact(WORK_DIR, "verdict_pairs_html"), pairs_html(pairs))
+write_json(artifact(WORK_DIR, "verdict_pairs"), {"pairs": pairs, "grpo": evaluation["scored"].get("grpo"),
+                                                 "stopping": stopping})
+write_text(artifact(WORK_DIR, "verdict_pairs_html"), pairs_html(pairs, evaluation["outcome"]))
 show_html(artifact(WORK_DIR, "verdict_pairs_html"))
 
 # %% [markdown]
@@ -249,6 +273,7 @@ from medical_r1.tracking import log_comparison_to_wandb
 
 metrics = {**losses, "rouge": rouge, "judge": judge, "verdict": verdict, "base_model": base_name,
            "questions": len(rows), "pairs": [{k: p[k] for k in ("before", "after", "verdict", "overall")} for p in pairs]}
-metrics["wandb"] = log_comparison_to_wandb(WORK_DIR, REPORT_TO, verdict, losses, rouge, judge, pairs)
+metrics["stopping"] = stopping  # the items used, the rounds, the minutes, and why it stopped
+metrics["wandb"] = log_comparison_to_wandb(WORK_DIR, REPORT_TO, verdict, losses, rouge, judge, pairs, stopping)
 write_json(artifact(WORK_DIR, "compare_metrics"), metrics)
 print("W&B:", metrics["wandb"] or "off")

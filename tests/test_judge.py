@@ -95,20 +95,23 @@ def test_verdict_is_logged_into_the_training_runs_id_offline(tmp_path, monkeypat
     monkeypatch.setenv("WANDB_SILENT", "true")
     artifacts.write_json(artifacts.artifact(tmp_path, "train_metrics"), {"wandb_run_id": "abc123train"})
     verdict = [{"benchmark": "MedQA_USLME_test", "items": 3, "base_accuracy": 0.3, "tuned_accuracy": 0.6,
-                "difference": 0.3, "difference_interval": [0.0, 0.6], "base_no_answer": 0, "tuned_no_answer": 1,
-                "verdict": "no detectable change"}]
+                "difference": 0.3, "difference_interval": [-0.1, 0.6], "decided": 0, "base_no_answer": 0,
+                "tuned_no_answer": 1, "verdict": "no change larger than ±60 points"}]
     pairs = [{"before": "tuned", "after": "grpo", "verdict": "no detectable change", "overall": {
-        "items": 3, "base_accuracy": 0.6, "tuned_accuracy": 0.6, "difference": 0.0, "p_value": 1.0}}]
+        "items": 3, "base_accuracy": 0.6, "tuned_accuracy": 0.6, "difference": 0.0, "decided": 0}}]
+    stopping = {"items": 3, "rounds": 1, "minutes": 1.5, "budget_minutes": 1, "stopped": "budget",
+                "decide": "headline", "outcome": "Not decided when the budget of 1 minutes ran out"}
     link = tracking.log_comparison_to_wandb(tmp_path, "wandb", verdict, {"base_val_loss": 2.0, "tuned_val_loss": 1.5},
-                                      {"base_rouge_l": 0.1, "tuned_rouge_l": 0.2}, {"skipped": "off"}, pairs)
+                                      {"base_rouge_l": 0.1, "tuned_rouge_l": 0.2}, {"skipped": "off"}, pairs, stopping)
     runs = list((tmp_path / "wandb").glob("offline-run-*-abc123train"))
     assert len(runs) == 1 and link == f"wandb sync {runs[0]}"
     data = b""
     for _ in range(60):  # the wandb service writes the run file from its own process
         data = b"".join(p.read_bytes() for p in runs[0].glob("run-*.wandb"))
-        if b"compare/verdict" in data and b"compare/tuned_val_loss" in data and b"compare/pairs" in data:
+        if b"compare/verdict" in data and b"compare/tuned_val_loss" in data and b"compare/stopping/stopped" in data:
             break
         time.sleep(0.5)
     assert b"compare/verdict" in data and b"compare/MedQA_USLME_test/tuned_accuracy" in data
     assert b"compare/pairs" in data and b"compare/grpo_vs_tuned/difference" in data
+    assert b"compare/stopping/items" in data and b"compare/stopping/stopped" in data  # the items used, why it stopped
     assert tracking.log_comparison_to_wandb(tmp_path, "none", verdict, {}, {}, {}) is None

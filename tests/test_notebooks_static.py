@@ -183,7 +183,7 @@ LIBRARY_CALLS = {
                  "SFTTrainer(", "trainer.train(resume_from_checkpoint=checkpoint)", "training_guards(",
                  "training_callbacks("],
     "04_compare": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.for_inference(model)",
-                   "generate_answers(", "verdict_rows("],
+                   "generate_answers(", "evaluate_in_rounds("],
     "05_export_push": ["save_merged(", "verify_merge(", "merge_report(", "push_to_hub(", "check_disk_space("],
     "06_chat": ["FastLanguageModel.from_pretrained(", "FastLanguageModel.for_inference(model)", "build_chat_app(",
                 "app.launch(share=share_link(SHARE), js=FOLD_SCRIPT)"],

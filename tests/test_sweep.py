@@ -42,7 +42,7 @@ def test_a_bad_grid_names_what_to_fix(tmp_path, spec, message):
 def test_the_shipped_grids_load():
     for path in sorted((REPO_ROOT / "recipes" / "sweeps").glob("*.json")):
         grid = sweep.load_grid(path)
-        assert grid["name"] == path.stem and len(grid["settings"]) >= 3 and grid["parameters"]["EVAL_ITEMS"] == 10
+        assert grid["name"] == path.stem and len(grid["settings"]) >= 3 and grid["parameters"]["EVAL_MINUTES"] == 20
     names = [s["name"] for s in sweep.load_grid(REPO_ROOT / "recipes" / "sweeps" / "tutorial_vs_gentle.json")["settings"]]
     assert names[0].startswith("tutorial") and any("5e-6" in n for n in names)
 
@@ -87,7 +87,7 @@ def test_a_2x2_sweep_on_the_tiny_model_with_a_planted_failure_and_a_rerun(tmp_pa
     assert grpo["base_accuracy"] == rows["learning_rate-0.005_lora_r-4"]["base_accuracy"] and grpo["items"] == 10
     grpo_dir = work / "settings" / "sft_then_grpo"
     pairs = json.loads(artifacts_path(grpo_dir, "verdict_pairs").read_text())["pairs"]
-    assert len(pairs) == 3 and grpo["p_value"] == pairs[2]["overall"]["p_value"]  # base -> SFT + GRPO
+    assert len(pairs) == 3 and grpo["difference"] == pairs[2]["overall"]["difference"]  # base -> SFT + GRPO
     assert not artifacts_path(work / "settings" / "learning_rate-0.005_lora_r-4", "grpo_adapter").exists()
     for name in set(rows) - failed:
         r = rows[name]
@@ -99,7 +99,8 @@ def test_a_2x2_sweep_on_the_tiny_model_with_a_planted_failure_and_a_rerun(tmp_pa
     page = (work / "sweep.html").read_text()
     assert all(name in page for name in rows) and page.count("NaN or infinite") == 2
     compared = json.loads(first_rows)["compared_with_base"]  # each finished setting, corrected for their number
-    assert set(compared) == set(rows) - failed | {"sft_then_grpo"} and "Holm's correction for the 3 settings" in page
+    assert set(compared) == set(rows) - failed | {"sft_then_grpo"} and "shared by the 3 settings compared" in page
+    assert "04's 5 minutes ran out at 10 items" not in page and "10 items" in page  # never decided, all 10 answered
     assert ">lr 0.005, r 4 (SFT + GRPO)</td>" in page and "title='sft_then_grpo: LEARNING_RATE=0.005" in page
     assert "not by significance" in page
     assert (work / "sweep.png").read_bytes()[:4] == b"\x89PNG"
