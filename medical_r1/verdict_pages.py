@@ -36,7 +36,7 @@ def verdict_cell(row: dict) -> tuple[str, str]:
 
 def outcome_html(outcome: str) -> str:
     """How 04 stopped, in one sentence: what was decided and at how many items, or why it stopped undecided."""
-    return f"<p class='measured'><strong>{html.escape(outcome)}</strong></p>"
+    return f"<p class='measured'><strong>{html.escape(outcome)}</strong></p>" if outcome else ""
 
 
 def reading_html(counts: dict[str, dict]) -> str:
@@ -52,7 +52,7 @@ def reading_html(counts: dict[str, dict]) -> str:
             + table_html(["model"] + [RULE_NAMES[r] for r in shown], rows))
 
 
-def pairs_html(pairs: list[dict], outcome: str) -> str:
+def pairs_html(pairs: list[dict], outcome: str = "") -> str:
     """One row per pair of models, overall; the per-benchmark tables are in each pair's rows."""
     rows, counts = [], {}
     for pair in pairs:
@@ -72,7 +72,7 @@ def pairs_html(pairs: list[dict], outcome: str) -> str:
         + table_html(labels, rows) + reading_html(counts)))
 
 
-def verdict_html(rows: list[dict], outcome: str) -> str:
+def verdict_html(rows: list[dict], outcome: str = "") -> str:
     def model_cells(r, model):
         no_answer = f"{r[f'{model}_unfinished']} unfinished,<br>{r[f'{model}_unreadable']} unreadable"
         no_answer += f" (+{r[f'{model}_similarity']} by similarity)" if r[f"{model}_similarity"] else ""

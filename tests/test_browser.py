@@ -174,14 +174,15 @@ def pages(tmp_path) -> dict:
             for scored, ok in ((base, right), (tuned, right if rng.random() > 0.2 else not right)):
                 scored.append({"id": f"{name}/{i}", "benchmark": name, "gold": "A", "pred": "A" if ok else "B",
                                "rule": "answer_is", "correct": ok})
-    rows = benchmarks.verdict_rows(base, tuned, bootstrap_rounds=200)
+    rows = benchmarks.verdict_rows(base, tuned)
     grpo = [{**s, "correct": True, "pred": "A"} if rng.random() < 0.3 else s for s in tuned]
-    pairs = benchmarks.pair_verdicts({"base": base, "tuned": tuned, "grpo": grpo}, bootstrap_rounds=200)
+    pairs = benchmarks.pair_verdicts({"base": base, "tuned": tuned, "grpo": grpo})
     answers = [{"question": ENGLISH, "base": "<think>" + "Fever, rash... " * 30 + "</think> Measles.",
                 "tuned": "Considering Koplik spots... " * 20 + "</think> Measles (rubeola)."},
                {"question": CHINESE, "base": "可能是糖尿病。" * 10, "tuned": "空腹血糖升高提示糖尿病。" * 8}]
     setting = {k: v for k, v in rows[-1].items()}
-    setting.update(name="learning_rate-0.0002", parameters={"LEARNING_RATE": 2e-4}, error=None, p_value=rows[-1]["p_value"],
+    setting.update(name="learning_rate-0.0002", parameters={"LEARNING_RATE": 2e-4}, error=None,
+                   base_right=[s["correct"] for s in base], tuned_right=[s["correct"] for s in tuned],
                    base_unfinished=3, tuned_unfinished=5, base_unreadable=1, tuned_unreadable=0, base_val_loss=1.234,
                    tuned_val_loss=1.101, train_runtime_s=812.0, train_tokens=447140, steps=60)
     failed = sweep.error_row("learning_rate-0.002", {"LEARNING_RATE": 2e-3}, RuntimeError("the training loss became NaN"))

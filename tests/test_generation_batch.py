@@ -69,23 +69,26 @@ def test_generate_answers_with_batch_zero_says_what_it_chose(tiny_model_dir, tok
     assert "generation batch 32 (no GPU)" in capsys.readouterr().out
 
 
-def test_benchmark_plan_says_the_batch_it_chose_the_rate_and_the_intervals(tiny_model_dir, tokenizer, capsys):
+def test_benchmark_plan_says_the_batch_it_chose_the_rate_and_what_the_budget_holds(tiny_model_dir, tokenizer, capsys):
     import re
 
     from transformers import AutoModelForCausalLM
 
-    from medical_r1 import benchmarks, data
+    from medical_r1 import benchmarks, data, rounds
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     eval_data = benchmarks.load_eval_data(str(data.SAMPLE_DATA_DIR / "eval_data.json"), 2, seed=0)
     settings = generation.choose_batch_size(model, tokenizer, benchmarks.benchmark_questions(eval_data)[1], "r1_chat",
                                             generation.GenerationSettings(max_new_tokens=1024))  # once, as 04 does
     assert settings.batch_size == 32 and capsys.readouterr().out.startswith("generation batch 32 (no GPU)")
-    plan = benchmarks.benchmark_plan(model, tokenizer, eval_data, "r1_chat", settings, "cpu", rouge_items=3)
+    order = rounds.draw_order(eval_data, 0)
+    plan = benchmarks.benchmark_plan(model, tokenizer, order, "r1_chat", settings, "cpu", minutes=60)
     assert "generation batch" not in capsys.readouterr().out  # chosen once, not again in each call
-    assert benchmarks.benchmark_plan(model, tokenizer, eval_data, "r1_chat", settings.replace(batch_size=0), "cpu") \
+    assert benchmarks.benchmark_plan(model, tokenizer, order, "r1_chat", settings.replace(batch_size=0), "cpu", 60) \
         and "generation batch 32 (no GPU)" in capsys.readouterr().out  # left at 0, the plan chooses it itself
-    rate = float(re.search(r"measured ([\d,.]+) generated tokens/s at batch 10;", plan).group(1).replace(",", ""))
-    assert rate > 0
-    assert "26 answers (base and tuned: 10 benchmark items, 3 ROUGE questions)" in plan
-    assert "+/-69 points per benchmark (2 items)" in plan and "+/-31 overall (10)" in plan
+    found = re.search(r"measured ([\d,.]+) generated tokens/s at batch 10; a round \(32 items, answered by 2 models, "
+                      r"up to 1024 tokens each\) takes at most ([\d.]+) min here, so EVAL_MINUTES = 60 holds at least "
+                      r"(\d+) rounds? \((\d+) items per model, of the 10 drawn\)", plan)
+    rate, round_minutes, held = float(found.group(1).replace(",", "")), float(found.group(2)), int(found.group(3))
+    assert rate > 0 and round_minutes == pytest.approx(2 * 32 * 1024 / rate / 60, rel=0.05, abs=0.06)
+    assert abs(held - 60 / (2 * 32 * 1024 / rate / 60)) <= 1 and int(found.group(4)) == 32 * held

@@ -79,8 +79,11 @@ def test_only_finished_unreadable_answers_are_given_to_the_model(means_c):
     assert not seen
 
 
-def test_run_benchmarks_reads_the_base_answers_with_the_adapter_off(means_c, monkeypatch):
-    """04's path: the base model's unreadable answers are read with the adapter switched off, the tuned ones on."""
+def test_04_reads_the_base_answers_with_the_adapter_off(means_c, monkeypatch):
+    """04's path (rounds.answer_round): the base model's unreadable answers are read with the adapter switched off,
+    the tuned ones on."""
+    from medical_r1 import rounds
+
     model, tokenizer, _ = means_c
     states = []
     real = model_reader.letter_probabilities
@@ -90,12 +93,13 @@ def test_run_benchmarks_reads_the_base_answers_with_the_adapter_off(means_c, mon
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(model_reader, "letter_probabilities", spy)
-    monkeypatch.setattr(benchmarks, "answer_base_and_tuned", lambda *a, **k: ([{"output": UNREADABLE}],) * 2)
+    monkeypatch.setattr(rounds, "generate_answers", lambda model, tokenizer, questions, *a, **k: [
+        {**q, "output": UNREADABLE, "new_tokens": 8, "finished_thinking": True} for q in questions])
     settings = generation.GenerationSettings(max_new_tokens=8, do_sample=False, batch_size=1, seed=0)
-    base, tuned = benchmarks.run_benchmarks(model, tokenizer, {"X": [ITEM]}, "r1_chat", settings, "cpu",
-                                            model_reader=0.5)
+    answered = [rounds.answer_round(model, tokenizer, [ITEM], name, 0, "r1_chat", settings, "cpu", False, 0.5)
+                for name in ("base", "tuned")]
     assert states == [True, False]
-    assert base[0]["rule"] == tuned[0]["rule"] == "model_extracted"
+    assert [a["scored"][0]["rule"] for a in answered] == ["model_extracted"] * 2
 
 
 def test_a_letter_written_as_more_than_one_token_is_refused_by_name(tokenizer):
