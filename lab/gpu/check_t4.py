@@ -2,7 +2,8 @@
 GEN_BATCH_SIZE 0, the packed 8B default, 60 steps, 30 benchmark items, 1,024 new tokens) while torch and Unsloth
 see a T4 (lab/gpu/t4_mode/t4_device.py: capability 7.5, bf16 only by emulation, 15 GiB, no FlashAttention). Only
 what cannot come from the Hub here is set: the random Llama-8B-shape model, the real-schema data (.gpu_ref), the
-sample benchmark file, offline mode. Writes t4_check.json and prints one row per notebook: what it decided
+sample benchmark file, offline mode; and 04's EVAL_MINUTES, 1 (FOUR_MINUTES), so that its rounds stop on the budget
+(random weights never decide), with each round's rate read back from eval/answers.jsonl. Writes t4_check.json and prints one row per notebook: what it decided
 (precision, attention, batch, install line) and its peak memory.
 
 On the GPU machine (with .whl and .gpu_ref carried, as lab/gpu/RESULTS.md says):
@@ -36,7 +37,9 @@ LOG = WORK / "t4_device.jsonl"
 # Lines of a notebook's output that say what it decided.
 DECISIONS = re.compile(r"platform: |^backend: |generation batch|^not installing|^installed |^all pinned|Unsloth.*(Tesla|GPU)|"
                        r"Torch: |Bfloat16|Xformers|FA2|^GPU memory|precision|attention|^gradient checkpointing|^embeddings|"
-                       r"^answers written", re.M)
+                       r"^answers written|^measured .*tokens/s|^Decided at|^Not decided", re.M)
+# 04's time budget here: short enough that the budget, not the answer, stops its rounds (issue 43).
+FOUR_MINUTES = 1
 
 
 def parameters() -> dict:
@@ -61,6 +64,21 @@ def new_log_lines(offset: int) -> tuple[list[dict], int]:
         return [], offset
     text = LOG.read_text()
     return [json.loads(line) for line in text[offset:].splitlines() if line], len(text)
+
+
+def rounds_record(work: pathlib.Path) -> dict:
+    """04's rounds as eval/answers.jsonl kept them (per round and model: items, generated tokens, seconds, tokens/s)
+    and how it stopped (verdict.json's stopping)."""
+    answers = artifacts.artifact(work, "eval_answers")
+    rounds = []
+    for line in answers.read_text().splitlines() if answers.exists() else []:
+        record = json.loads(line)
+        tokens = sum(a["new_tokens"] for a in record["answers"])
+        rounds.append({"round": record["round"], "model": record["model"], "items": len(record["answers"]),
+                       "new_tokens": tokens, "seconds": round(record["seconds"], 1),
+                       "tokens_per_s": round(tokens / record["seconds"], 1)})
+    verdict = artifacts.artifact(work, "verdict")
+    return {"per_round": rounds, "stopping": artifacts.read_json(verdict).get("stopping") if verdict.exists() else None}
 
 
 def main():
@@ -93,8 +111,9 @@ def main():
     for number in args.only:
         record = {"changed": changed} if changed else {}
         try:
-            record["seconds"] = run_series.run({"offline": True, "parameters": {**parameters(), **changed}}, work,
-                                               only=[number])
+            budget = {"EVAL_MINUTES": FOUR_MINUTES} if number == "04" else {}
+            record["seconds"] = run_series.run({"offline": True, "parameters": {**parameters(), **budget, **changed}},
+                                               work, only=[number])
             record["ok"] = True
         except Exception as err:  # record the failure and go on
             record["ok"], record["error"] = False, f"{type(err).__name__}: {str(err)[-1500:]}"
@@ -110,6 +129,8 @@ def main():
         record["peak_reserved_gib_by_process"] = by_process
         record["t4_answers_to"] = sorted({f"{line['asked']} <- {line['by']}" for line in lines if "asked" in line})
         record["kept"] = sorted({line["kept"] for line in lines if "kept" in line})
+        if number == "04":
+            record["rounds"] = rounds_record(work)
         results["notebooks"][number] = record
         for key in ("runtime", "train_metrics", "compare_metrics", "export_report", "grpo_metrics"):
             if artifacts.artifact(work, key).exists():
