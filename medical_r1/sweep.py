@@ -2,8 +2,8 @@
 
 A grid file (recipes/sweeps/NAME.json) holds either `grid` (parameter -> list of values: every combination
 is a setting) or `settings` (a list of {"name", "parameters"}), or both, and optionally `parameters` that every
-setting shares (for example one EVAL_MINUTES: every setting's evaluation gets the same time budget). scripts/sweep.py runs 01 and 02 once
-per model, then 03 and 04 once per setting in its own folder on a copy of that model's data, so every row has
+setting shares (for example one EVAL_MINUTES: every setting's evaluation gets the same time budget).
+scripts/sweep.py runs 01 and 02 once per model, then 03 and 04 once per setting in its own folder on a copy of that model's data, so every row has
 the same validation split, benchmark items and seed. A named setting with `"grpo": true` runs 07 between 03 and
 04, and its row compares the base model with SFT + GRPO. This module reads the grid, names the settings, turns a
 finished setting's files into its row, and draws the page.
@@ -206,7 +206,8 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
         f"a setting is called better or worse than the base model only when its anytime-valid interval excludes no "
         f"change at 5% shared by the {len(compared)} settings compared (Bonferroni), so the top row is not called "
         "better for being the luckiest. Each setting's 04 had the same time budget and stopped when its own answer "
-        "was decided or the budget ran out. A setting marked SFT + GRPO ran 07 after 03; its tuned model is the GRPO adapter "
+        "was decided or the budget ran out. A setting marked SFT + GRPO ran 07 after 03; its "
+        "tuned model is the GRPO adapter "
         "(its validation loss is not measured). No answer: unfinished or unreadable, counted as wrong. Failed "
         "settings are listed last with their error; a setting's full name is in its cell's tooltip.</p>"
         f"<img src='sweep.png' alt='tuned accuracy per setting'>" + table_html(labels, body)))

@@ -82,14 +82,16 @@ def log_comparison_to_wandb(work_dir, report_to: str, verdict: list[dict], losse
     logged = {"compare/verdict": table}
     if pairs:
         logged["compare/pairs"] = wandb.Table(
-            columns=["before", "after", "items", "accuracy_before", "accuracy_after", "difference", "decided", "verdict"],
+            columns=["before", "after", "items", "accuracy_before", "accuracy_after", "difference", "decided",
+                     "verdict"],
             data=[[p["before"], p["after"], p["overall"]["items"], p["overall"]["base_accuracy"],
                    p["overall"]["tuned_accuracy"], p["overall"]["difference"], p["overall"]["decided"], p["verdict"]]
                   for p in pairs])
         numbers.update({f"compare/{p['after']}_vs_{p['before']}/difference": p["overall"]["difference"] for p in pairs})
     if stopping:  # the items used and why 04 stopped ("decided", "budget" or "items")
         numbers.update({f"compare/stopping/{k}": v for k, v in stopping.items() if isinstance(v, (int, float))})
-        numbers.update({"compare/stopping/stopped": stopping["stopped"], "compare/stopping/outcome": stopping["outcome"]})
+        numbers.update({"compare/stopping/stopped": stopping["stopped"],
+                        "compare/stopping/outcome": stopping["outcome"]})
     run.log({**logged, **numbers})
     run.summary.update(numbers)
     link = wandb_run_link()

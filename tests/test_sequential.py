@@ -83,7 +83,8 @@ def test_with_no_true_change_looking_after_every_round_claims_a_change_rarely():
     d = paired_runs(2000, 1600, 0.0, seed=1)
     anytime = anytime_claims(d, alphas["all"], alphas["benchmark"]).mean()
     fixed = fixed_n_claims(d, alphas["all"], alphas["benchmark"]).mean()
-    print(f"\nno true change, 2000 runs, 50 looks: anytime-valid {100 * anytime:.1f}%, fixed-n tests {100 * fixed:.1f}%")
+    print(f"\nno true change, 2000 runs, 50 looks: anytime-valid {100 * anytime:.1f}%, "
+          f"fixed-n tests {100 * fixed:.1f}%")
     assert anytime <= 0.05
     assert fixed > 2 * 0.05  # the same looks read as fixed-n tests claim far more often
 

@@ -1,10 +1,10 @@
 """GPU check in T4 mode: the whole series 00-07 with the notebooks' own defaults (BACKEND and PRECISION "auto",
-GEN_BATCH_SIZE 0, the packed 8B default, 60 steps, 30 benchmark items, 1,024 new tokens) while torch and Unsloth
+GEN_BATCH_SIZE 0, the packed 8B default, 60 steps, 1,024 new tokens) while torch and Unsloth
 see a T4 (lab/gpu/t4_mode/t4_device.py: capability 7.5, bf16 only by emulation, 15 GiB, no FlashAttention). Only
 what cannot come from the Hub here is set: the random Llama-8B-shape model, the real-schema data (.gpu_ref), the
 sample benchmark file, offline mode; and 04's EVAL_MINUTES, 1 (FOUR_MINUTES), so that its rounds stop on the budget
-(random weights never decide), with each round's rate read back from eval/answers.jsonl. Writes t4_check.json and prints one row per notebook: what it decided
-(precision, attention, batch, install line) and its peak memory.
+(random weights never decide), with each round's rate read back from eval/answers.jsonl. Writes t4_check.json and
+prints one row per notebook: what it decided (precision, attention, batch, install line) and its peak memory.
 
 On the GPU machine (with .whl and .gpu_ref carried, as lab/gpu/RESULTS.md says):
     python lab/gpu/check_t4.py --out $OUT --only 00 01 02 03      # then, same machine and work dir:
