@@ -290,7 +290,8 @@ def outcome_sentence(pairs: list[dict], stopped: str, items: int, minutes: float
     """What 04 decided, in one sentence, and at how many items; undecided, why it stopped and the largest change
     the data leave open."""
     rows = [p["overall"] for p in pairs] if decide == "headline" else [r for p in pairs for r in p["rows"]]
-    said = "; ".join(p["verdict"].split(" (")[0] for p in pairs) or "nothing compared"
+    said = "; ".join(p["verdict"].split(" (")[0] + ("" if p["overall"]["decided"] else f" from {p['change']}")
+                     for p in pairs) or "nothing compared"
     if stopped == "decided":
         return f"Decided at {items} items per model: {said}."
     undecided = sum(not r["decided"] for r in rows)

@@ -94,9 +94,10 @@ def test_with_no_change_it_stops_at_the_budget_and_says_what_is_left_open(fake_a
 
 def test_04_stopped_mid_run_and_run_again_gives_the_answers_and_verdict_of_an_uninterrupted_run(
         adapter_model, tmp_path, monkeypatch):
-    """The tiny model answering for real (greedy): stopped by an Interrupt in its fifth batch, then run again."""
+    """The tiny model answering for real (greedy): stopped by an Interrupt in its fourth batch (round 1, the tuned
+    model), then run again."""
     model, tokenizer = adapter_model
-    order = rounds.draw_order(EVAL_DATA, 0, max_items=10)
+    order = rounds.draw_order(EVAL_DATA, 0, max_items=6)
 
     def evaluate(work_dir):
         return rounds.evaluate_in_rounds(model, tokenizer, order, "r1_chat", GREEDY_2, "cpu", work_dir,
@@ -107,7 +108,7 @@ def test_04_stopped_mid_run_and_run_again_gives_the_answers_and_verdict_of_an_un
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 4:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -115,11 +116,12 @@ def test_04_stopped_mid_run_and_run_again_gives_the_answers_and_verdict_of_an_un
     with pytest.raises(KeyboardInterrupt):
         evaluate(tmp_path / "stopped")
     kept = (artifact(tmp_path / "stopped", "eval_answers")).read_text().splitlines()
-    assert [json.loads(line)["round"] for line in kept] == [0, 0, 1, 1]  # each finished batch was on disk
+    assert [(json.loads(line)["round"], json.loads(line)["model"]) for line in kept] == [
+        (0, "base"), (0, "tuned"), (1, "base")]  # each finished batch was on disk
     resumed = evaluate(tmp_path / "stopped")
-    assert len(calls) == 5 + 6  # it went on from round 2's base batch, not from the start
+    assert len(calls) == 4 + 3  # it went on from round 1's tuned batch, not from the start
     assert resumed["scored"] == whole["scored"] and resumed["pairs"] == whole["pairs"]
-    assert resumed["outcome"] == whole["outcome"] and whole["items"] == 10
+    assert resumed["outcome"] == whole["outcome"] and whole["items"] == 6 and whole["rounds"] == 3
     answers = [json.loads(line)["answers"] for line in artifact(tmp_path / "whole", "eval_answers").read_text()
                .splitlines()]
     assert [json.loads(line)["answers"] for line in artifact(tmp_path / "stopped", "eval_answers").read_text()

@@ -121,16 +121,23 @@ def test_verdict_table_covers_every_benchmark(work):
     assert "Did fine-tuning help?" in page and "How the answers were read" in page
     # The benchmark rows share half of the 5%; every answer unfinished: no change anywhere, so 04 answered every item
     # of EVAL_ITEMS (10) in rounds of GEN_BATCH_SIZE 2 per process (2 processes) and said so in one sentence.
-    assert rows["all"]["alpha"] == 0.025 and all(r["alpha"] == 0.005 for name, r in rows.items() if name != "all")
+    # (this is 04 after 07: the three pairs share the 5% too)
+    assert rows["all"]["alpha"] == pytest.approx(0.025 / 3)
+    assert all(r["alpha"] == pytest.approx(0.005 / 3) for name, r in rows.items() if name != "all")
     stopping = verdict["stopping"]
     assert stopping["items"] == 10 and stopping["rounds"] == 3 and stopping["stopped"] == "items"
-    assert stopping["outcome"].startswith("Not decided (1 of 1 headlines open) when every item drawn was answered")
+    assert stopping["outcome"].startswith("Not decided (3 of 3 headlines open) when every item drawn was answered")
+    assert "points from fine-tuning; no change larger than" in stopping["outcome"]
     assert stopping["outcome"] in page and "largest change left open" in page
-    executed = json.loads((work / "executed" / "04_compare.ipynb").read_text())
-    shown = [o for c in executed["cells"] for o in c.get("outputs", []) if "evaluate_in_rounds(" in "".join(c["source"])]
-    live = [o["data"]["text/html"] for o in shown if "text/html" in o.get("data", {})]
-    assert len(live) == 1 and "10 items per model" in "".join(live[0])  # one table, updated in place to the end
-    assert any(stopping["outcome"] in "".join(o.get("text", "")) for o in shown)
+    for name, pairs in (("04_compare", 1), ("04_compare_after_07", 3)):
+        executed = json.loads((work / "executed" / f"{name}.ipynb").read_text())
+        shown = [o for c in executed["cells"] for o in c.get("outputs", [])
+                 if "evaluate_in_rounds(" in "".join(c["source"])]
+        live = ["".join(o["data"]["text/html"]) for o in shown if "text/html" in o.get("data", {})]
+        assert len(live) == 1 and "10 items per model" in live[0]  # one table, updated in place to the end
+        assert live[0].count("<tr>") == 1 + 6 * pairs  # a header, then per pair five benchmarks and all
+        printed = "".join("".join(o.get("text", "")) for o in shown)
+        assert f"Not decided ({pairs} of {pairs} headlines open)" in printed
 
 
 def test_grpo_ran_with_the_rewards_and_moved_no_base_weight(work):
