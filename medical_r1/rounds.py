@@ -229,8 +229,11 @@ def evaluate_in_rounds(model, tokenizer, order: list[dict], template: str, setti
     while True:
         if number in round_ids:
             items = [by_id[i] for i in round_ids[number] if i in by_id]
-            if len(items) < len(round_ids[number]):
+            if len(items) < len(round_ids[number]) and number:
                 break  # a stored round beyond EVAL_ITEMS: this run stops where its items end
+            if len(items) < len(round_ids[number]):
+                raise ValueError(f"EVAL_ITEMS holds fewer items than the first round stored in {work_dir}/eval "
+                                 f"({len(round_ids[number])}): raise EVAL_ITEMS, or delete eval/ to start over")
         else:
             items = order[position:position + round_items]
         if not items:

@@ -146,3 +146,16 @@ def test_a_changed_setting_or_adapter_is_refused_with_what_changed(tmp_path):
     (adapter / "adapter_model.safetensors").write_bytes(b"trained again")
     with pytest.raises(ValueError, match=r"another SFT \(03\)'s adapter"):
         rounds.check_manifest(tmp_path, manifest())
+
+
+def test_a_rerun_with_fewer_items_replays_only_those_and_more_minutes_buy_more_rounds(fake_answers, tmp_path):
+    model = FakeModel(lambda name, item_id: int(item_id.split("/")[1]) % 2)  # both models alike: never decided
+    first = run(model, tmp_path, max_items=6)
+    assert (first["stopped"], first["items"], model.batches) == ("items", 6, 6)
+    fewer = run(model, tmp_path, max_items=4)
+    assert (fewer["items"], model.batches) == (4, 6)  # read back, nothing answered again
+    assert fewer["scored"]["base"] == first["scored"]["base"][:4]
+    more = run(model, tmp_path, max_items=10)
+    assert (more["items"], model.batches) == (10, 10)  # on from where the first run stopped
+    with pytest.raises(ValueError, match="EVAL_ITEMS holds fewer items than the first round"):
+        run(model, tmp_path, max_items=1)
