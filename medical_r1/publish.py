@@ -31,8 +31,9 @@ def model_card(work_dir, hub_repo_id: str = "") -> str:
         + (f" Training run: {train['wandb']}" if str(train.get("wandb")).startswith("https://") else ""),
     ]
     if artifact(work_dir, "verdict").exists():
-        rows = read_json(artifact(work_dir, "verdict"))["rows"]
-        lines += ["", "## Did fine-tuning help?", "", "| benchmark | items | base | tuned | verdict |", "|---|---|---|---|---|",
+        verdict = read_json(artifact(work_dir, "verdict"))
+        rows, stopping = verdict["rows"], verdict.get("stopping")
+        lines += ["", "## Did fine-tuning help?", *(["", stopping["outcome"]] if stopping else []), "", "| benchmark | items | base | tuned | verdict |", "|---|---|---|---|---|",
                   *[f"| {r['benchmark']} | {r['items']} | {100 * r['base_accuracy']:.1f}% | "
                     f"{100 * r['tuned_accuracy']:.1f}% | {r['verdict']} |" for r in rows]]
     else:
