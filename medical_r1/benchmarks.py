@@ -193,7 +193,7 @@ def pair_verdicts(scored: dict[str, list[dict]], alpha: float = 0.05) -> list[di
     return pairs
 
 
-def _read_by_model(model, tokenizer, items, questions, outputs, scored, template, threshold) -> None:
+def read_with_model(model, tokenizer, items, questions, outputs, scored, template, threshold) -> None:
     """The model reader (medical_r1.model_reader) on the answers the rules could not read, with the model as it
     answered (the caller sets the adapter); says how many it tried and read."""
     from medical_r1.model_reader import read_unreadable

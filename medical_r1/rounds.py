@@ -19,7 +19,7 @@ import random
 import time
 
 from medical_r1.artifacts import artifact, copy_from_kaggle_input, read_json, write_json
-from medical_r1.benchmarks import MODELS, _read_by_model, mc_question, pair_verdicts, score_answers
+from medical_r1.benchmarks import MODELS, mc_question, pair_verdicts, read_with_model, score_answers
 from medical_r1.generation import GenerationSettings, generate_answers
 from medical_r1.runtime import agree_on_smallest, is_main_process, process_rank
 
@@ -139,9 +139,7 @@ def answering_as(model, name: str):
 def load_grpo_adapter(model, work_dir, base_name: str) -> pathlib.Path | None:
     """07's adapter loaded beside 03's on the same base model (PEFT's `load_adapter`), or None (saying why) when
     07 has not run; refused when it was trained on another base model."""
-    from medical_r1.artifacts import artifact as path_of
-
-    grpo_dir = path_of(work_dir, "grpo_adapter")
+    grpo_dir = artifact(work_dir, "grpo_adapter")
     if not (grpo_dir / "adapter_config.json").exists():
         print(f"07 has not run in {work_dir} (no {grpo_dir.name}/): comparing base and SFT. Run 07, then 04 again, "
               "for the three-way table.")
@@ -150,7 +148,7 @@ def load_grpo_adapter(model, work_dir, base_name: str) -> pathlib.Path | None:
     if grpo_base != base_name:
         raise ValueError(f"07's adapter ({grpo_dir}) was trained on {grpo_base}, 03's on {base_name}: run 07 again "
                          "with START_FROM = 'adapter' (or the same MODEL_NAME) before comparing them")
-    adapter_dir = path_of(work_dir, "adapter")
+    adapter_dir = artifact(work_dir, "adapter")
     if grpo_dir.stat().st_mtime < adapter_dir.stat().st_mtime:
         print(f"note: 07's adapter is older than 03's ({adapter_dir.name}/ was written again after 07 ran), so "
               "SFT + GRPO below started from an earlier SFT adapter; run 07 again to compare like with like.")
@@ -273,7 +271,7 @@ def answer_round(model, tokenizer, items, name, number, template, settings, back
                                    backend)
         scored = score_answers(items, outputs, similarity)
         if model_reader:
-            _read_by_model(model, tokenizer, items, questions, outputs, scored, template, model_reader)
+            read_with_model(model, tokenizer, items, questions, outputs, scored, template, model_reader)
     answers = [{k: out[k] for k in ("id", "output", "new_tokens", "finished_thinking")} for out in outputs]
     return {"round": number, "model": name, "seconds": time.perf_counter() - start, "answers": answers,
             "scored": scored}
