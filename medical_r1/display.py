@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 from medical_r1.runtime import is_main_process
 
 
-def new_figure(columns: int = 1):
+def new_figure(columns: int = 1, size: tuple[float, float] | None = None):
+    """A figure of `columns` plots side by side (7 x 3.5 inches each), or of `size` inches."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: papermill, Kaggle's "Save & Run All", CI
     import matplotlib.pyplot as plt
 
-    return plt.subplots(1, columns, figsize=(7 * columns, 3.5))
+    return plt.subplots(1, columns, figsize=size or (7 * columns, 3.5))
 
 
 def save_figure(fig, path) -> pathlib.Path:
@@ -85,20 +87,25 @@ def show_html(path):
 # One stylesheet for the pages people share (verdict.html, comparison.html, sweep.html). On a desktop, tables with
 # numbers aligned and verdicts in coloured cells; on a phone (under 700 px) each row of a `table_html` table becomes
 # a card: its name, then its verdict and difference, then the rest, each value under its column's label, so that
-# nothing that matters sits off-screen in a box that scrolls sideways.
+# nothing that matters sits off-screen in a box that scrolls sideways. Names and answers wrap anywhere when they
+# must (a setting's long name, a URL or a drug list without spaces), so that one long string never widens a table
+# past the window. The font stack names CJK fonts, so that Chinese answers draw where the system font has none.
 PAGE_STYLE = """
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "PingFang SC", sans-serif;
-       margin: 1.5rem auto; max-width: 90rem; padding: 0 1rem; color: #1f2328; }
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "Noto Sans CJK SC", "Noto Sans SC",
+       "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", sans-serif; margin: 1.5rem auto; max-width: 90rem; padding: 0 1rem; color: #1f2328; }
 h2 { font-size: 1.4rem; margin: 0 0 .5rem; } h3 { font-size: 1.1rem; margin: 1.2rem 0 .4rem; }
 p { max-width: 50rem; }
 .scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; }
 table { border-collapse: collapse; font-size: 13.5px; }
 th, td { border: 1px solid #d0d7de; padding: .3rem .45rem; vertical-align: top; text-align: left; }
-td.key { white-space: nowrap; }
+td.key { min-width: 8rem; max-width: 18rem; overflow-wrap: anywhere; }
 th { background: #f6f8fa; font-weight: 600; }
 td.num, td.diff { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.text { white-space: pre-wrap; min-width: 16rem; max-width: 36rem; }
-td.verdict { min-width: 12.5rem; }
+td.text { white-space: pre-wrap; min-width: 16rem; max-width: 36rem; overflow-wrap: anywhere; }
+td.verdict { min-width: 12.5rem; overflow-wrap: anywhere; }
+details.thinking summary { cursor: pointer; color: #57606a; }
+details.thinking .thought { color: #57606a; border-left: 3px solid #d0d7de; padding-left: .5rem; }
+td.num .wrap { white-space: normal; display: inline-block; min-width: 8rem; }
 td.label { min-width: 9rem; overflow-wrap: normal; }
 .helped { color: #1a7f37; font-weight: 600; } .hurt { color: #cf222e; font-weight: 600; } .same { color: #57606a; }
 td.verdict.helped { background: #dafbe1; } td.verdict.hurt { background: #ffebe9; }
@@ -147,6 +154,48 @@ def points(difference: float, interval) -> str:
     """A difference of accuracies in points over its 95% interval, a line each."""
     return (f"{100 * difference:+.1f} points<br><span class='same'>[{100 * interval[0]:+.1f}, "
             f"{100 * interval[1]:+.1f}]</span>")
+
+
+def plural(count: int, word: str) -> str:
+    """ "1 token", "2,048 tokens"."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+CJK_CHARACTER = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def thought_length(thinking: str, tokens: int | None = None) -> str:
+    """How long a model thought: in tokens where they were counted; else in characters for Chinese (no spaces
+    between words) and in words otherwise."""
+    if tokens is not None:
+        return plural(tokens, "token")
+    words = len(thinking.split())
+    cjk = len(CJK_CHARACTER.findall(thinking))
+    return plural(len("".join(thinking.split())), "character") if cjk > words else plural(words, "word")
+
+
+def thinking_fold_html(output: str) -> str:
+    """A model's output as a page shows it: the thinking folded (closed) in a <details> block whose summary says
+    how long it is, without R1's <think> tags, and the answer after the last </think> (the scorer's rule,
+    src_helpers.split_thinking) under it. An output that never closed its thinking says it has no answer."""
+    import html
+
+    from src_helpers import split_thinking
+
+    thinking, answer, finished = split_thinking(output)
+    thinking = thinking.removeprefix("<think>").strip()
+    length = thought_length(thinking)
+    summary = f"Thought for {length}" if finished else f"Still thinking at the token limit ({length}): no answer"
+    return (f"<details class='thinking'><summary>{summary}</summary><div class='thought'>{html.escape(thinking)}</div>"
+            f"</details><div class='answer'>{html.escape(answer)}</div>")
+
+
+def detectable(difference: float) -> str:
+    """The cell for the largest change the items leave open (a fraction): points, or, where it reaches 100 points
+    (few items: the interval spans every difference), what is true: no change of accuracy could be detected."""
+    if difference >= 1:
+        return "<span class='wrap'>too few items to detect any change</span>"
+    return f"{100 * difference:.0f} points"
 
 
 def html_page(title: str, body: str) -> str:

@@ -368,13 +368,15 @@ def comparison_rows(base_answers: list[dict], tuned_answers: list[dict]) -> list
 
 
 def comparison_html(rows: list[dict], losses: dict) -> str:
+    """Base and tuned answers side by side, each one's thinking folded above its answer (as the chat shows it)."""
     import html
 
-    from medical_r1.display import html_page, table_html
+    from medical_r1.display import html_page, table_html, thinking_fold_html
 
-    body = [[("text", html.escape(r["question"])), ("text", html.escape(r["base"])), ("text", html.escape(r["tuned"]))]
-            for r in rows]
+    body = [[("text", html.escape(r["question"])), ("text", thinking_fold_html(r["base"])),
+             ("text", thinking_fold_html(r["tuned"]))] for r in rows]
     loss = (f"<p>Validation loss (CoT + response tokens): base {losses['base_val_loss']:.4f}, tuned "
             f"{losses['tuned_val_loss']:.4f} nats per token</p>") if losses else ""
-    return html_page("Base vs tuned", f"<h2>Base vs fine-tuned answers</h2>{loss}"
-                                      + table_html(["Question", "Base model", "Fine-tuned"], body))
+    return html_page("Base vs tuned", f"<h2>Base vs fine-tuned answers</h2>{loss}<p>Each answer's thinking is "
+                                      "folded: click its summary to read it.</p>"
+                     + table_html(["Question", "Base model", "Fine-tuned"], body))

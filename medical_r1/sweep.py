@@ -17,9 +17,9 @@ import pathlib
 import re
 
 from medical_r1.artifacts import artifact, read_json, write_json, write_text
+from medical_r1.display import (html_page, new_figure, percent_with_interval, plural, points, save_figure,
+                                table_html, verdict_class)
 from medical_r1.sequential import decided, difference_interval
-from medical_r1.display import (html_page, new_figure, percent_with_interval, points, save_figure, table_html,
-                                verdict_class)
 
 # Parameters that change what 02 produces: settings that differ in these need their own data preparation.
 DATA_PARAMETERS = ("MODEL_NAME", "DATASET_NAME", "DATA_CONFIG", "MAX_EXAMPLES", "VAL_SIZE", "TEMPLATE",
@@ -154,36 +154,60 @@ def compared_with_base(rows: list[dict], alpha: float = 0.05) -> dict:
                                                         alpha / len(done)))] for r in done}
 
 
-# How the sweep page names a setting's parameters: "lr 2e-4, r 8" reads where LEARNING_RATE=0.0002, LORA_R=8 breaks.
+# How the sweep page and its plot name a setting's parameters: "lr 2e-4, r 8" reads where LEARNING_RATE=0.0002,
+# LORA_R=8 breaks.
 SHORT_NAMES = {"LEARNING_RATE": "lr", "LORA_R": "r", "LORA_ALPHA": "alpha", "MAX_STEPS": "steps",
                "GRPO_MAX_STEPS": "GRPO steps", "BATCH_SIZE": "batch", "GRAD_ACCUM": "accum", "LORA_DROPOUT": "dropout",
-               "WARMUP_STEPS": "warm-up", "GRPO_LEARNING_RATE": "GRPO lr"}
+               "WARMUP_STEPS": "warm-up", "GRPO_LEARNING_RATE": "GRPO lr", "EVAL_STEPS": "eval every",
+               "SAVE_STEPS": "save every", "EARLY_STOPPING_PATIENCE": "patience"}
+PLOT_FONT_PT = 10  # the plot's tick labels: about 11 px on a 420 px phone, where the 5-inch figure shrinks to fit
 
 
-def short_setting(parameters: dict) -> str:
-    """A setting as a reader says it: "lr 2e-4, r 8" (the full names are in the cell's title)."""
-    def value(v):
-        return f"{v:g}" if isinstance(v, float) else str(v)
-    return ", ".join(f"{SHORT_NAMES.get(k, k.lower())} {value(v)}" for k, v in parameters.items()) or "defaults"
+def number(value) -> str:
+    """One format for every number a setting names: 2e-4, 2e-5, 5e-6 for small rates (not 0.0002 beside 2e-05),
+    0.05 or 300 otherwise."""
+    if isinstance(value, float) and value and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def short_setting(parameters: dict, grpo: bool = False) -> str:
+    """A setting as a reader says it, on the page and on the plot alike: "lr 2e-4, r 8" (the full names are in
+    the cell's title); a setting whose tuned model is SFT + GRPO says so."""
+    said = ", ".join(f"{SHORT_NAMES.get(k, k.lower())} {number(v)}" for k, v in parameters.items()) or "defaults"
+    return said + (" (SFT + GRPO)" if grpo else "")
+
+
+def steps_ran(rows: list[dict], description: str) -> str:
+    """What the run's training steps were, from its rows: a grid's description names the steps it was written for
+    ("60 steps each"), which a run (the demo, a MAX_STEPS given to scripts/sweep.py) may change."""
+    steps = sorted({r["steps"] for r in rows if not r["error"] and r.get("steps") is not None})
+    if not steps:
+        return ""
+    said = (f"every setting trained for {plural(steps[0], 'step')}" if len(steps) == 1 else
+            f"the settings trained for {steps[0]:,} to {plural(steps[-1], 'step')} (the steps column)")
+    described = {int(n) for n in re.findall(r"(\d+) steps", description)}
+    other = ", not the steps the grid's description names" if described - set(steps) else ""
+    return f"In this run {said}{other}."
 
 
 def sweep_html(grid: dict, rows: list[dict]) -> str:
-    labels = ["setting", "items", "base accuracy [95%]", "tuned accuracy [95%]", "difference [95%]",
+    labels = ["setting", "items", "steps", "base accuracy [95%]", "tuned accuracy [95%]", "difference [95%]",
               "no answer, base / tuned", "val loss, base / tuned", "training", "against the base model"]
     body = []
     compared = compared_with_base(rows)
     for r in sorted_rows(rows):
         full = html.escape(f"{r['name']}: " + ", ".join(f"{k}={v}" for k, v in r["parameters"].items()), quote=True)
-        grpo = " (SFT + GRPO)" if r.get("tuned_model") == "SFT + GRPO" else ""
-        name = html.escape(short_setting(r["parameters"])) + grpo
+        name = html.escape(short_setting(r["parameters"], r.get("tuned_model") == "SFT + GRPO"))
         key = (f"key' title='{full}", name)
         if r["error"]:
-            body.append([key] + [("num", "-")] * 7 + [("verdict hurt", "failed: " + html.escape(r["error"]))])
+            body.append([key] + [("num", "-")] * 8 + [("verdict hurt", "failed: " + html.escape(r["error"]))])
             continue
         said = compared[r["name"]]
         tuned_loss = "-" if r["tuned_val_loss"] is None else f"{r['tuned_val_loss']:.3f}"
         tokens = f", {r['train_tokens'] / 1000:.0f}k tokens" if r["train_tokens"] else ""
-        body.append([key, ("num", f"{r['items']}"),
+        body.append([key, ("num", f"{r['items']}"), ("num", "-" if r.get("steps") is None else f"{r['steps']:,}"),
                      ("num", percent_with_interval(r["base_accuracy"], r["base_interval"])),
                      ("num", percent_with_interval(r["tuned_accuracy"], r["tuned_interval"])),
                      ("diff", points(r["difference"], r["difference_interval"])),
@@ -198,18 +222,20 @@ def sweep_html(grid: dict, rows: list[dict]) -> str:
     measured = (f"Each setting was scored on the same {items[0]} benchmark items." if len(items) == 1 else
                 f"The settings were scored on {' or '.join(map(str, items))} benchmark items." if items else
                 "No setting finished.")
+    description = f"The grid: {html.escape(grid['description'])} " if grid["description"] else ""
     return html_page("Which settings hurt least?", (
         f"<h2>Which settings hurt least? Sweep {html.escape(grid['name'])}</h2>"
-        f"<p>{html.escape(grid['description'])} <strong class='measured'>{measured}</strong></p><p>Benchmark accuracy "
+        f"<p>{description}<strong class='measured'>{steps_ran(rows, grid['description'])} {measured}</strong></p>"
+        "<p>Benchmark accuracy "
         "over all benchmarks, base vs tuned, on the same items for every setting. Sorted by the observed difference, "
         "best first, not by significance: "
         f"a setting is called better or worse than the base model only when its anytime-valid interval excludes no "
         f"change at 5% shared by the {len(compared)} settings compared (Bonferroni), so the top row is not called "
         "better for being the luckiest. Each setting's 04 had the same time budget and stopped when its own answer "
-        "was decided or the budget ran out. A setting marked SFT + GRPO ran 07 after 03; its "
-        "tuned model is the GRPO adapter "
-        "(its validation loss is not measured). No answer: unfinished or unreadable, counted as wrong. Failed "
-        "settings are listed last with their error; a setting's full name is in its cell's tooltip.</p>"
+        "was decided or the budget ran out. A setting marked SFT + GRPO ran 07 after 03; its tuned model is the GRPO "
+        "adapter (its validation loss is not measured). Steps: the optimizer steps its training ran. No answer: "
+        "unfinished or unreadable, counted as wrong. Failed settings are listed last with their error; a setting's "
+        "full name is in its cell's tooltip.</p>"
         f"<img src='sweep.png' alt='tuned accuracy per setting'>" + table_html(labels, body)))
 
 
@@ -224,21 +250,27 @@ def stopping_said(row: dict) -> str:
 
 
 def plot_sweep(rows: list[dict], path) -> pathlib.Path:
-    """Tuned accuracy per setting with its 95% interval, against the base model's accuracy as a line."""
+    """Tuned accuracy per setting with its 95% interval, against the base model's accuracy as a line: a row per
+    setting, named as in the table, best at the top, in a figure narrow enough that its labels stay legible when a
+    phone shrinks it."""
+    import textwrap
+
     done = [r for r in sorted_rows(rows) if not r["error"]]
-    fig, ax = new_figure()
+    fig, ax = new_figure(size=(5, 1.4 + 0.55 * max(1, len(done))))
     if done:
-        xs = range(len(done))
+        ys = range(len(done))
         tuned = [r["tuned_accuracy"] for r in done]
         errors = [[t - r["tuned_interval"][0] for t, r in zip(tuned, done)],
                   [r["tuned_interval"][1] - t for t, r in zip(tuned, done)]]
-        ax.errorbar(xs, tuned, yerr=errors, fmt="o", color="#4c72b0", capsize=4, label="tuned (95% interval)")
-        ax.axhline(done[0]["base_accuracy"], color="#c44e52", linestyle="--", label="base model")
-        ax.set_xticks(list(xs), [r["name"] for r in done], rotation=20, ha="right", fontsize=7)
-        ax.set_xlim(-0.5, len(done) - 0.5)
-        ax.legend()
-    ax.set_ylabel("benchmark accuracy")
-    ax.set_ylim(0, 1)
+        ax.errorbar(tuned, ys, xerr=errors, fmt="o", color="#4c72b0", capsize=4, label="tuned (95% interval)")
+        ax.axvline(done[0]["base_accuracy"], color="#c44e52", linestyle="--", label="base model")
+        names = [textwrap.fill(short_setting(r["parameters"], r.get("tuned_model") == "SFT + GRPO"), 22) for r in done]
+        ax.set_yticks(list(ys), names, fontsize=PLOT_FONT_PT)
+        ax.set_ylim(len(done) - 0.5, -0.5)  # the best setting at the top, as in the table
+        ax.legend(fontsize=PLOT_FONT_PT - 1, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    ax.tick_params(axis="x", labelsize=PLOT_FONT_PT)
+    ax.set_xlabel("benchmark accuracy", fontsize=PLOT_FONT_PT)
+    ax.set_xlim(0, 1)
     return save_figure(fig, path)
 
 
