@@ -85,7 +85,10 @@ def test_settings_are_named_alike_on_the_plot_and_in_the_table():
 
 
 def cjk_font_installed() -> bool:
-    fonts = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout
+    try:
+        fonts = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout
+    except FileNotFoundError:  # no fontconfig: no font at all
+        return False
     return "CJK" in fonts or "Noto Sans SC" in fonts
 
 
