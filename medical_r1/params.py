@@ -127,6 +127,7 @@ class Params:
     judge_base_url: str = "https://api.openai.com/v1"
     chat_model: str = "adapter"
     share: str | bool = "auto"
+    chat_show_api: bool = False  # 06: list the chat's API page ("Use via API"); the API asks for CHAT_PASSWORD too
     start_from: str = "adapter"
     # 07's training items: MedQA (Jin et al. 2021; USMLE questions, 4 options), its training split of 10,178 items
     # (04's MedQA items are from the test split), in the columns 04 reads; the dataset card's license: CC BY 4.0.
@@ -196,6 +197,8 @@ class Params:
         if self.chat_model not in ("adapter", "merged"):
             raise ValueError(f"chat_model must be 'adapter' or 'merged', got {self.chat_model!r}")
         check_share(self.share, "share")
+        if not isinstance(self.chat_show_api, bool):
+            raise ValueError(f"chat_show_api must be True or False, got {self.chat_show_api!r}")
         check_num_gpus(self.num_gpus, "num_gpus")
         if self.report_to not in ("auto", "wandb", "none"):
             raise ValueError(f"report_to must be 'auto', 'wandb' or 'none', got {self.report_to!r}")

@@ -30,7 +30,8 @@
 #
 # Each question is rendered by the same template function as training and answered on its own (R1 distills
 # are trained single-turn). On Colab and Kaggle the chat gets a public `gradio.live` link (`SHARE = "auto"`):
-# anyone with the link can use your GPU while the notebook runs. Not medical advice.
+# anyone with the link can use your GPU while the notebook runs, unless a `CHAT_PASSWORD` secret (Kaggle:
+# *Add-ons > Secrets*; Colab: the key icon) is set: then the page and its API ask for it. Not medical advice.
 
 # %% tags=["parameters"]
 WORK_DIR = "runs/medical-r1"  # every notebook reads and writes its files under this folder
@@ -40,6 +41,7 @@ MAX_NEW_TOKENS = 1024  # the reply's length limit; R1 thinks at length before it
 TEMPERATURE = 0.6  # DeepSeek recommends 0.5-0.7 for the distills; 0 is greedy
 TOP_P = 0.95  # nucleus sampling, DeepSeek's recommended value
 SHARE = "auto"  # "auto" makes a public link on Colab and Kaggle only; True or False forces it
+CHAT_SHOW_API = False  # True lists the chat's API page ("Use via API"); with CHAT_PASSWORD set it asks for it too
 INSTALL_REQUIREMENTS = "auto"  # "auto" installs requirements.txt's pins on Kaggle/Colab when missing; "never", "always"
 
 # %%
@@ -71,7 +73,7 @@ from medical_r1.runtime import setup_backend
 
 print(install_requirements(INSTALL_REQUIREMENTS))
 Params(work_dir=WORK_DIR, backend=BACKEND, chat_model=CHAT_MODEL, max_new_tokens=MAX_NEW_TOKENS,
-       temperature=TEMPERATURE, top_p=TOP_P, share=SHARE)  # checks every value
+       temperature=TEMPERATURE, top_p=TOP_P, share=SHARE, chat_show_api=CHAT_SHOW_API)  # checks every value
 run = read_run_manifest(WORK_DIR)  # the settings 02 decided for the whole series (run.json)
 print(run)
 check_trained_as_run(run, WORK_DIR)  # 03's adapter (and 05's merge of it) belongs to this run's model
@@ -101,10 +103,15 @@ FastLanguageModel.for_inference(model)
 # Type a question, in English or Chinese. Each reply says which model wrote it. "Additional inputs" holds the model
 # choice (fine-tuned, base, or both one after the other for the same question) and the sampling settings, starting
 # from the parameters above. A reply that runs out of tokens says so. Run this cell again for a fresh chat.
+# With a `CHAT_PASSWORD` secret the chat asks for it (any user name); without one, the line above the link says
+# whether the link is open to anyone.
 
 # %%
-from medical_r1.chat import FOLD_SCRIPT, build_chat_app, share_link
+from medical_r1.chat import FOLD_SCRIPT, build_chat_app, chat_access, share_link
 
 app = build_chat_app(model, tokenizer, template, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, can_switch=CHAT_MODEL == "adapter",
                      max_seq_length=run.max_seq_length)
-app.launch(share=share_link(SHARE), js=FOLD_SCRIPT)  # the script keeps a thinking fold you opened open while it streams
+access, note = chat_access(share_link(SHARE), CHAT_SHOW_API)  # the password from CHAT_PASSWORD; never printed
+print(note)
+# The script keeps a thinking fold you opened open while it streams, and a question typed meanwhile until it ends.
+app.launch(share=share_link(SHARE), js=FOLD_SCRIPT, **access)

@@ -151,7 +151,7 @@ def test_the_chat_refuses_empty_and_over_long_questions_without_answering(browse
         send()
         time.sleep(1.5)
         assert page.locator("[data-testid='user']").count() == 0 and bot_messages(page).count() == 0, repr(text[:20])
-    page.get_by_text("longer than the model's limit of 2,048 tokens").first.wait_for(timeout=10_000)
+    page.get_by_text("more than the model's limit of 2,048 tokens").first.wait_for(timeout=10_000)
     said = page.locator("body").inner_text()
     assert "The question alone is" in said and "tokens" in said
     box.fill("")

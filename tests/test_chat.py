@@ -1,6 +1,7 @@
 """06's chat, headless: the Gradio app on the tiny model with a saved adapter, called through Gradio's own Python
 client; the reply streams in, the thinking is folded apart from the answer at </think>, Chinese works, and
 the base-model switch turns the adapter off."""
+import html
 import re
 import socket
 
@@ -83,7 +84,9 @@ def test_a_reply_that_gives_no_answer_or_runs_out_says_so_once_it_ends(text, sto
 @pytest.mark.parametrize("message, said", [
     ("", "an empty message is not sent"), ("   \n ", "an empty message is not sent"),
     ({"text": "", "files": []}, "an empty message is not sent"),
-    ("fever " * 3400, r"The question alone is [\d,]+ tokens, longer than the model's limit of 2,048 tokens"),
+    ("fever " * 3400, r"The question alone is [\d,]+ tokens, more than the model's limit of 2,048 tokens"),
+    ("fever " * 2000, r"The question is [\d,]+ tokens, which leaves room for only \d+ tokens? of reply within the "
+                      r"model's limit of 2,048 tokens .*; a reply needs at least 128"),
     ("What causes a fever?", None),
 ])
 def test_a_question_that_cannot_be_answered_is_refused_with_why(tokenizer, message, said):
@@ -118,3 +121,34 @@ def test_stopping_a_reply_ends_its_generation(adapter_model):
     next(replies)
     replies.close()
     assert threading.active_count() == before
+
+
+def test_the_thinking_is_counted_in_tokens_split_at_the_last_think_and_shown_as_written():
+    reply = chat.format_reply("Weigh `K+ < 3.5` and <b>.</think>Aside.</think>\n\nHypokalaemia.", thinking_tokens=1)
+    assert "<summary>Thought for 1 token</summary>" in reply and reply.endswith("</details>\n\nHypokalaemia.")
+    assert "`K+ < 3.5`" in reply and "&lt;b&gt;" in reply  # code as written, HTML outside it escaped
+    chinese = "患者空腹血糖升高，多次测量均高于七毫摩尔每升，应考虑糖尿病。" * 2
+    assert f"Thought for {len(chinese)} characters" in chat.format_reply(chinese + "</think>糖尿病。")
+    still = chat.format_reply("```\nif k < 3.5:", progress="12 tokens so far, 3 s")
+    assert "<summary>Thinking… 12 tokens so far, 3 s</summary>" in still
+    assert still.count("```") == 2 and still.index("```", still.index("```") + 1) < still.index("</details>")
+    cut = chat.format_reply("long", stopped_at=5, final=True, advice="A shorter question leaves the reply more room.")
+    assert "max new tokens" not in cut and "shorter question" in cut
+
+
+def test_a_question_shows_as_typed_not_as_html_or_markdown():
+    shown = chat.as_typed("What does the <b> tag do in <script>? **x** [a](http://e.org)")
+    assert not re.search(r"[<>*\[\]()]", shown) and "&#60;b&#62;" in shown and html.unescape(shown).startswith("What")
+    assert html.unescape(shown) == "What does the <b> tag do in <script>? **x** [a](http://e.org)"
+
+
+def test_the_chat_password_and_the_api_page(adapter_model):
+    access, note = chat.chat_access(True, False, {"CHAT_PASSWORD": "pw"})
+    assert access["auth"]("anyone", "pw") and not access["auth"]("anyone", "px") and "pw" not in note
+    assert access["footer_links"] == ["gradio", "settings"]  # no "Use via API" unless asked
+    assert "api" in chat.chat_access(False, True, {})[0]["footer_links"]
+    open_link = chat.chat_access(True, False, {})
+    assert "auth" not in open_link[0] and "open" in open_link[1] and "CHAT_PASSWORD" in open_link[1]
+    model, tok = adapter_model
+    app = chat.build_chat_app(model, tok, "r1_chat", 12, 0.6, 0.95)
+    assert chat.keep_typed_question(app) == 0  # build_chat_app already changed Gradio's one step that empties the box
