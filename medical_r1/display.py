@@ -92,7 +92,8 @@ def show_html(path):
 # past the window. The font stack names CJK fonts, so that Chinese answers draw where the system font has none.
 PAGE_STYLE = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "Noto Sans CJK SC", "Noto Sans SC",
-       "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", sans-serif; margin: 1.5rem auto; max-width: 90rem; padding: 0 1rem; color: #1f2328; }
+       "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", sans-serif;
+       margin: 1.5rem auto; max-width: 90rem; padding: 0 1rem; color: #1f2328; }
 h2 { font-size: 1.4rem; margin: 0 0 .5rem; } h3 { font-size: 1.1rem; margin: 1.2rem 0 .4rem; }
 p { max-width: 50rem; }
 .scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; }

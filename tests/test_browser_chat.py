@@ -202,8 +202,8 @@ def test_folds_progress_while_closed_and_a_fold_opened_before_clear_does_not_ope
     page.close()
 
 
-def test_a_question_that_leaves_no_room_for_a_useful_reply_is_refused_with_the_room_left(browser, open_chat,  # noqa: F811
-                                                                                          tok):
+def test_a_question_that_leaves_no_room_for_a_useful_reply_is_refused_with_the_room_left(
+        browser, open_chat, tok):  # noqa: F811
     words = next(n for n in range(1, 2000) if MAX_SEQ_LENGTH - len(encode_prompt(tok, "fever " * n, "r1_chat"))
                  < chat.MIN_REPLY_TOKENS // 2)
     question = "fever " * words
