@@ -40,14 +40,26 @@ FOLD_SCRIPT = """() => {
     if (!all.length) opened.clear();
     all.forEach((fold, index) => { if (opened.has(index) && !fold.open) fold.open = true; });
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
-  const streaming = () => !!document.querySelector("button.stop-button, button[aria-label='Stop']");
+  // Sent and accepted (the box emptied, or the question shown), its reply not streaming yet: for up to 3 s.
+  const asked = () => document.querySelectorAll("[data-testid='user']").length;
+  let sentAt = 0, askedBefore = 0;
+  const streaming = () => {
+    const stop = !!document.querySelector("button.stop-button, button[aria-label='Stop']");
+    if (stop) sentAt = 0;
+    const accepted = asked() > askedBefore || !(document.querySelector('textarea') || {}).value;
+    return stop || (Date.now() - sentAt < 3000 && accepted);
+  };
   let waiting = null;
   document.addEventListener('keydown', (event) => {
     const box = event.target;
-    if (event.key !== 'Enter' || event.shiftKey || !(box instanceof HTMLTextAreaElement) || !streaming()) return;
+    if (event.key !== 'Enter' || event.shiftKey || !(box instanceof HTMLTextAreaElement) || !box.value.trim()) return;
+    if (!streaming()) {
+      [sentAt, askedBefore] = [Date.now(), asked()];
+      return;
+    }
     event.preventDefault();
     event.stopImmediatePropagation();
-    if (!box.value.trim() || waiting) return;
+    if (waiting) return;
     waiting = document.createElement('div');
     waiting.className = 'queued-note';
     waiting.textContent = 'Waiting: this question is sent when the reply above ends.';
@@ -59,7 +71,10 @@ FOLD_SCRIPT = """() => {
     if (!waiting || streaming() || !send || !box || box.disabled) return;
     waiting.remove();
     waiting = null;
-    if (box.value.trim()) send.click();
+    if (box.value.trim()) {
+      [sentAt, askedBefore] = [Date.now(), asked()];
+      send.click();
+    }
   }, 300);
 }"""
 MIN_REPLY_TOKENS = 128  # a question must leave this much room: R1 thinks before it answers, and less is no reply

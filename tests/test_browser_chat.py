@@ -22,14 +22,14 @@ PLANTED = {  # question -> the model's reply
     "患者空腹血糖升高，应考虑什么？": f"{CHINESE_THINKING}\n</think>\n\n糖尿病。",
     "Twice?": "First thought.</think>Second thought.</think>\n\nThe answer after the last.",
 }
-PIECE_S = 0.06  # a planted piece every 60 ms: a reply streams for a few seconds
+PIECE_S = 0.05  # a planted piece every 50 ms: a reply streams for a few seconds
 MAX_SEQ_LENGTH = 512
 
 
 def planted_stream(model, tokenizer, question, template, max_new_tokens, temperature, top_p, use_adapter=True,
                    outcome=None):
     """stream_reply's stand-in: the planted reply (or a long default one) a few characters at a time."""
-    reply = PLANTED.get(question, f"Thinking about {question[:20]} " + "step " * 60 + "</think>\n\nAnswered: "
+    reply = PLANTED.get(question, f"Thinking about {question[:20]} " + "step " * 30 + "</think>\n\nAnswered: "
                         + question[:20])
     text = ""
     for start in range(0, len(reply), 4):
@@ -161,8 +161,8 @@ def test_a_question_typed_while_a_reply_streams_is_answered_after_it(browser, op
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(open_chat)
     ask(page, "First question?")
-    time.sleep(0.3)
-    ask(page, "Second question?")  # typed quickly, while the first reply streams
+    time.sleep(0.1)
+    ask(page, "Second question?")  # typed quickly, before the first reply even starts streaming
     page.locator(".queued-note").wait_for(timeout=5_000)
     answered(page, 2, timeout_s=60)
     assert [m.strip() for m in user_messages(page).all_inner_texts()] == ["First question?", "Second question?"]
