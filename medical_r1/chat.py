@@ -40,21 +40,23 @@ FOLD_SCRIPT = """() => {
     if (!all.length) opened.clear();
     all.forEach((fold, index) => { if (opened.has(index) && !fold.open) fold.open = true; });
   }).observe(document.body, {subtree: true, childList: true, characterData: true});
-  // Sent and accepted (the box emptied, or the question shown), its reply not streaming yet: for up to 3 s.
+  // Sent, and not yet streaming (for up to 3 s): still in the box as sent (being checked), or accepted (the box
+  // emptied, or the question shown). A refused question stays in the box; edited, it is sent at once.
   const asked = () => document.querySelectorAll("[data-testid='user']").length;
-  let sentAt = 0, askedBefore = 0;
+  let sentAt = 0, askedBefore = 0, sentText = '';
   const streaming = () => {
     const stop = !!document.querySelector("button.stop-button, button[aria-label='Stop']");
     if (stop) sentAt = 0;
-    const accepted = asked() > askedBefore || !(document.querySelector('textarea') || {}).value;
-    return stop || (Date.now() - sentAt < 3000 && accepted);
+    const inBox = (document.querySelector('textarea') || {}).value;
+    const pending = asked() > askedBefore || !inBox || inBox === sentText;
+    return stop || (Date.now() - sentAt < 3000 && pending);
   };
   let waiting = null;
   document.addEventListener('keydown', (event) => {
     const box = event.target;
     if (event.key !== 'Enter' || event.shiftKey || !(box instanceof HTMLTextAreaElement) || !box.value.trim()) return;
     if (!streaming()) {
-      [sentAt, askedBefore] = [Date.now(), asked()];
+      [sentAt, askedBefore, sentText] = [Date.now(), asked(), box.value];
       return;
     }
     event.preventDefault();
@@ -72,7 +74,7 @@ FOLD_SCRIPT = """() => {
     waiting.remove();
     waiting = null;
     if (box.value.trim()) {
-      [sentAt, askedBefore] = [Date.now(), asked()];
+      [sentAt, askedBefore, sentText] = [Date.now(), asked(), box.value];
       send.click();
     }
   }, 300);

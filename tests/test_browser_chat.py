@@ -161,8 +161,8 @@ def test_a_question_typed_while_a_reply_streams_is_answered_after_it(browser, op
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(open_chat)
     ask(page, "First question?")
-    time.sleep(0.1)
-    ask(page, "Second question?")  # typed quickly, before the first reply even starts streaming
+    wait_for(lambda: user_messages(page).count() == 1, 10, "the first question shown")
+    ask(page, "Second question?")  # typed at once, as the first reply starts
     page.locator(".queued-note").wait_for(timeout=5_000)
     answered(page, 2, timeout_s=60)
     assert [m.strip() for m in user_messages(page).all_inner_texts()] == ["First question?", "Second question?"]
