@@ -238,9 +238,12 @@ def benchmark_plan(model, tokenizer, order: list[dict], template: str, settings:
     processes = process_rank()[1]  # each answers its own batch of every round (generate_answers)
     round_items = settings.batch_size * processes
     round_minutes = models * settings.batch_size * settings.max_new_tokens / rate / 60
-    rounds = math.floor(minutes / round_minutes)
+    rounds = max(1, math.floor(minutes / round_minutes))  # the first round is answered whatever the budget
+    held = (f"holds at least {rounds} round{'s' * (rounds != 1)}" if minutes >= round_minutes else
+            "is shorter than one round, so 04 answers one round and stops")
     return (f"measured {rate:,.0f} generated tokens/s at batch {len(sample)}; a round ({round_items} items, "
             f"answered by {models} models{f' in {processes} processes' if processes > 1 else ''}, up to "
             f"{settings.max_new_tokens} tokens each) takes at most {round_minutes:.1f} min here, so "
-            f"EVAL_MINUTES = {minutes:g} holds at least {rounds} round{'s' * (rounds != 1)} "
-            f"({rounds * round_items} items per model, of the {len(order)} drawn); shorter answers fit more.")
+            f"EVAL_MINUTES = {minutes:g} {held} "
+            f"({min(rounds * round_items, len(order))} items per model, of the {len(order)} drawn); shorter answers "
+            "fit more.")

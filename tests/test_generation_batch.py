@@ -91,4 +91,7 @@ def test_benchmark_plan_says_the_batch_it_chose_the_rate_and_what_the_budget_hol
                       r"(\d+) rounds? \((\d+) items per model, of the 10 drawn\)", plan)
     rate, round_minutes, held = float(found.group(1).replace(",", "")), float(found.group(2)), int(found.group(3))
     assert rate > 0 and round_minutes == pytest.approx(2 * 32 * 1024 / rate / 60, rel=0.05, abs=0.06)
-    assert abs(held - 60 / (2 * 32 * 1024 / rate / 60)) <= 1 and int(found.group(4)) == 32 * held
+    assert abs(held - 60 / (2 * 32 * 1024 / rate / 60)) <= 1 and int(found.group(4)) == min(32 * held, 10)
+    # a budget shorter than one round still gets that round (the GPU check's EVAL_MINUTES = 1), and says so
+    short = benchmarks.benchmark_plan(model, tokenizer, order, "r1_chat", settings, "cpu", minutes=1e-6)
+    assert "is shorter than one round, so 04 answers one round and stops (10 items per model" in short, short
