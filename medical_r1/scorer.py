@@ -27,7 +27,17 @@ import dataclasses
 import re
 import unicodedata
 
+from medical_r1.abstentions import not_an_option, undetermined
+from medical_r1.answer_layout import answer_first, cut_tail
+from medical_r1.option_mentions import exclusion_groups, paraphrased_option, quantity_spans
 from src_helpers import split_thinking
+
+# Why the rules give no letter where a careful grader would hesitate (rule "abstained"): 04's model reader decides.
+ABSTENTIONS = {
+    "not_an_option": "the answer says the right option is none of those given, or states a letter beyond them",
+    "only_excluded": "the answer says which option it is not and names no other",
+    "undetermined": "the answer says it cannot choose, or withdraws the pick it was pushed to",
+    "disagreeing": "the answer states one option first and another later without saying it changed its mind"}
 
 _I = re.IGNORECASE
 # What may stand between a lead-in and the option: markup, punctuation, "option", \boxed{, quotes.
@@ -56,7 +66,7 @@ _LEAD_IN = re.compile(
     r"|\b(?:leaves|leaving|left\s+with)(?:\s+us)?(?:\s+with)?|\bso\s+it(?:'s|\s+is)|\bit\s+(?:must|has to|should)\s+be"
     r"|\bactually\b,?(?:\s+it(?:'s|\s+is))?|\b(?:or|no),?\s+rather\b,?"
     r"|(?:本题|故|所以|因此|最终|我|应|当|则|宜|可)?(?:选择?|答案)(?:项)?(?:应该|应|当)?(?:是|为|选)?|答|应为|而是|当选"
-    r"|正确(?:答案|选项|的是|的选项)(?:是|为|应为)?|最(?:佳|合适|恰当|可能|准确)的?(?:选择|选项|答案|诊断|治疗)?(?:是|为)"
+    r"|答案(?:不是|并非|不选)|正确(?:答案|选项|的是|的选项)(?:是|为|应为)?|最(?:佳|合适|恰当|可能|准确)的?(?:选择|选项|答案|诊断|治疗)?(?:是|为)"
     r"|诊断(?:为|是|考虑)|考虑(?:为|是))", _I)
 _LEAD_IN_BEFORE = re.compile(rf"(?P<lead>{_LEAD_IN.pattern}){_SKIP}((?:[\w'-]{{2,}}\s+){{0,3}}?){_SKIP}$", _I)
 # Only a heading's lead-in reaches the next line ("**Final Answer**" over "C"); "✔" or "so" does not.
@@ -68,7 +78,7 @@ _CHOSEN_AFTER = re.compile(
     r" appropriate|most consistent|answer|better|preferred|true|one|appropriate|first[- ]line|recommended|treatment of"
     r" choice|drug of choice|indicated|diagnosis|likeliest|next step|(?:immediate|initial|first) step)\b"
     r"|^[\s*)\]}]*(?:is|are|does)\s*(?:[.!]|$)"
-    r"|^[^\n✅✔☑❌✗✘]{0,60}?[✅✔☑]|^[\s*)\]}]*(?:项|选项)?(?:是|为|最)?"
+    r"|^[\s*)\]}]*(?:is|would be)\s+(?:the\s+)?safest\b|^[^\n✅✔☑❌✗✘]{0,60}?[✅✔☑]|^[\s*)\]}]*(?:项|选项)?(?:是|为|最)?"
     r"(?:正确|最合适|最佳|最恰当|符合题意|当选)", _I)
 _BOXED = re.compile(r"\\boxed\{\s*(?:\\text(?:bf)?\{)?\s*$")
 # A mention taken back in its own clause ("A is tempting", "C seems right at first glance"), or a statement named as
@@ -83,16 +93,17 @@ _STRONG_NOT = re.compile(r"contraindicat\w*|\b(?:wrong|incorrect|ruled out|exclu
 _WRONG_STATEMENT = re.compile(r"\b(?:incorrect|wrong|mistaken|tempting|trap|distractor|common|popular|naive|obvious"
                               r"|tempted)\s+(?:[\w-]+\s+)?$", _I)
 # A commitment that hangs on a condition: "if pregnant, A; otherwise B", "D would be right only for ...".
-_CONDITION = re.compile(r"\b(?:unless|otherwise|only\s+(?:if|when|for|in))\b|\bif\s+(?!we\b|you\b|one\b|i\b|all\b"
+_CONDITION = re.compile(r"\b(?:unless|otherwise|only\s+(?:if|when|for|in)|depend(?:s|ing)\s+on)\b|\bif\s+(?!we\b|you\b|one\b|i\b|all\b"
                         r"|everything\b|this\b)|如果|若|否则", _I)
 _HYPOTHETICAL = re.compile(r"\b(?:for|in)\s+an?\s+\w+|\bwere\b", _I)  # with "would be": "for a child ... would be A"
 _MODAL = re.compile(r"\b(?:would|could|might)\s+be\b", _I)
-_SENTENCE_END = re.compile(r"[.!?。！？](?=\s|$)|[\n;；]|\b(?:but|however|whereas)\b|但是?", _I)
+_SENTENCE_END = re.compile(r"[.!?。！？](?=\s|$)|[\n;；]|[,，](?=\s*(?:故|所以|因此))|\b(?:but|however|whereas)\b|但是?", _I)
 # Dismissals: a cue before the option, or a verdict after it, within its clause.
 _NOT_BEFORE = re.compile(
     r"\b(?:not|isn't|aren't|wasn't|never|cannot be|can't be|rather than|instead of|rules? out|ruled out|ruling out"
     r"|excludes?|excluded|excluding|eliminates?|eliminated|eliminating|unlike|against|avoid|no (?:role|need|place)"
-    r"\s+for|contraindicat\w*|despite|in spite of|already (?:on|taking|receiving|given)|failed)\b|[❌✗✘]|不是|并非|而非|排除"
+    r"\s+for|contraindicat\w*|despite|in spite of|already (?:on|taking|receiving|given)|failed|neither)\b"
+    r"|(?<![A-J]\s)(?<![A-J])[❌✗✘](?=[\s*(\[]*$)|不是|并非|而非|排除"
     r"|不选|除了|不能选|不应选", _I)
 _NOT_ADJACENT = re.compile(r"\b(?:than|over|vs\.?|versus)\s+(?:the\s+|an?\s+)?$", _I)
 _NOT_AFTER = re.compile(
@@ -100,7 +111,7 @@ _NOT_AFTER = re.compile(
     r"|ruled out|excluded|eliminated|false|contraindicated|inappropriate|irrelevant|unnecessary|harmful"
     r"|dangerous)\b|\b(?:isn't|aren't|wasn't|wrong|incorrect|unlikely|less likely|contraindicated|(?:has|have"
     r"|plays?) no"
-    r" (?:role|place|indication)|would (?:worsen|harm|be harmful)|worsens|(?:does|do)(?:n't| not) (?:fit|explain|match"
+    r" (?:role|place|indication)|would (?:worsen|harm|be harmful|risk|mask|leave|precipitate)|worsens|(?:does|do)(?:n't| not) (?:fit|explain|match"
     r"|account|cause)|fails? to|cannot explain|can't explain|not indicated|inappropriate|irrelevant|a distractor"
     r"|a trap|can be (?:ruled out|excluded|eliminated))\b|[❌✗✘]|不对|错误|不正确|可以排除|被排除|不符合|不成立|不能|不会"
     r"|无关|禁用|禁忌|不宜|不适合|不是", _I)
@@ -129,7 +140,7 @@ _COMPARING = re.compile(r"\b(?:similar|like|unlike|than|different|versus|vs|comp
 _I_FOLLOWERS = {"is", "and", "or", "nor", "fits", "seems", "appears", "remains", "wins", "matches"}
 # A number option stands as an answer after a copula, "=", a colon or at the start, not as one value among others.
 _NUMBER_SLOT = re.compile(r"(?:^|[=:~]|\b(?:is|are|be|of|at|to|was|were|now|gives?|equals?|about|approximately"
-                          r"|roughly))\s*$", _I)
+                          r"|roughly|totals?|total\s+of|sums?\s+to|adds\s+up\s+to|comes\s+to))\s*$", _I)
 _ROUTE = re.compile(r"^(?:intravenous|iv|oral|inhaled|nebuli[sz]ed|intramuscular|im|subcutaneous|topical|high-intensity"
                     r"|low-dose|high-dose)\s+", _I)
 _CJK = re.compile(r"[\u3400-\u9fff]")
@@ -245,7 +256,7 @@ def _stretch(text: str, start: int, end: int) -> tuple[int, int]:
 
 def _sentence(text: str, start: int, end: int) -> tuple[str, str]:
     """The text of the statement's own sentence (up to a semicolon or a "but") before it and after it."""
-    left = max((m.end() for m in _SENTENCE_END.finditer(text, 0, start)), default=0)
+    left = max((m.end() for m in _SENTENCE_END.finditer(text, 0, start + 3) if m.end() <= start), default=0)
     right = next((m.start() for m in _SENTENCE_END.finditer(text, end)), len(text))
     return text[left:start], text[end:right]
 
@@ -292,7 +303,7 @@ def find_mentions(answer: str, options: dict) -> list[Mention]:
 
 def _mentions(text: str, options: dict) -> list[Mention]:
     """find_mentions on text already normalised."""
-    texts = _text_mentions(text, options)
+    texts = _text_mentions(text, options) + [Mention(*span, "option_text") for span in quantity_spans(text, options)]
     letters = [m for m in _letter_mentions(text, options)  # "Both A and B" as an option's own text names no letter
                if not any(t.start <= m.start < t.end and t.letter != m.letter for t in texts)]
     mentions = sorted(letters + texts, key=lambda m: m.start)
@@ -311,10 +322,10 @@ def _mentions(text: str, options: dict) -> list[Mention]:
         m.asserted = m.stated or bool(concluded or (not listing and lines.get(line_start) == m.letter))
         # In "the answer is not A but C" the filler's negation is A's; only what follows its last "but" is C's.
         filler = re.split(r"\b(?:but|rather|instead)\b", lead.group(2), flags=_I)[-1] if lead else ""
-        m.negated = bool(re.search(r"\b(?:not|never|than|no)\b", filler, _I)
+        m.negated = bool(re.search(r"\b(?:not|never|than|no)\b", filler, _I) or (lead and "不" in lead.group("lead"))
                          or re.search(r"(?:不|非|别|勿)\w?$|\b(?:not|never|n't|avoid|no)\s+(?:\w+\s+)?$", text[:lead_start])
                          or (not lead and _negated(text, m, own_end))
-                         or (lead and _NOT_AFTER.match(after_own_text[:40])))
+                         or (lead and _VERDICT_START.match(after_own_text[:40])))
         left, right = _stretch(text, m.start, m.end)
         m.dismissed = bool(m.negated and _STRONG_NOT.search(text, left, max(right, m.end)))
         before, after = _sentence(text, lead_start, m.end)
@@ -323,11 +334,18 @@ def _mentions(text: str, options: dict) -> list[Mention]:
             m.asserted and _MODAL.search(before + said + after) and _HYPOTHETICAL.search(before + after)))
         m.retracted = bool(_RETRACTED.search(text, left, right) or (lead and _WRONG_STATEMENT.search(text[:lead_start]))
                            or (m.asserted and _TAKEN_BACK.search(after)))
+    for group, dismissed_after in exclusion_groups(text, [m for m in mentions if m.kind != "option_text"]):
+        if dismissed_after or group[0].negated:  # "Not A, C or D", "A, C and D are wrong": the list's dismissal
+            for m in group:
+                m.negated = True
     return mentions
 
 
 def _two_answers(text: str, chosen: Mention, mentions: list[Mention]) -> bool:
     """Does the committed statement name a second option beside it ("Answer: B and D", "A or C")?"""
+    earlier = [m for m in mentions if m.end <= chosen.start and m.letter != chosen.letter]
+    if earlier and not earlier[-1].negated and _TWO_ANSWERS.match(text[earlier[-1].end:chosen.start]):
+        return True  # "could be A or C": the statement's first option is the second answer
     later = [m for m in mentions if m.start >= chosen.end]
     end = chosen.end
     for m in later:
@@ -338,20 +356,16 @@ def _two_answers(text: str, chosen: Mention, mentions: list[Mention]) -> bool:
     return False
 
 
-def extract_choice(output: str, options: dict, similarity: bool = False) -> tuple[str | None, str]:
-    """(letter, rule): "answer_is" for a committed statement, otherwise the kind of the only option named or of
-    its answer line ("marked_letter", "standalone_letter", "option_text"); (None, "unfinished") without </think>;
-    (None, "unreadable") for no option, two answers or a hedge, or (letter, "similarity") when asked for."""
-    import difflib
-
-    _, answer, finished = split_thinking(output)
-    if not finished:
-        return None, "unfinished"
-    text = normalise(answer)
+def _read(text: str, options: dict) -> tuple[str | None, str, int]:
+    """(letter, rule, where its commitment starts; -1 for the only live option) from the rules on normalised text;
+    (None, "unreadable" or "only_excluded", -1) for none."""
     mentions = _mentions(text, options)
+    # "The answer is not B": B is excluded, whatever else names it, unless a later statement chooses it.
+    excluded = {m.letter for m in mentions if m.stated and m.negated}
     # Second thoughts: an option dismissed outright after it was chosen is no longer chosen.
     standing = [m for i, m in enumerate(mentions) if not any(
-        later.dismissed and later.letter == m.letter for later in mentions[i + 1:])]
+        later.dismissed and later.letter == m.letter for later in mentions[i + 1:]) and not (
+        m.letter in excluded and not (m.stated and not m.negated))]
     committed = [m for m in standing if m.asserted and not (m.negated or m.retracted or m.conditional)]
     if committed:
         last = committed[-1]
@@ -359,13 +373,46 @@ def extract_choice(output: str, options: dict, similarity: bool = False) -> tupl
             if m.letter == last.letter and re.fullmatch(r"[\s*.:)\]—–-]*", text[m.end:last.start]):
                 last = m
         if _two_answers(text, last, mentions):
-            return None, "unreadable"
-        return last.letter, "answer_is" if last.stated else last.kind
+            return None, "unreadable", -1
+        return last.letter, "answer_is" if last.stated else last.kind, last.start
     live = [m for m in standing if not (m.negated or m.retracted or m.conditional)]
     if len({m.letter for m in live}) == 1:
-        return live[-1].letter, live[-1].kind
-    if similarity and answer and not live:
+        return live[-1].letter, live[-1].kind, -1
+    if not mentions and paraphrased_option(text, options):
+        return paraphrased_option(text, options), "option_text", -1
+    return None, "only_excluded" if excluded and not live else "unreadable", -1
+
+
+def read_answer(output: str, options: dict, similarity: bool = False) -> tuple[str | None, str, str]:
+    """(letter, rule, why): extract_choice's reading, with rule "abstained" and `why` a key of ABSTENTIONS where
+    the rules find doubt a careful grader would not settle by guessing."""
+    import difflib
+
+    _, answer, finished = split_thinking(output)
+    if not finished:
+        return None, "unfinished", ""
+    text = cut_tail(normalise(answer), lambda line: _read(line, options)[0])
+    first, disagreed = answer_first(text, lambda line: _read(line, options)[0])
+    if disagreed:
+        return None, "abstained", "disagreeing"
+    letter, rule, at = _read(first, options) if first else _read(text, options)
+    at = 0 if first else at
+    doubt = [(where, why) for where, why in ((not_an_option(text, options), "not_an_option"),
+                                             (undetermined(text), "undetermined")) if where is not None and where > at]
+    if doubt or rule == "only_excluded":
+        return None, "abstained", min(doubt)[1] if doubt else rule
+    if letter is None and similarity and answer and not [
+            m for m in _mentions(text, options) if not (m.negated or m.retracted or m.conditional)]:
         lowered = answer.lower()
         best = max(options, key=lambda k: difflib.SequenceMatcher(None, lowered, options[k].lower()).ratio())
-        return best, "similarity"
-    return None, "unreadable"
+        return best, "similarity", ""
+    return letter, rule, ""
+
+
+def extract_choice(output: str, options: dict, similarity: bool = False) -> tuple[str | None, str]:
+    """(letter, rule): "answer_is" for a committed statement, otherwise the kind of the only option named or of
+    its answer line ("marked_letter", "standalone_letter", "option_text"); (None, "unfinished") without </think>;
+    (None, "abstained") where an answer withdraws, contradicts or rules out its pick, or says the answer is no
+    option (read_answer says which); (None, "unreadable") for no option, two answers or a hedge, or (letter,
+    "similarity") when asked for."""
+    return read_answer(output, options, similarity)[:2]
