@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _I = re.IGNORECASE
 # A line that states an answer under a heading of its own: "Final answer:", "**Answer: C**", "The answer is C",
 # "\\boxed{C}", "答案：C", a JSON "answer" field; and, first in an answer, a line that opens with the option.
+_TWO_ANSWERS = re.compile(r"^[\s*)\]}'\"’”.]*(?:,|/|&|\+|\band\b|\bor\b|and/or|或者?|和|与|、|及)\s*(?:option\s*)?"
+                          r"[\s(\[*'\"]*$", _I)
 _HEADED = re.compile(
     r"^[\s>*_#\-•{\"']*(?:(?:my\s+|the\s+)?(?:final\s+|correct\s+|best\s+)?(?:answer|ans)(?:_choice)?\b|\\boxed"
     r"|(?:最终|正确)?答案|本题选|故选)", _I)
@@ -25,13 +28,15 @@ _OPENS_WITH_OPTION = re.compile(r"^[\s>*_#\-•]*[(\[]?\s*[A-J]\s*[)\]]?(?:[\s*_
 _OPTION_LINE = re.compile(r"^[\s>*_#\-•]*(?:option\s+)?[(\[]?([A-J])[.):\]]\s*\S", _I | re.M)
 _OPTIONS_ON_ONE_LINE = re.compile(r"(?<![A-Za-z])[A-J][.)]\s+\S[^\n]*?\s(?<![A-Za-z])[A-J][.)]\s+\S", re.M)
 _TAIL_START = re.compile(
-    r"<\|[a-z_]+\|>|<｜|</s>|\[/?INST\]|</?think>|^[\s*#]*(?:question\b|q\d*\s*[:.]|problem\s*\d|问题|题目|下一题)"
+    r"<\|[a-z_]+\|>|<｜|</s>|\[/?INST\]|</?think>"
+    r"|^[\s*#]*(?:question\b|q\d*\s*[:.]|problem\s*\d|问题|题目|下一题)"
     r"|^[\s*#]*\d*[.)]?\s*an?\s+\d+[- ](?:year|month|week|day)[- ]old\b|^\s*(?:```|def |for \w+ in |print\(|import )"
     r"|^[\s>*_#]*(?:reasoning|explanation|rationale|justification|discussion|analysis|why not the others|other options"
     r"|let'?s (?:go through|analy[sz]e|evaluate|look at) (?:each|the) options?|解析|理由|分析)\b", _I | re.M)
 # What a later passage says when it changes the answer first stated.
 REVISION = re.compile(r"\b(?:wait|actually|on (?:second thought|reflection)|correction|scratch that|i was wrong"
-                      r"|reconsider\w*|chang\w+ (?:my|the) answer|re-?read\w*|hmm+|no,)|不对|更正|修正|改为|重新考虑|再想", _I)
+                      r"|reconsider\w*|chang\w+ (?:my|the) answer|re-?read\w*|hmm+|no,)"
+                      r"|不对|更正|修正|改为|重新考虑|再想", _I)
 
 
 def _first_tail(text: str, after: int) -> int | None:
@@ -80,3 +85,32 @@ def answer_first(text: str, read_line) -> tuple[str | None, bool]:
         return None, False
     later = {read_line(rest[s:e]) for s, e in headed_lines(rest)} - {None, letter}
     return first, bool(later)
+
+
+def answer_lines(text: str, options: dict) -> dict[int, str]:
+    """Lines that hold only an option ("**C**", "(c)", "C. Nephrolithiasis"), by their start: the letter each names."""
+    lines = {}
+    for line in re.finditer(r"[^\n]+", text):
+        m = re.fullmatch(r"[\s>*_#\-•✅✔$]*(?:\\boxed\{)?[(\[]?\s*([A-Ja-j])\s*[)\]}]?\$?[\s*_]*(?:[.:)\-—–]\s*(.*?))?"
+                         r"[\s*_.!$]*", line.group())
+        if m and m.group(1).upper() in options:
+            rest = (m.group(2) or "").strip(" *_.")
+            own = unicodedata.normalize("NFKC", options[m.group(1).upper()]).strip()
+            if not rest or rest.lower() == own.lower():
+                lines[line.start()] = m.group(1).upper()
+    return lines
+
+
+def two_answers(text: str, chosen, mentions: list) -> bool:
+    """Does the committed statement name a second option beside it ("Answer: B and D", "A or C")?"""
+    earlier = [m for m in mentions if m.end <= chosen.start and m.letter != chosen.letter]
+    if earlier and not earlier[-1].negated and _TWO_ANSWERS.match(text[earlier[-1].end:chosen.start]):
+        return True  # "could be A or C": the statement's first option is the second answer
+    later = [m for m in mentions if m.start >= chosen.end]
+    end = chosen.end
+    for m in later:
+        if m.letter == chosen.letter:
+            end = m.end
+            continue
+        return not m.negated and _TWO_ANSWERS.match(text[end:m.start]) is not None
+    return False

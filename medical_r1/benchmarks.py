@@ -10,7 +10,7 @@ import random
 import re
 
 from medical_r1.generation import GenerationSettings, choose_batch_size, generate_answers
-from medical_r1.scorer import extract_choice
+from medical_r1.scorer import extract_choice, read_answer
 from medical_r1.runtime import process_rank
 
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
@@ -19,9 +19,10 @@ EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "M
 
 # How an answer was read, in the order the verdict page lists them: the scorer's rules (a committed statement, a
 # marked or standalone letter, an option's text), the model reader (medical_r1.model_reader), the opt-in similarity,
-# and the two kinds of no answer.
+# and the three kinds of no answer: unreadable, abstained (the rules saw doubt: medical_r1.scorer.ABSTENTIONS),
+# unfinished.
 RULES = ("answer_is", "marked_letter", "standalone_letter", "option_text", "model_extracted", "similarity",
-         "unreadable", "unfinished")
+         "unreadable", "abstained", "unfinished")
 
 
 class EvalDataError(ValueError):
@@ -93,9 +94,11 @@ def benchmark_questions(eval_data: dict) -> tuple[list[dict], list[dict]]:
 def score_answers(items: list[dict], outputs: list[dict], similarity: bool = False) -> list[dict]:
     scored = []
     for item, out in zip(items, outputs):
-        letter, rule = extract_choice(out["output"], item["options"], similarity)
+        letter, rule, why = read_answer(out["output"], item["options"], similarity)
         scored.append({"id": item["id"], "benchmark": item["benchmark"], "gold": item["answer_idx"],
                        "pred": letter, "rule": rule, "correct": letter == item["answer_idx"]})
+        if why:
+            scored[-1]["abstention"] = why
     return scored
 
 
@@ -122,7 +125,8 @@ def _model_counts(scored: list[dict]) -> dict:
     correct = sum(s["correct"] for s in scored)
     rules = {rule: sum(s["rule"] == rule for s in scored) for rule in RULES}
     return {"correct": correct, "accuracy": correct / n, "interval": wilson_interval(correct, n),
-            "unfinished": rules["unfinished"], "unreadable": rules["unreadable"], "similarity": rules["similarity"],
+            "unfinished": rules["unfinished"], "unreadable": rules["unreadable"], "abstained": rules["abstained"],
+            "similarity": rules["similarity"],
             "model_extracted": rules["model_extracted"], "rules": rules}
 
 
@@ -155,7 +159,7 @@ def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], alpha: float
                "difference_interval": interval, "decided": decided(interval), "alpha": row_alpha}
         for model, counts in (("base", base), ("tuned", tuned)):
             row.update({f"{model}_{k}": v for k, v in counts.items()})
-            row[f"{model}_no_answer"] = counts["unfinished"] + counts["unreadable"]
+            row[f"{model}_no_answer"] = counts["unfinished"] + counts["unreadable"] + counts["abstained"]
         row["verdict"] = verdict_sentence(row, change)
         rows.append(row)
     return rows

@@ -58,11 +58,13 @@ def letter_probabilities(model, tokenizer, rows: list[dict], template: str) -> l
 
 def read_unreadable(model, tokenizer, prompts: list[dict], outputs: list[dict], scored: list[dict], template: str,
                     threshold: float) -> dict:
-    """Give each finished answer the rules could not read ("unreadable") to the model reader. `prompts` are the
-    questions as asked ({question, options}). At `threshold` or above, the letter is recorded with rule
-    "model_extracted" and its probability; below, the answer stays unreadable with the probability it reached.
+    """Give each finished answer the rules could not read ("unreadable") or abstained on to the model reader.
+    `prompts` are the questions as asked ({question, options}). At `threshold` or above, the letter is recorded
+    with rule "model_extracted" and its probability; below, the answer stays unreadable (or abstained) with the
+    probability it reached.
     Changes `scored` in place; returns how many answers were tried and how many read."""
-    todo = [i for i, s in enumerate(scored) if s["rule"] == "unreadable" and split_thinking(outputs[i]["output"])[2]]
+    todo = [i for i, s in enumerate(scored) if s["rule"] in ("unreadable", "abstained")
+            and split_thinking(outputs[i]["output"])[2]]
     if not threshold or not todo:
         return {"tried": 0, "read": 0}
     rows = [{**prompts[i], "output": outputs[i]["output"]} for i in todo]

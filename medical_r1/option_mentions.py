@@ -77,8 +77,8 @@ def _content(text: str) -> set:
 
 def paraphrased_option(text: str, options: dict) -> str | None:
     """The option the answer's first statement paraphrases: at least two and half of its content words used, and
-    a fifth more of them, or two words more, than of any other option's; None otherwise ("pyelonephritis" alone is not "Acute
-    pyelonephritis": the acuity is the option's point)."""
+    a fifth more of them, or two words more, than of any other option's; None otherwise ("pyelonephritis" alone is
+    not "Acute pyelonephritis": the acuity is the option's point)."""
     first = _FIRST_STATEMENT.search(text)
     if not first:
         return None

@@ -28,7 +28,7 @@ import re
 import unicodedata
 
 from medical_r1.abstentions import not_an_option, undetermined
-from medical_r1.answer_layout import answer_first, cut_tail
+from medical_r1.answer_layout import answer_first, answer_lines, cut_tail, two_answers
 from medical_r1.option_mentions import exclusion_groups, paraphrased_option, quantity_spans
 from src_helpers import split_thinking
 
@@ -66,7 +66,8 @@ _LEAD_IN = re.compile(
     r"|\b(?:leaves|leaving|left\s+with)(?:\s+us)?(?:\s+with)?|\bso\s+it(?:'s|\s+is)|\bit\s+(?:must|has to|should)\s+be"
     r"|\bactually\b,?(?:\s+it(?:'s|\s+is))?|\b(?:or|no),?\s+rather\b,?"
     r"|(?:本题|故|所以|因此|最终|我|应|当|则|宜|可)?(?:选择?|答案)(?:项)?(?:应该|应|当)?(?:是|为|选)?|答|应为|而是|当选"
-    r"|答案(?:不是|并非|不选)|正确(?:答案|选项|的是|的选项)(?:是|为|应为)?|最(?:佳|合适|恰当|可能|准确)的?(?:选择|选项|答案|诊断|治疗)?(?:是|为)"
+    r"|答案(?:不是|并非|不选)|正确(?:答案|选项|的是|的选项)(?:是|为|应为)?"
+    r"|最(?:佳|合适|恰当|可能|准确)的?(?:选择|选项|答案|诊断|治疗)?(?:是|为)"
     r"|诊断(?:为|是|考虑)|考虑(?:为|是))", _I)
 _LEAD_IN_BEFORE = re.compile(rf"(?P<lead>{_LEAD_IN.pattern}){_SKIP}((?:[\w'-]{{2,}}\s+){{0,3}}?){_SKIP}$", _I)
 # Only a heading's lead-in reaches the next line ("**Final Answer**" over "C"); "✔" or "so" does not.
@@ -78,7 +79,8 @@ _CHOSEN_AFTER = re.compile(
     r" appropriate|most consistent|answer|better|preferred|true|one|appropriate|first[- ]line|recommended|treatment of"
     r" choice|drug of choice|indicated|diagnosis|likeliest|next step|(?:immediate|initial|first) step)\b"
     r"|^[\s*)\]}]*(?:is|are|does)\s*(?:[.!]|$)"
-    r"|^[\s*)\]}]*(?:is|would be)\s+(?:the\s+)?safest\b|^[^\n✅✔☑❌✗✘]{0,60}?[✅✔☑]|^[\s*)\]}]*(?:项|选项)?(?:是|为|最)?"
+    r"|^[\s*)\]}]*(?:is|would be)\s+(?:the\s+)?safest\b"
+    r"|^[^\n✅✔☑❌✗✘]{0,60}?[✅✔☑]|^[\s*)\]}]*(?:项|选项)?(?:是|为|最)?"
     r"(?:正确|最合适|最佳|最恰当|符合题意|当选)", _I)
 _BOXED = re.compile(r"\\boxed\{\s*(?:\\text(?:bf)?\{)?\s*$")
 # A mention taken back in its own clause ("A is tempting", "C seems right at first glance"), or a statement named as
@@ -93,11 +95,13 @@ _STRONG_NOT = re.compile(r"contraindicat\w*|\b(?:wrong|incorrect|ruled out|exclu
 _WRONG_STATEMENT = re.compile(r"\b(?:incorrect|wrong|mistaken|tempting|trap|distractor|common|popular|naive|obvious"
                               r"|tempted)\s+(?:[\w-]+\s+)?$", _I)
 # A commitment that hangs on a condition: "if pregnant, A; otherwise B", "D would be right only for ...".
-_CONDITION = re.compile(r"\b(?:unless|otherwise|only\s+(?:if|when|for|in)|depend(?:s|ing)\s+on)\b|\bif\s+(?!we\b|you\b|one\b|i\b|all\b"
+_CONDITION = re.compile(r"\b(?:unless|otherwise|only\s+(?:if|when|for|in)|depend(?:s|ing)\s+on)\b"
+                        r"|\bif\s+(?!we\b|you\b|one\b|i\b|all\b"
                         r"|everything\b|this\b)|如果|若|否则", _I)
 _HYPOTHETICAL = re.compile(r"\b(?:for|in)\s+an?\s+\w+|\bwere\b", _I)  # with "would be": "for a child ... would be A"
 _MODAL = re.compile(r"\b(?:would|could|might)\s+be\b", _I)
-_SENTENCE_END = re.compile(r"[.!?。！？](?=\s|$)|[\n;；]|[,，](?=\s*(?:故|所以|因此))|\b(?:but|however|whereas)\b|但是?", _I)
+_SENTENCE_END = re.compile(r"[.!?。！？](?=\s|$)|[\n;；]|[,，](?=\s*(?:故|所以|因此))|\b(?:but|however|whereas)\b|但是?",
+                           _I)
 # Dismissals: a cue before the option, or a verdict after it, within its clause.
 _NOT_BEFORE = re.compile(
     r"\b(?:not|isn't|aren't|wasn't|never|cannot be|can't be|rather than|instead of|rules? out|ruled out|ruling out"
@@ -111,7 +115,8 @@ _NOT_AFTER = re.compile(
     r"|ruled out|excluded|eliminated|false|contraindicated|inappropriate|irrelevant|unnecessary|harmful"
     r"|dangerous)\b|\b(?:isn't|aren't|wasn't|wrong|incorrect|unlikely|less likely|contraindicated|(?:has|have"
     r"|plays?) no"
-    r" (?:role|place|indication)|would (?:worsen|harm|be harmful|risk|mask|leave|precipitate)|worsens|(?:does|do)(?:n't| not) (?:fit|explain|match"
+    r" (?:role|place|indication)|would (?:worsen|harm|be harmful|risk|mask"
+    r"|leave|precipitate)|worsens|(?:does|do)(?:n't| not) (?:fit|explain|match"
     r"|account|cause)|fails? to|cannot explain|can't explain|not indicated|inappropriate|irrelevant|a distractor"
     r"|a trap|can be (?:ruled out|excluded|eliminated))\b|[❌✗✘]|不对|错误|不正确|可以排除|被排除|不符合|不成立|不能|不会"
     r"|无关|禁用|禁忌|不宜|不适合|不是", _I)
@@ -120,8 +125,6 @@ _VERDICT_START = re.compile(rf"(?:[\w'-]+\s+){{0,2}}?(?:{_NOT_AFTER.pattern})", 
 _DOUBLE_NEGATIVE = re.compile(r"\b(?:not|n't|cannot|never|no)\s+(?:\w+\s+)?$", _I)
 _STRETCH_END = re.compile(r"[.;:!?。；！？\n,，—]|\s-\s|\b(?:but|so|therefore|thus|hence|because|since|leaves|leaving"
                           r"|instead|whereas|while|then|which)\b|所以|因此|故|而是|应为|但", _I)
-_TWO_ANSWERS = re.compile(r"^[\s*)\]}'\"’”.]*(?:,|/|&|\+|\band\b|\bor\b|and/or|或者?|和|与|、|及)\s*(?:option\s*)?"
-                          r"[\s(\[*'\"]*$", _I)
 _LETTER = re.compile(r"(?<![A-Za-z0-9])([A-Za-z])(?![A-Za-z0-9])")
 # A capital that belongs to a name, not an option: "vitamin D", "hepatitis B", "type I".
 _NAME_BEFORE = re.compile(r"\b(?:vitamin|hepatitis|type|class|grade|stage|phase|factor|group|complex|category"
@@ -183,8 +186,12 @@ def _letter_mentions(text: str, options: dict) -> list[Mention]:
             continue
         before, after = text[max(0, m.start() - 40):m.start()], text[m.end():m.end() + 40]
         if re.match(r"[-–]\w|['’]\w"
-                    r"|\.\s*[a-z]", after) or re.search(r"\w[-–'’]$", before) or _NAME_BEFORE.search(before):
-            continue  # D-dimer, I'd, E. coli, anti-B, vitamin B, Lp(a)
+                    r"|\.\s*[a-z]", after) or re.search(r"\w[-–'’]$|[°º]$", before) or \
+                _NAME_BEFORE.search(before):
+            continue  # D-dimer, I'd, E. coli, anti-B, vitamin B, Lp(a), 38.1°C
+        if re.match(r"\s*(?:through|to|[-–])\s*[A-J]\b", after) or \
+                re.search(r"\b[A-J]\s*(?:through|to|[-–])\s*$", before):
+            continue  # "among A through D": the range of the options, not one of them
         bracketed = re.search(r"(?:^|[^\w])[(\[]\s*$", before) and re.match(r"\s*[)\]]", after)
         bold = re.search(r"\*\*\s*$", before) and re.match(r"\s*(?:\*\*|[.:)])", after)
         marked = bool(bracketed or bold or re.search(r"(?:\boption|\bchoice|选项|选)\s*$", before, _I)
@@ -232,8 +239,8 @@ def _text_mentions(text: str, options: dict) -> list[Mention]:
         if short != option and len(short) >= 5 and short.lower() not in {o.lower() for o in options.values()}:
             forms.append((letter, short))
     for letter, option in forms:
-        if not option:
-            continue
+        if not option or re.fullmatch(r"[a-jA-J]{1,4}", option):
+            continue  # "a", "bd": options that are codes for lettered statements, read only as letters
         cjk = _CJK.search(option)
         pattern = re.escape(option) if cjk else r"(?<![\w])" + re.escape(option) + r"(?![\w])"
         for m in re.finditer(pattern, text, _I):
@@ -283,19 +290,6 @@ def _negated(text: str, m: Mention, after: int) -> bool:
     return bool(_VERDICT_START.match(text[after:max(right, after)]))
 
 
-def _answer_lines(text: str, options: dict) -> dict[int, str]:
-    """Lines that hold only an option ("**C**", "(c)", "C. Nephrolithiasis"), by their start: the letter each names."""
-    lines = {}
-    for line in re.finditer(r"[^\n]+", text):
-        m = re.fullmatch(r"[\s>*_#\-•✅✔$]*(?:\\boxed\{)?[(\[]?\s*([A-Ja-j])\s*[)\]}]?\$?[\s*_]*(?:[.:)\-—–]\s*(.*?))?"
-                         r"[\s*_.!$]*", line.group())
-        if m and m.group(1).upper() in options:
-            rest, own = (m.group(2) or "").strip(" *_."), normalise(options[m.group(1).upper()]).strip()
-            if not rest or rest.lower() == own.lower():
-                lines[line.start()] = m.group(1).upper()
-    return lines
-
-
 def find_mentions(answer: str, options: dict) -> list[Mention]:
     """Every option the answer names (letters, then text), each marked asserted, conditional, negated or retracted."""
     return _mentions(normalise(answer), options)
@@ -307,7 +301,7 @@ def _mentions(text: str, options: dict) -> list[Mention]:
     letters = [m for m in _letter_mentions(text, options)  # "Both A and B" as an option's own text names no letter
                if not any(t.start <= m.start < t.end and t.letter != m.letter for t in texts)]
     mentions = sorted(letters + texts, key=lambda m: m.start)
-    lines = _answer_lines(text, options)
+    lines = answer_lines(text, options)
     listing = len(set(lines.values())) > 1  # options listed one per line, not an answer
     for m in mentions:
         lead = _lead_in(text, m.start)
@@ -341,21 +335,6 @@ def _mentions(text: str, options: dict) -> list[Mention]:
     return mentions
 
 
-def _two_answers(text: str, chosen: Mention, mentions: list[Mention]) -> bool:
-    """Does the committed statement name a second option beside it ("Answer: B and D", "A or C")?"""
-    earlier = [m for m in mentions if m.end <= chosen.start and m.letter != chosen.letter]
-    if earlier and not earlier[-1].negated and _TWO_ANSWERS.match(text[earlier[-1].end:chosen.start]):
-        return True  # "could be A or C": the statement's first option is the second answer
-    later = [m for m in mentions if m.start >= chosen.end]
-    end = chosen.end
-    for m in later:
-        if m.letter == chosen.letter:
-            end = m.end
-            continue
-        return not m.negated and _TWO_ANSWERS.match(text[end:m.start]) is not None
-    return False
-
-
 def _read(text: str, options: dict) -> tuple[str | None, str, int]:
     """(letter, rule, where its commitment starts; -1 for the only live option) from the rules on normalised text;
     (None, "unreadable" or "only_excluded", -1) for none."""
@@ -372,7 +351,7 @@ def _read(text: str, options: dict) -> tuple[str | None, str, int]:
         for m in reversed(committed[:-1]):  # "**B. Acute pyelonephritis**": the letter, then its own text
             if m.letter == last.letter and re.fullmatch(r"[\s*.:)\]—–-]*", text[m.end:last.start]):
                 last = m
-        if _two_answers(text, last, mentions):
+        if two_answers(text, last, mentions):
             return None, "unreadable", -1
         return last.letter, "answer_is" if last.stated else last.kind, last.start
     live = [m for m in standing if not (m.negated or m.retracted or m.conditional)]

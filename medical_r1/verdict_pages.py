@@ -12,7 +12,7 @@ from medical_r1.display import detectable, html_page, percent, percent_with_inte
 # What each rule means, in the words of the page's column headings.
 RULE_NAMES = {"answer_is": "stated", "marked_letter": "bold or bracketed letter", "standalone_letter": "letter",
               "option_text": "option text", "model_extracted": "read by the model", "similarity": "by similarity",
-              "unreadable": "unreadable", "unfinished": "unfinished"}
+              "unreadable": "unreadable", "abstained": "abstained", "unfinished": "unfinished"}
 
 
 def short_benchmark(name: str) -> str:
@@ -42,7 +42,8 @@ def outcome_html(outcome: str) -> str:
 def reading_html(counts: dict[str, dict]) -> str:
     """A table: per model (name -> its rule counts), how many answers each rule read; rules no model used are left
     out, except the two kinds of no answer."""
-    shown = [r for r in RULES if r in ("unreadable", "unfinished") or any(c.get(r) for c in counts.values())]
+    no_answer = ("unreadable", "abstained", "unfinished")
+    shown = [r for r in RULES if r in no_answer or any(c.get(r) for c in counts.values())]
     rows = [[("key", html.escape(name))] + [("num", str(c.get(r, 0))) for r in shown] for name, c in counts.items()]
     return ("<h3>How the answers were read</h3><p>Per model, how many answers each rule read: a stated answer (\"the "
             "answer is C\", \\boxed{C}, 选C, a verdict or an answer line), a marked or lone letter, an option's text, "
@@ -75,6 +76,7 @@ def pairs_html(pairs: list[dict], outcome: str = "") -> str:
 def verdict_html(rows: list[dict], outcome: str = "") -> str:
     def model_cells(r, model):
         no_answer = f"{r[f'{model}_unfinished']} unfinished,<br>{r[f'{model}_unreadable']} unreadable"
+        no_answer += f",<br>{r[f'{model}_abstained']} abstained" if r.get(f"{model}_abstained") else ""
         no_answer += f" (+{r[f'{model}_similarity']} by similarity)" if r[f"{model}_similarity"] else ""
         no_answer += f" (+{r[f'{model}_model_extracted']} read by the model)" if r[f"{model}_model_extracted"] else ""
         return [("num", accuracy(r[f"{model}_correct"], r[f"{model}_accuracy"], r[f"{model}_interval"])),

@@ -1,5 +1,8 @@
 """How medical_r1.scorer and HuatuoGPT-o1's match_choice read the same labelled R1-style outputs
-(tests/fixtures/scorer_cases.json): per family, how many each reads as labelled. Prints the table docs/evaluation.md shows.
+(tests/fixtures/scorer_cases.json): per family, how many each reads as labelled, how many it gives a wrong letter
+(a letter other than the label, or any letter where the label is "no answer") and how many it leaves without a
+letter where one was due (unreadable, abstained or unfinished: those go on to 04's model reader, a wrong letter goes
+into the verdict). Prints the table docs/evaluation.md shows.
 
 HuatuoGPT-o1's score() counts an item right when either the first or the last letter it finds is the gold one,
 per benchmark whichever scores higher; here its last letter is taken (the one that copes with second thoughts),
@@ -32,13 +35,20 @@ def readings() -> list[dict]:
     return rows
 
 
+def counts(rows: list[dict], scorer: str) -> tuple[int, int, int]:
+    """(as labelled, wrong letters, no letter where one was due) for "ours" or "theirs"."""
+    right = sum(r[scorer] == r["expected"] for r in rows)
+    wrong = sum(r[scorer] is not None and r[scorer] != r["expected"] for r in rows)
+    return right, wrong, len(rows) - right - wrong
+
+
 def table(rows: list[dict]) -> str:
     families = list(dict.fromkeys(r["family"] for r in rows))
-    lines = ["| family | cases | medical_r1.scorer | HuatuoGPT-o1 match_choice |", "|---|---|---|---|"]
+    lines = ["| family | cases | medical_r1.scorer: as labelled / wrong letter / no letter "
+             "| HuatuoGPT-o1 match_choice: as labelled / wrong letter / no letter |", "|---|---|---|---|"]
     for family in families + ["all"]:
         mine = [r for r in rows if family in ("all", r["family"])]
-        ours = sum(r["ours"] == r["expected"] for r in mine)
-        theirs = sum(r["theirs"] == r["expected"] for r in mine)
+        ours, theirs = (" / ".join(map(str, counts(mine, scorer))) for scorer in ("ours", "theirs"))
         name = f"**{family}**" if family == "all" else family
         lines.append(f"| {name} | {len(mine)} | {ours} | {theirs} |")
     return "\n".join(lines)

@@ -60,12 +60,17 @@ def test_phrasings_in_any_case_name_their_option(answer, letter):
 # Answers that name no option: unreadable, counted apart, never scored as if answered.
 NO_OPTION = ["The answer is a kidney infection.", "I think a kidney problem is likely.",
              "It is an infection of the bladder.", "Most consistent with pyelonephritis.", "这是一种肾脏感染。",
-             "I am not sure.", "", "The answer is F."]
+             "I am not sure.", ""]
 
 
 @pytest.mark.parametrize("answer", NO_OPTION)
 def test_an_answer_naming_no_option_is_unreadable(answer):
     assert benchmarks.extract_choice("...</think>\n\n" + answer, OPTIONS) == (None, "unreadable")
+
+
+def test_a_letter_beyond_the_options_is_an_abstention_not_a_letter():
+    assert benchmarks.extract_choice("...</think>\n\nThe answer is F.", OPTIONS) == (None, "abstained")
+    assert benchmarks.read_answer("...</think>\n\nThe answer is F.", OPTIONS)[2] == "not_an_option"
 
 
 def test_similarity_is_only_an_opt_in_and_reported_apart():

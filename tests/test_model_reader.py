@@ -56,6 +56,18 @@ def test_where_the_rules_read_nothing_the_model_reads_its_own_answer(means_c):
     assert counts["tuned_model_extracted"] == 1 and counts["tuned_rules"]["model_extracted"] == 1
 
 
+def test_an_answer_the_rules_abstained_on_goes_to_the_model_reader_and_is_counted_apart(means_c):
+    """"If I had to pick, C, but it cannot be determined": no letter from the rules (why: undetermined), counted as
+    abstained on the verdict row; the model reader then decides."""
+    model, tokenizer, _ = means_c
+    outputs, scored = scored_unreadable("Weighing.\n</think>\n\nIf I had to pick, C. But this cannot be determined.")
+    assert scored[0]["rule"] == "abstained" and scored[0]["abstention"] == "undetermined" and scored[0]["pred"] is None
+    row = benchmarks.verdict_rows(scored, scored)[-1]
+    assert row["tuned_abstained"] == 1 and row["tuned_unreadable"] == 0 and row["tuned_no_answer"] == 1
+    found = model_reader.read_unreadable(model, tokenizer, prompts(), outputs, scored, "r1_chat", 0.5)
+    assert found == {"tried": 1, "read": 1} and scored[0]["pred"] == "C"
+
+
 def test_below_the_threshold_the_answer_stays_unreadable_with_its_probability(adapter_model):
     """The random tiny model spreads its weight over its whole vocabulary: no letter comes near 0.5."""
     model, tokenizer = adapter_model

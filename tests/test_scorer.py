@@ -1,4 +1,4 @@
-"""medical_r1.scorer on 312 R1-style outputs written and labelled for this project (tests/fixtures/scorer_cases.json),
+"""medical_r1.scorer on 451 R1-style outputs written and labelled for this project (tests/fixtures/scorer_cases.json),
 and HuatuoGPT-o1's own scorer on the same outputs (scripts/compare_scorers.py, the table in docs/evaluation.md)."""
 import sys
 
@@ -18,14 +18,49 @@ FAMILIES = {"today", "today_zh", "negation", "negation_zh", "elimination", "elim
             # the prose SFT teaches, no single answer; and two sets written after the design, unseen by it
             "closing", "closing_zh", "names_letters", "text_sense", "distractor", "except", "two_answers",
             "lower_width", "prose", "no_answer", "unseen_1", "unseen_2"}
+# issue #44's, each at least 15 cases, English and Chinese: a lead-in to no option, withdrawn picks, rejected options
+# named in passing, degenerate tails after a clear answer, answer-first layouts, exclusion lists, JSON answers, option
+# text in another form.
+NEW_FAMILIES = {"lead_in_no_option", "withdrawn_pick", "passing_mention", "degenerate_tail", "answer_first",
+                "exclusion_list", "structured", "other_form"}
 
 
 def test_the_scorer_reads_what_a_clinician_would_on_the_labelled_set():
     misread = [(r["family"], r["output"].split("</think>")[-1], r["expected"], r["ours"]) for r in ROWS
                if r["ours"] != r["expected"]]
-    assert len(ROWS) >= 200 and FAMILIES <= {r["family"] for r in ROWS}
+    assert len(ROWS) >= 400 and FAMILIES | NEW_FAMILIES <= {r["family"] for r in ROWS}
     assert 1 - len(misread) / len(ROWS) >= 0.98, misread
     assert not [m for m in misread if m[2] is None], "an output that commits to no answer was given a letter"
+
+
+def test_wrong_letters_are_counted_apart_from_no_letter_and_kept_within_budget():
+    """A wrong letter goes straight into the verdict; no letter goes on to the model reader. At most 0.5% of the
+    labelled cases may be given a wrong letter, and none of those labelled "no answer"."""
+    right, wrong, no_letter = compare_scorers.counts(ROWS, "ours")
+    assert right + wrong + no_letter == len(ROWS)
+    assert wrong / len(ROWS) <= 0.005, [r["output"].split("</think>")[-1] for r in ROWS
+                                        if r["ours"] not in (None, r["expected"])]
+    # The budget can fail: HuatuoGPT-o1's last letter, on the same cases, gives many wrong letters.
+    assert compare_scorers.counts(ROWS, "theirs")[1] / len(ROWS) > 0.1
+    for family in NEW_FAMILIES:
+        mine = [r for r in ROWS if r["family"] == family]
+        assert len(mine) >= 15, family
+        assert compare_scorers.counts(mine, "ours")[0] >= len(mine) - 1, family
+
+
+@pytest.mark.parametrize("answer, why", [
+    ("The answer is not B.", "only_excluded"), ("答案不是B。", "only_excluded"), ("The answer is E.", "not_an_option"),
+    ("None of the above.", "not_an_option"), ("以上都不对。", "not_an_option"),
+    ("If I had to pick, C. But C is wrong too, so this cannot be determined.", "undetermined"),
+    ("如果必须选，我选C，但无法确定。", "undetermined"),
+    ("Final answer: B\n\nThe answer is C.", "disagreeing"),
+])
+def test_where_a_careful_grader_would_hesitate_the_rules_abstain_and_say_why(answer, why):
+    options = {"A": "Amlodipine", "B": "Metoprolol", "C": "Lisinopril", "D": "Hydrochlorothiazide"}
+    assert scorer.read_answer("...</think>\n\n" + answer, options) == (None, "abstained", why)
+    assert why in scorer.ABSTENTIONS
+    # Said before a commitment, the doubt is settled by it.
+    assert scorer.read_answer("...</think>\n\n" + answer + "\n\nOn reflection, the answer is A.", options)[0] == "A"
 
 
 def test_huatuo_reads_differently_where_the_readme_says():
