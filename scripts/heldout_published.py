@@ -45,7 +45,7 @@ def outputs(path: str):
 def main(paths: list[str]) -> None:
     for path in paths:
         counts = {"outputs": 0, "full agrees": 0, "full wrong": 0, "reasoning read": 0, "reasoning wrong": 0,
-                  "reasoning abstained": 0, "reasoning unreadable": 0}
+                  "reasoning abstained": 0, "reasoning unreadable": 0, "reasoning unfinished": 0}
         wrong = []
         for options, reasoning, full, theirs in outputs(path):
             counts["outputs"] += 1
@@ -55,7 +55,8 @@ def main(paths: list[str]) -> None:
             letter, rule, why = read_answer("</think>" + reasoning, options)
             counts["reasoning read"] += letter is not None
             counts["reasoning wrong"] += letter not in (None, theirs)
-            counts[f"reasoning {rule}"] = counts.get(f"reasoning {rule}", 0) + (letter is None)
+            if letter is None:
+                counts[f"reasoning {rule}"] += 1
             if letter not in (None, theirs):
                 wrong.append((letter, theirs, reasoning[-300:]))
         print(pathlib.Path(path).name, counts)
