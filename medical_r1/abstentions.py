@@ -12,7 +12,8 @@ _STATED_LETTER = re.compile(r"(?:\banswer(?:_choice)?\b|\bans\b|答案|选)[\"'\
                             r"(?:option\s+)?[\s(\[*\"']*((?-i:[A-Z]))(?![A-Za-z0-9])(?!\s+[a-z]{2,})", _I)
 # An answer that says the right option is none of them, or is missing.
 _NO_OPTION = re.compile(
-    r"\bnone\s+of\s+(?:the\s+(?:above|options|choices|answers)|these|them|A[-–]?[A-Z]\b|(?:A,\s*)?B,?\s)"
+    r"\bnone\s+of\s+(?:the\s+(?:above|options|choices|answers)|these(?:\s+options)?|them|A[-–]?[A-Z]\b|(?:A,\s*)?B,?\s)"
+    r"(?=\s*(?:[.!;:,)*\n]|$|(?:is|are)\s+(?:correct|right|the\s+answer)|fits?\b|appl(?:y|ies)\b))"
     r"|\bnot\s+(?:listed|among\s+the\s+(?:options|choices)|(?:one\s+)?of\s+the\s+options|in\s+the\s+options)"
     r"|\bno\s+(?:correct\s+|right\s+)?(?:option|choice|answer)\s+(?:is\s+|fits|here|given|listed)|\banswer:?\s+none\b"
     r"|以上(?:都|均|皆)(?:不|非)|不在选项|没有正确(?:的)?(?:答案|选项)|无正确(?:答案|选项)", _I)

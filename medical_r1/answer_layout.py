@@ -67,9 +67,10 @@ def cut_tail(text: str, read_line) -> str:
     return text
 
 
-def answer_first(text: str, read_line) -> tuple[str | None, bool]:
+def answer_first(text: str, read_line, read_stated) -> tuple[str | None, bool]:
     """(first line, disagreed) for an answer whose first line states its option: the line when nothing after it
-    says it changes the answer, and `disagreed` when a later stated answer names another option without saying so.
+    says it changes the answer, and `disagreed` when a later stated answer names another option without saying so
+    (`read_stated(text)`: the letter of the answer the rules read in `text` if it is stated in words, else None).
     (None, False) for any other layout."""
     lines = [(m.start(), m.end()) for m in re.finditer(r"[^\n]*\S[^\n]*", text)]
     first = text[lines[0][0]:lines[0][1]] if lines else ""
@@ -83,7 +84,7 @@ def answer_first(text: str, read_line) -> tuple[str | None, bool]:
         return None, False  # the first line opens a list of the options, not an answer
     if REVISION.search(rest):
         return None, False
-    later = {read_line(rest[s:e]) for s, e in headed_lines(rest)} - {None, letter}
+    later = ({read_line(rest[s:e]) for s, e in headed_lines(rest)} | {read_stated(rest)}) - {None, letter}
     return first, bool(later)
 
 

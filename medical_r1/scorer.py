@@ -24,6 +24,7 @@ option as its most similar option, reported apart.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import unicodedata
 
@@ -97,7 +98,8 @@ _WRONG_STATEMENT = re.compile(r"\b(?:incorrect|wrong|mistaken|tempting|trap|dist
 # A commitment that hangs on a condition: "if pregnant, A; otherwise B", "D would be right only for ...".
 _CONDITION = re.compile(r"\b(?:unless|otherwise|only\s+(?:if|when|for|in)|depend(?:s|ing)\s+on)\b"
                         r"|\bif\s+(?!we\b|you\b|one\b|i\b|all\b"
-                        r"|everything\b|this\b)|如果|若|否则", _I)
+                        r"|everything\b|this\b)|\bnot\s+(?:here|in\s+this\s+(?:patient|case))\b|如果|若|否则"
+                        r"|^\W*but\s+(?:this|the|our)\s+patient\s+(?:has\s+neither|has\s+no|does\s+not|doesn't)", _I)
 _HYPOTHETICAL = re.compile(r"\b(?:for|in)\s+an?\s+\w+|\bwere\b", _I)  # with "would be": "for a child ... would be A"
 _MODAL = re.compile(r"\b(?:would|could|might)\s+be\b", _I)
 _SENTENCE_END = re.compile(r"[.!?。！？](?=\s|$)|[\n;；]|[,，](?=\s*(?:故|所以|因此))|\b(?:but|however|whereas)\b|但是?",
@@ -324,7 +326,8 @@ def _mentions(text: str, options: dict) -> list[Mention]:
         m.dismissed = bool(m.negated and _STRONG_NOT.search(text, left, max(right, m.end)))
         before, after = _sentence(text, lead_start, m.end)
         said = text[lead_start:m.end] + (chosen_after.group() if chosen_after else "")
-        m.conditional = bool(_CONDITION.search(before + said + after) or (
+        next_clause = text[m.end + len(after):]  # "C is right in diabetes, but this patient has neither"
+        m.conditional = bool(_CONDITION.search(before + said + after) or _CONDITION.match(next_clause) or (
             m.asserted and _MODAL.search(before + said + after) and _HYPOTHETICAL.search(before + after)))
         m.retracted = bool(_RETRACTED.search(text, left, right) or (lead and _WRONG_STATEMENT.search(text[:lead_start]))
                            or (m.asserted and _TAKEN_BACK.search(after)))
@@ -365,13 +368,12 @@ def _read(text: str, options: dict) -> tuple[str | None, str, int]:
 def read_answer(output: str, options: dict, similarity: bool = False) -> tuple[str | None, str, str]:
     """(letter, rule, why): extract_choice's reading, with rule "abstained" and `why` a key of ABSTENTIONS where
     the rules find doubt a careful grader would not settle by guessing."""
-    import difflib
-
     _, answer, finished = split_thinking(output)
     if not finished:
         return None, "unfinished", ""
     text = cut_tail(normalise(answer), lambda line: _read(line, options)[0])
-    first, disagreed = answer_first(text, lambda line: _read(line, options)[0])
+    first, disagreed = answer_first(text, lambda line: _read(line, options)[0], lambda rest: next(
+        (letter for letter, rule, _ in [_read(rest, options)] if rule == "answer_is"), None))
     if disagreed:
         return None, "abstained", "disagreeing"
     letter, rule, at = _read(first, options) if first else _read(text, options)

@@ -54,6 +54,7 @@ def test_wrong_letters_are_counted_apart_from_no_letter_and_kept_within_budget()
     ("If I had to pick, C. But C is wrong too, so this cannot be determined.", "undetermined"),
     ("如果必须选，我选C，但无法确定。", "undetermined"),
     ("Final answer: B\n\nThe answer is C.", "disagreeing"),
+    ("The answer is B.\n\nHowever, since she is pregnant, the answer is D.", "disagreeing"),
 ])
 def test_where_a_careful_grader_would_hesitate_the_rules_abstain_and_say_why(answer, why):
     options = {"A": "Amlodipine", "B": "Metoprolol", "C": "Lisinopril", "D": "Hydrochlorothiazide"}
