@@ -11,9 +11,27 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 _I = re.IGNORECASE
+
+
+@dataclasses.dataclass
+class Mention:
+    """An option the answer names, where, how, and what its own clause says of it (medical_r1.scorer sets the flags)."""
+    letter: str
+    start: int
+    end: int
+    kind: str  # "marked_letter", "standalone_letter" or "option_text"
+    asserted: bool = False
+    stated: bool = False  # asserted by words (a lead-in before it or a verdict after it), not by its line alone
+    negated: bool = False
+    retracted: bool = False
+    conditional: bool = False
+    dismissed: bool = False  # negated in words that would take back an earlier choice ("contraindicated", "wrong")
+
+
 # What joins the letters of one list: commas, 、, slashes, "or", "nor", "and".
 _LIST_JOIN = re.compile(r"[\s*)\]]*(?:,|、|/|\bor\b|\bnor\b|\band\b|,\s*(?:or|nor|and)\b|或|和|与|及)\s*(?:option\s*)?"
                         r"[\s(\[*]*", _I)

@@ -18,19 +18,24 @@ Read the way answers are written, not from a list of phrasings:
    function-word options ("yes", "no", "none") only as a whole statement ("No." but not "no difference").
 4. Without a commitment, the only option named and not dismissed (not, ruled out, contraindicated, has no role,
    would worsen, ❌, 排除, ...) is the answer; two live options are a hedge: unreadable, never guessed.
+5. Layout first (medical_r1.answer_layout): a degenerate tail after a stated answer (the options listed again, a
+   restarted "Reasoning:", an echoed prompt, code, an invented question) is cut off; an answer whose first line
+   states the option answers with it unless what follows says it changes it ("wait", "actually").
+6. Never a wrong letter where a careful grader would hesitate: "the answer is not B" (B excluded), "none of the
+   above", a letter beyond the options, "cannot be determined", or a later stated answer that disagrees: the rules
+   abstain (rule "abstained", the reason a key of ABSTENTIONS) unless a commitment follows; 04's model reader decides.
 An output still thinking when its tokens ran out is "unfinished". `similarity` (opt-in) reads an answer naming no
 option as its most similar option, reported apart.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 import unicodedata
 
 from medical_r1.abstentions import not_an_option, undetermined
 from medical_r1.answer_layout import answer_first, answer_lines, cut_tail, two_answers
-from medical_r1.option_mentions import exclusion_groups, paraphrased_option, quantity_spans
+from medical_r1.option_mentions import Mention, exclusion_groups, paraphrased_option, quantity_spans
 from src_helpers import split_thinking
 
 # Why the rules give no letter where a careful grader would hesitate (rule "abstained"): 04's model reader decides.
@@ -152,20 +157,6 @@ _CJK = re.compile(r"[\u3400-\u9fff]")
 _NUMBER = re.compile(r"^[\d.,]+")
 
 
-@dataclasses.dataclass
-class Mention:
-    letter: str
-    start: int
-    end: int
-    kind: str  # "marked_letter", "standalone_letter" or "option_text"
-    asserted: bool = False
-    stated: bool = False  # asserted by words (a lead-in before it or a verdict after it), not by its line alone
-    negated: bool = False
-    retracted: bool = False
-    conditional: bool = False
-    dismissed: bool = False  # negated in words that would take back an earlier choice ("contraindicated", "wrong")
-
-
 def normalise(text: str) -> str:
     """Full-width letters, brackets and colons as ASCII (NFKC), so "答案：Ｂ" reads as "答案:B"."""
     return unicodedata.normalize("NFKC", text)
@@ -271,8 +262,10 @@ def _sentence(text: str, start: int, end: int) -> tuple[str, str]:
 
 
 def _own_text_end(text: str, m: Mention, options: dict) -> int:
-    """Where the words about a mention begin: after its markup and, for a letter, its option's text."""
-    rest = re.match(r"[\s*)\]}.:'\"’”]*", text[m.end:])
+    """Where the words about a mention begin: after its markup and, for a letter, its option's text (for a text,
+    its letter in brackets: "heparin (B) does not fit")."""
+    own_letter = rf"(?:[(\[](?i:{m.letter})[)\]])?" if m.kind == "option_text" else ""
+    rest = re.match(r"[\s*)\]}.:'\"’”]*" + own_letter, text[m.end:])
     end = m.end + rest.end()
     own = normalise(options[m.letter]).strip()
     if m.kind != "option_text" and own and text[end:end + len(own)].lower() == own.lower():

@@ -133,3 +133,23 @@ def test_letter_and_prose_answers_score_alike():
     n = len(items)
     assert n >= 40 and read["letter"] >= 0.95 * n and read["prose"] >= 0.95 * n, read
     assert abs(correct["letter"] - correct["prose"]) / n <= 0.02, correct
+
+
+def test_the_held_out_check_reads_published_outputs_in_their_layout(tmp_path, capsys):
+    """scripts/heldout_published.py on a page laid out as vlievin/medical-reasoning's samples (written here, not
+    copied): the options from the question row, each output's reasoning and the model's own extracted letter."""
+    import heldout_published
+
+    page = tmp_path / "sample.html"
+    page.write_text(
+        "<tr data-qid=1>\n<td colspan=\"30\"><strong>USMLE [x]</strong> Q: Which drug?\n\nA) Aspirin\nB) Heparin\n"
+        "<strong>C) Warfarin</strong>\nD) Alteplase</td>\n</tr>\n<tr data-qid=1>\n<td>&#9989; Let's think step by "
+        "step. Warfarin fits; heparin (B) does not fit.\n\nTherefore, among A through D, the answer is C.\n\n</td>\n"
+        "<td>&#10060; Let's think. The patient was 38.1&#176;C.\n\nTherefore, among A through D, the answer is A."
+        "\n\n</td>\n</tr>", encoding="utf-8")
+    found = list(heldout_published.outputs(str(page)))
+    assert [(o["C"], theirs) for o, _, _, theirs in found] == [("Warfarin", "C"), ("Warfarin", "A")]
+    assert found[0][1].endswith("heparin (B) does not fit.")
+    heldout_published.main([str(page)])
+    out = capsys.readouterr().out
+    assert "'full agrees': 2" in out and "'reasoning read': 1" in out and "'reasoning wrong': 0" in out
