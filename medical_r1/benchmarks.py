@@ -10,7 +10,7 @@ import random
 import re
 
 from medical_r1.generation import GenerationSettings, choose_batch_size, generate_answers
-from medical_r1.scorer import extract_choice, read_answer
+from medical_r1.scorer import extract_choice, read_answer  # noqa: F401 (extract_choice: read here by callers)
 from medical_r1.runtime import process_rank
 
 EVAL_BENCHMARKS = ("MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test", "MMLU-Pro_Medical_test",
