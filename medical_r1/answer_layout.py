@@ -22,7 +22,7 @@ _TWO_ANSWERS = re.compile(r"^[\s*)\]}'\"’”.]*(?:,|/|&|\+|\band\b|\bor\b|and/
 _HEADED = re.compile(
     r"^[\s>*_#\-•{\"']*(?:(?:my\s+|the\s+)?(?:final\s+|correct\s+|best\s+)?(?:answer|ans)(?:_choice)?\b|\\boxed"
     r"|(?:最终|正确)?答案|本题选|故选)", _I)
-_OPENS_WITH_OPTION = re.compile(r"^[\s>*_#\-•]*[(\[]?\s*[A-J]\s*[)\]]?(?:[\s*_.:)\-—–]|$)")
+_OPENS_WITH_OPTION = re.compile(r"^[\s>*_#\-•]*[(\[]?\s*[A-J]\s*(?:[)\]]|[*_.:\-—–]|$)")  # not "A 5-year-old"
 # What starts a degenerate tail: the options listed again (on their own lines, or several on one), a restarted
 # walk through the options, a chat template's tokens or a second </think>, a new question, code.
 _OPTION_LINE = re.compile(r"^[\s>*_#\-•]*(?:option\s+)?[(\[]?([A-J])[.):\]]\s*\S", _I | re.M)
@@ -57,9 +57,12 @@ def headed_lines(text: str):
 
 
 def cut_tail(text: str, read_line) -> str:
-    """The answer without the degenerate tail after its first stated answer. `read_line(line)` is the letter the
-    rules read in one line, or None."""
-    for start, end in headed_lines(text):
+    """The answer without the degenerate tail after its first stated answer (or a first line holding only its
+    letter). `read_line(line)` is the letter the rules read in one line, or None."""
+    first = re.search(r"[^\n]*\S[^\n]*", text)  # a first line holding only the letter ("B", "**(B)**")
+    lone = first and re.fullmatch(r"[\s>*_#\-•]*[(\[]?\s*[A-J]\s*[)\]]?[\s*_.!]*", first.group())
+    opening = [(first.start(), first.end())] if lone else []
+    for start, end in opening + list(headed_lines(text)):
         if read_line(text[start:end]) is None:
             continue
         tail = _first_tail(text, end)
@@ -80,7 +83,7 @@ def answer_first(text: str, read_line, read_stated) -> tuple[str | None, bool]:
     if letter is None or REVISION.search(first):
         return None, False
     rest = text[lines[0][1]:]
-    if _OPTION_LINE.match(first) and re.match(r"\s*(?:[-*•]\s*)?(?:option\s+)?[(\[]?[A-J][.):\]]\s*\S", rest, _I):
+    if re.match(r"\s*(?:[-*•]\s*)?(?:option\s+)?[(\[]?[A-J](?:[.):\]]\s*\S|[)\]*\s]*$)", rest, _I | re.M):
         return None, False  # the first line opens a list of the options, not an answer
     if REVISION.search(rest):
         return None, False
