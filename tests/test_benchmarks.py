@@ -71,6 +71,12 @@ def test_an_answer_naming_no_option_is_unreadable(answer):
 def test_a_letter_beyond_the_options_is_an_abstention_not_a_letter():
     assert benchmarks.extract_choice("...</think>\n\nThe answer is F.", OPTIONS) == (None, "abstained")
     assert benchmarks.read_answer("...</think>\n\nThe answer is F.", OPTIONS)[2] == "not_an_option"
+    items = [{"id": "X/0", "benchmark": "X", "options": OPTIONS, "answer_idx": "B"}]
+    scored = benchmarks.score_answers(items, [{"output": "...</think>\n\nThe answer is not B."}])
+    assert scored[0]["rule"] == "abstained" and scored[0]["abstention"] == "only_excluded"
+    row = benchmarks.verdict_rows(scored, scored)[0]
+    assert row["base_abstained"] == 1 and row["base_unreadable"] == 0 and row["base_no_answer"] == 1
+    assert "1 abstained" in verdict_pages.verdict_html([row])
 
 
 def test_similarity_is_only_an_opt_in_and_reported_apart():
