@@ -6,7 +6,6 @@ before the launch cell."""
 import os
 import pathlib
 import queue
-import signal
 import time
 
 import pytest
@@ -38,10 +37,9 @@ class Notebook:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                request = self.kc.get_stdin_msg(timeout=0.01)
+                self.kc.get_stdin_msg(timeout=0.01)  # input() or getpass asked: answer with the next planted reply
                 self.kc.input(self.inputs.pop(0))
                 shown["asked"] = shown.get("asked", 0) + 1
-                del request
             except queue.Empty:
                 pass
             try:
