@@ -235,9 +235,16 @@ def describe_grpo(model_name: str, batch: int, num_generations: int, max_complet
             f"hours for {steps} steps")
 
 
-def describe_evaluation(model_name: str, batch: int = 32, new_tokens: int = 1024) -> str:
+def describe_evaluation(model_name: str, batch: int = 32, new_tokens: int = 1024, minutes: float | None = None,
+                        models: int = 2) -> str:
+    """04's line: answers a T4 writes a minute, and with `minutes` (EVAL_MINUTES) how many items per model the
+    benchmark rounds would reach for `models` models compared (every answer running to its limit)."""
     rate = eval_items_per_minute(model_name, batch, new_tokens)
     if rate is None:
         return f"T4 estimate: none for {model_name} (only for the four DeepSeek-R1 distills)"
-    return (f"T4 estimate (medical_r1/t4_estimate.py, not measured on a T4): about {about(rate)} answers a minute "
+    said = (f"T4 estimate (medical_r1/t4_estimate.py, not measured on a T4): about {about(rate)} answers a minute "
             f"at batch {batch}, every answer running to {new_tokens} tokens")
+    if minutes is None:
+        return said
+    return f"{said}; EVAL_MINUTES = {minutes:g} would hold about {about(minutes * rate / models)} items per model " \
+           f"for {models} models"

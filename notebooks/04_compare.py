@@ -28,7 +28,8 @@
 # (base, SFT and, once 07 has run, SFT + GRPO), `compare_metrics.json`, and as it goes `eval/answers.jsonl` with
 # `eval/manifest.json` (a rerun continues from them).
 # **Time on a T4 (an estimate; not yet measured on one):** the benchmarks take what `EVAL_MINUTES` gives them (60)
-# or less; the rest about 5-10 minutes for the 8B model.
+# or less, about 400 items per model for the 8B model with every answer at its 1,024-token limit (the plan cell prints
+# it for your settings, from `medical_r1/t4_estimate.py`); the rest about 5-10 minutes.
 #
 # Lower validation loss means the tuned model finds the reference reasoning more likely; it does not
 # by itself mean the answers are more correct. Read the answers, and do not trust one question.
@@ -43,7 +44,7 @@ DO_SAMPLE = True  # keep equal to 01's
 GEN_BATCH_SIZE = 0  # questions generated together; 0: the most this GPU holds (128, 64 or 32, printed); on out-of-memory set a smaller number
 SEED = 3407  # sampling seed, and which benchmark items are drawn
 EVAL_DATA = "https://raw.githubusercontent.com/FreedomIntelligence/HuatuoGPT-o1/main/evaluation/data/eval_data.json"  # or a local file in its schema
-EVAL_MINUTES = 60  # the benchmarks stop when decided or before a round would overrun this (about 150 items per model on a T4, estimated); more minutes, smaller changes seen
+EVAL_MINUTES = 60  # the benchmarks stop when decided or before a round would overrun this (about 400 items per model on a T4, estimated); more minutes, smaller changes seen
 EVAL_ITEMS = 0  # at most this many items per model; 0: all 8,381 (the time budget stops it first)
 EVAL_DECIDE = "headline"  # stop once "headline" (all benchmarks together) is decided, or "every" benchmark row too
 EVAL_GREEDY = True  # greedy decoding for the benchmarks, so a rerun scores the same; False samples
@@ -193,6 +194,7 @@ show_html(artifact(WORK_DIR, "comparison_html"))
 from medical_r1.benchmarks import benchmark_plan, benchmark_questions, load_eval_data
 from medical_r1.generation import choose_batch_size
 from medical_r1.rounds import check_manifest, check_stopping, draw_order, evaluation_manifest, load_grpo_adapter
+from medical_r1.t4_estimate import describe_evaluation
 
 check_stopping(EVAL_MINUTES, EVAL_ITEMS, EVAL_DECIDE)
 eval_data = load_eval_data(EVAL_DATA, 0, SEED)
@@ -205,6 +207,7 @@ adapters = {"tuned": adapter_dir, **({"grpo": grpo_dir} if grpo_dir else {})}
 check_manifest(WORK_DIR, evaluation_manifest(base_name, adapters, template, eval_settings, EVAL_SIMILARITY,
                                              EVAL_MODEL_READER, eval_data))  # the stored answers belong to these
 print(benchmark_plan(model, tokenizer, order, template, eval_settings, backend, EVAL_MINUTES, len(compared)))
+print(describe_evaluation(base_name, eval_settings.batch_size, EVAL_MAX_NEW_TOKENS, EVAL_MINUTES, len(compared)))
 
 # %%
 from medical_r1.rounds import evaluate_in_rounds

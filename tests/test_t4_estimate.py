@@ -100,3 +100,10 @@ def test_03_and_07_say_and_print_what_the_estimate_gives():
     grpo = (ROOT / "notebooks/07_grpo.py").read_text()
     assert re.search(rf"\*\*Time on a T4.*about {seconds} s a step", grpo.replace("\n# ", " "))
     assert "print(describe_grpo(" in grpo.replace("t4_estimate.", "")
+    # 04: the items per model its default budget holds, quoted in the header and the parameters cell, printed by the plan
+    items = t4.about(d.eval_minutes * t4.eval_items_per_minute(LLAMA, 32, d.eval_max_new_tokens) / 2)
+    compare = (ROOT / "notebooks/04_compare.py").read_text()
+    assert re.search(rf"\*\*Time on a T4.*about {items} items per model", compare.replace("\n# ", " "))
+    assert f"(about {items} items per model on a T4, estimated)" in compare
+    assert "print(describe_evaluation(" in compare
+    assert t4.describe_evaluation(LLAMA, 32, 1024, 60, 2).endswith(f"hold about {items} items per model for 2 models")
