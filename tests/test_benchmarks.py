@@ -208,7 +208,8 @@ def test_the_verdict_table_counts_each_kind_of_answer_per_model():
     lo, hi = row["difference_interval"]
     assert lo < 0 < hi and not row["decided"]  # 4 items decide nothing
     page = verdict_pages.verdict_html([row], "")
-    assert f">{100 * max(-lo, hi):.0f} points</td>" in page
+    # 4 items leave every difference open (the interval reaches 100 points): the page says so, not "100 points"
+    assert max(-lo, hi) >= 1 and "too few items to detect any change" in page and ">100 points<" not in page
     for header in ("accuracy [95%]", "no answer", "difference [anytime-valid]", "largest change left open"):
         assert f">{header}</th>" in page, header
     # Every figure carries its unit, and each cell its column's label for the phone layout.
