@@ -171,6 +171,8 @@ def verdict_sentence(row: dict, change: str) -> str:
     lo, hi = row["difference_interval"]
     if row["decided"]:
         said = f"{change} helped" if row["decided"] > 0 else f"{change} hurt"
+    elif max(-lo, hi) >= 1:  # the interval still spans every difference
+        said = "too few items to detect any change"
     else:
         said = f"no change larger than ±{100 * max(-lo, hi):.0f} points"
     return (f"{said} (difference {100 * row['difference']:+.1f} points, anytime-valid "
@@ -243,11 +245,12 @@ def benchmark_plan(model, tokenizer, order: list[dict], template: str, settings:
     round_items = settings.batch_size * processes
     round_minutes = models * settings.batch_size * settings.max_new_tokens / rate / 60
     rounds = max(1, math.floor(minutes / round_minutes))  # the first round is answered whatever the budget
-    held = (f"holds at least {rounds} round{'s' * (rounds != 1)}" if minutes >= round_minutes else
-            "is shorter than one round, so 04 answers one round and stops")
+    needed = math.ceil(len(order) / round_items)  # rounds that answer every item drawn
+    held = ("is shorter than one round, so 04 answers one round and stops" if minutes < round_minutes else
+            f"holds all {needed} round{'s' * (needed != 1)} the {len(order)} items drawn need" if rounds >= needed else
+            f"holds at least {rounds} rounds ({rounds * round_items} items per model, of the {len(order)} drawn)")
+    took = f"{round_minutes:.1f} min" if round_minutes >= 0.1 else f"{60 * round_minutes:.1f} s"
     return (f"measured {rate:,.0f} generated tokens/s at batch {len(sample)}; a round ({round_items} items, "
             f"answered by {models} models{f' in {processes} processes' if processes > 1 else ''}, up to "
-            f"{settings.max_new_tokens} tokens each) takes at most {round_minutes:.1f} min here, so "
-            f"EVAL_MINUTES = {minutes:g} {held} "
-            f"({min(rounds * round_items, len(order))} items per model, of the {len(order)} drawn); shorter answers "
-            "fit more.")
+            f"{settings.max_new_tokens} tokens each) takes at most {took} here, so EVAL_MINUTES = {minutes:g} "
+            f"{held}; shorter answers fit more.")

@@ -257,8 +257,8 @@ class GpuProcesses:
     def _failure(self, rank: int, error: str, stopped: bool) -> str:
         text = f"GPU process {rank} of {self.count} failed: {error.rstrip()}\n"
         if not stopped:
-            return text + ("(every process failed the same way and they are still running: fix the cell and run it "
-                           "again)")
+            return text + ("(every process failed the same way and they are still running, their variables kept: "
+                           "do what the message says and run the cell again)")
         checkpoint = newest_checkpoint(self.work_dir)
         resume = (f"The last checkpoint is {checkpoint}: Run all again (RESUME = True resumes from it, with any "
                   "NUM_GPUS)." if checkpoint else "No checkpoint was written yet. Run all starts them again.")

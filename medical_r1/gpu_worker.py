@@ -54,8 +54,8 @@ class CapturedFd:
             pending += chunk
             while True:
                 mark = pending.find(SYNC_MARK)
-                # hold back a tail that could be the start of a mark split across two reads
-                cut = mark if mark >= 0 else max(0, len(pending) - len(SYNC_MARK) + 1)
+                # hold back only a tail that begins a mark split across two reads: text goes on whole, at once
+                cut = mark if mark >= 0 else len(pending) - mark_prefix_length(pending)
                 text = decoder.decode(pending[:cut])
                 if text:
                     self._send(("stream", self.name, text))
@@ -74,7 +74,24 @@ class CapturedFd:
         self._synced.wait(timeout)
 
 
-def make_shell(rank: int, namespace: dict, send):
+def mark_prefix_length(pending: bytes) -> int:
+    """How many bytes at the end of `pending` could be the beginning of SYNC_MARK (0 for ordinary text)."""
+    for n in range(min(len(pending), len(SYNC_MARK) - 1), 0, -1):
+        if SYNC_MARK.startswith(pending[-n:]):
+            return n
+    return 0
+
+
+def flush_output(captured: list) -> None:
+    """Everything printed so far (Python's buffers, then the descriptors' pipes) sent to the notebook: before a
+    display, so that a line printed before it is not shown after it, and after a cell."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for each in captured:
+        each.sync()
+
+
+def make_shell(rank: int, namespace: dict, send, captured: list):
     """A real IPython shell for the cells: its displays and its last expression's value go to the notebook (first
     process) or nowhere (the others); its tracebacks come back as the cell's error, without colours."""
     from IPython.core.displayhook import DisplayHook
@@ -85,10 +102,12 @@ def make_shell(rank: int, namespace: dict, send):
     class ForwardingPublisher(DisplayPublisher):
         def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
             if rank == 0:
+                flush_output(captured)
                 send(("display", data, metadata or {}, transient or {}, update))
 
         def clear_output(self, wait=False):
             if rank == 0:
+                flush_output(captured)
                 send(("clear", wait))
 
     class ForwardingDisplayHook(DisplayHook):
@@ -97,6 +116,7 @@ def make_shell(rank: int, namespace: dict, send):
 
         def write_format_data(self, format_dict, md_dict=None):
             if rank == 0:
+                flush_output(captured)
                 send(("display", format_dict, md_dict or {}, {}, False))
 
     class CellShell(InteractiveShell):
@@ -168,7 +188,7 @@ def main() -> None:
     builtins.input, getpass.getpass = asked_input(send, conn.recv)
     backend = join_process_group()
     check_processes_reach_each_other()
-    shell = make_shell(rank, namespace, send)
+    shell = make_shell(rank, namespace, send, captured)
     sent_values: dict[str, int] = {}
     changed_plain_values(namespace, sent_values)  # the kernel has these already
     send(("ready", rank, backend))
@@ -183,10 +203,7 @@ def main() -> None:
         result = shell.run_cell(source, store_history=True)
         error = None if result.success else (shell.last_error or f"{type(result.error_in_exec).__name__}: "
                                                                    f"{result.error_in_exec}")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for each in captured:
-            each.sync()
+        flush_output(captured)
         if rank == 0:
             send(("namespace", *changed_plain_values(namespace, sent_values), user_names(namespace)))
         send(("done", rank, error))

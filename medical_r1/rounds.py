@@ -76,21 +76,40 @@ def evaluation_manifest(base_model: str, adapters: dict, template: str, settings
             "evaluation items": _digest(json.dumps(eval_data, sort_keys=True).encode())}
 
 
+# The parameters behind the manifest's generation settings, for a refusal that names what to set back.
+GENERATION_PARAMETERS = {"max_new_tokens": "EVAL_MAX_NEW_TOKENS", "do_sample": "EVAL_GREEDY (do_sample = not it)",
+                         "seed": "SEED", "temperature": "TEMPERATURE", "top_p": "TOP_P"}
+MANIFEST_PARAMETERS = {"base model": "MODEL_NAME (run.json)", "template": "TEMPLATE (run.json)",
+                       "similarity": "EVAL_SIMILARITY", "model reader": "EVAL_MODEL_READER",
+                       "evaluation items": "EVAL_DATA"}
+
+
+def said_changed(key: str, before, now) -> str:
+    """One manifest entry that differs, as a person sets it: "EVAL_GREEDY (do_sample = not it): was False, now
+    True"."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return "; ".join(f"{GENERATION_PARAMETERS.get(k, k)}: was {before.get(k)!r}, now {now.get(k)!r}"
+                         for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k))
+    if key == "evaluation items":
+        return "EVAL_DATA: another evaluation file"
+    return f"{MANIFEST_PARAMETERS.get(key, key)}: was {before!r}, now {now!r}"
+
+
 def check_manifest(work_dir, manifest: dict) -> None:
     """Refuse, naming what changed, to add answers to those stored under another manifest; record this one (an
     adapter new since, such as 07's, joins). The way out is in the message: the old answers, or a new WORK_DIR."""
     path = artifact(work_dir, "eval_manifest")
     if path.exists() or copy_from_kaggle_input(work_dir, "eval_manifest"):
         stored = read_json(path)
-        changed = [key for key in manifest if key != "adapters" and stored.get(key) != manifest[key]]
-        changed += [f"{MODELS[name]}'s adapter" for name, digest in manifest["adapters"].items()
+        changed = [said_changed(key, stored.get(key), manifest[key]) for key in manifest
+                   if key != "adapters" and stored.get(key) != manifest[key]]
+        changed += [f"{MODELS[name]}'s adapter (retrained since)" for name, digest in manifest["adapters"].items()
                     if stored["adapters"].get(name, digest) != digest]
         if changed:
             answers = artifact(work_dir, "eval_answers")
-            raise ValueError(f"{answers} holds answers written with another {', '.join(changed)} "
-                             f"(stored: {', '.join(str(stored.get(k, stored['adapters'])) for k in changed[:1])}): "
-                             f"04 does not mix them. Run 04 with the settings it had, or delete {answers.parent} "
-                             "(or choose another WORK_DIR) to evaluate from the start")
+            raise ValueError(f"{answers} holds answers written with other settings: {'; '.join(changed)}. 04 does "
+                             f"not mix them: set them back, or delete {answers.parent} (or choose another WORK_DIR) "
+                             "to evaluate from the start")
         manifest = {**manifest, "adapters": {**stored["adapters"], **manifest["adapters"]}}
     write_json(path, manifest)
 
@@ -218,6 +237,11 @@ def evaluate_in_rounds(model, tokenizer, order: list[dict], template: str, setti
     the manifest first (check_manifest). Returns the scored answers per model, the pairs, and why it stopped."""
     stored = read_answers(work_dir)
     round_ids = {r: [a["id"] for a in record["answers"]] for (r, _), record in stored.items()}
+    if stored:  # a rerun after a stop: say what is reused before the table jumps ahead
+        print(f"continuing: {len(round_ids)} round{'s' * (len(round_ids) != 1)} already answered "
+              f"({sum(len(ids) for ids in round_ids.values())} items per model, "
+              f"{sum(r['seconds'] for r in stored.values()) / 60:.1f} of the {minutes:g} minutes) are read back from "
+              f"{artifact(work_dir, 'eval_answers')}; new rounds go on from there")
     by_id = {item["id"]: item for item in order}
     spent = sum(record["seconds"] for record in stored.values())
     budget_s, round_s = 60 * minutes, 0.0

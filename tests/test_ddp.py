@@ -109,7 +109,7 @@ def test_run_all_with_two_processes_trains_like_one(formatted):
     assert sorted(p.name for p in (double / "logs").iterdir()) == ["gpu_process_0.log", "gpu_process_1.log"]
 
 
-def test_a_checkpoint_of_two_processes_resumes_in_one(formatted):
+def test_a_checkpoint_of_two_processes_resumes_in_one_and_in_two(formatted):
     work = copy_of(formatted, "resume")
     first = train_notebook(work, NUM_GPUS=2, MAX_STEPS=2)
     assert first["processes"] == 2 and (work / "checkpoints" / "checkpoint-2").is_dir()
@@ -120,6 +120,10 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(formatted):
     assert [s for s, _ in second["train_losses"]] == [1, 2, 3, 4]
     assert "checkpoint-2" in (work / "executed" / "03_train.ipynb").read_text()
     assert (work / "checkpoints" / "checkpoint-4").is_dir()
+    # and back in two CPU processes (the demo run again): transformers maps the optimizer state onto "cpu:0"
+    third = train_notebook(work, NUM_GPUS=2, MAX_STEPS=6)
+    assert third["processes"] == 2 and [s for s, _ in third["train_losses"]] == [1, 2, 3, 4, 5, 6]
+    assert third["train_losses"][:4] == second["train_losses"]
 
 
 def test_grad_accum_must_split_evenly_across_processes():

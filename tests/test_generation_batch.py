@@ -87,11 +87,11 @@ def test_benchmark_plan_says_the_batch_it_chose_the_rate_and_what_the_budget_hol
     assert benchmarks.benchmark_plan(model, tokenizer, order, "r1_chat", settings.replace(batch_size=0), "cpu", 60) \
         and "generation batch 32 (no GPU)" in capsys.readouterr().out  # left at 0, the plan chooses it itself
     found = re.search(r"measured ([\d,.]+) generated tokens/s at batch 10; a round \(32 items, answered by 2 models, "
-                      r"up to 1024 tokens each\) takes at most ([\d.]+) min here, so EVAL_MINUTES = 60 holds at least "
-                      r"(\d+) rounds? \((\d+) items per model, of the 10 drawn\)", plan)
-    rate, round_minutes, held = float(found.group(1).replace(",", "")), float(found.group(2)), int(found.group(3))
-    assert rate > 0 and round_minutes == pytest.approx(2 * 32 * 1024 / rate / 60, rel=0.05, abs=0.06)
-    assert abs(held - 60 / (2 * 32 * 1024 / rate / 60)) <= 1 and int(found.group(4)) == min(32 * held, 10)
+                      r"up to 1024 tokens each\) takes at most ([\d.]+) (min|s) here, so EVAL_MINUTES = 60 holds all 1 "
+                      r"round the 10 items drawn need", plan)
+    assert found, plan
+    rate, took = float(found.group(1).replace(",", "")), float(found.group(2)) / (60 if found.group(3) == "s" else 1)
+    assert rate > 0 and took == pytest.approx(2 * 32 * 1024 / rate / 60, rel=0.05, abs=0.06)
     # a budget shorter than one round still gets that round (the GPU check's EVAL_MINUTES = 1), and says so
     short = benchmarks.benchmark_plan(model, tokenizer, order, "r1_chat", settings, "cpu", minutes=1e-6)
-    assert "is shorter than one round, so 04 answers one round and stops (10 items per model" in short, short
+    assert "is shorter than one round, so 04 answers one round and stops" in short, short

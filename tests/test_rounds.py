@@ -89,7 +89,9 @@ def test_with_no_change_it_stops_at_the_budget_and_says_what_is_left_open(fake_a
     # 4 batches of 30 s is 2 minutes; a third round (60 s more) would not fit 2.5 minutes
     assert result["stopped"] == "budget" and result["rounds"] == 2 and result["items"] == 4
     assert result["outcome"].startswith("Not decided (1 of 1 headlines open) when the budget of 2.5 minutes ran "
-                                        "out, at 4 items per model: no change larger than ±")
+                                        "out, at 4 items per model: ")
+    assert result["outcome"].endswith(("too few items to detect any change from fine-tuning.", " points from "
+                                       "fine-tuning.")) and "no change larger than ±100 " not in result["outcome"]
 
 
 def test_04_stopped_mid_run_and_run_again_gives_the_answers_and_verdict_of_an_uninterrupted_run(
@@ -139,12 +141,14 @@ def test_a_changed_setting_or_adapter_is_refused_with_what_changed(tmp_path):
 
     rounds.check_manifest(tmp_path, manifest())
     rounds.check_manifest(tmp_path, manifest(GREEDY_2.replace(batch_size=8)))  # the batch size may change
-    with pytest.raises(ValueError, match="another generation .*delete"):
+    with pytest.raises(ValueError, match="EVAL_MAX_NEW_TOKENS: was 8, now 16. 04 does not mix them: set them back.*delete"):
         rounds.check_manifest(tmp_path, manifest(GREEDY_2.replace(max_new_tokens=16)))
-    with pytest.raises(ValueError, match="another evaluation items"):
+    with pytest.raises(ValueError, match=r"EVAL_GREEDY \(do_sample = not it\): was False, now True"):
+        rounds.check_manifest(tmp_path, manifest(GREEDY_2.replace(do_sample=True)))
+    with pytest.raises(ValueError, match="EVAL_DATA: another evaluation file"):
         rounds.check_manifest(tmp_path, manifest(data={"X": EVAL_DATA["PubMedQA_test"]}))
     (adapter / "adapter_model.safetensors").write_bytes(b"trained again")
-    with pytest.raises(ValueError, match=r"another SFT \(03\)'s adapter"):
+    with pytest.raises(ValueError, match=r"SFT \(03\)'s adapter \(retrained since\)"):
         rounds.check_manifest(tmp_path, manifest())
 
 

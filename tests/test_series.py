@@ -101,7 +101,8 @@ def test_verdict_table_covers_every_benchmark(work):
     for row in rows.values():
         assert 0 <= row["base_interval"][0] <= row["base_accuracy"] <= row["base_interval"][1] <= 1
         said = row["verdict"].split(" (")[0]
-        assert said in ("fine-tuning helped", "fine-tuning hurt") or said.startswith("no change larger than ±")
+        assert said in ("fine-tuning helped", "fine-tuning hurt", "too few items to detect any change") or \
+            said.startswith("no change larger than ±") and not said.startswith("no change larger than ±100 ")
     # 16 new tokens from the random base model seldom close </think> (16 of 2,112 tokens): nearly every answer is
     # unfinished, and an unfinished one is never given a letter. 03 taught the tuned model to close its thinking
     # (greedy, it does), but what follows names no option: unreadable by the rules, so the model reader read each,
@@ -127,7 +128,7 @@ def test_verdict_table_covers_every_benchmark(work):
     stopping = verdict["stopping"]
     assert stopping["items"] == 10 and stopping["rounds"] == 3 and stopping["stopped"] == "items"
     assert stopping["outcome"].startswith("Not decided (3 of 3 headlines open) when every item drawn was answered")
-    assert "points from fine-tuning; no change larger than" in stopping["outcome"]
+    assert "from fine-tuning; " in stopping["outcome"] and "±100 " not in stopping["outcome"]
     assert stopping["outcome"] in page and "largest change left open" in page
     for name, pairs in (("04_compare", 1), ("04_compare_after_07", 3)):
         executed = json.loads((work / "executed" / f"{name}.ipynb").read_text())
@@ -204,7 +205,7 @@ def test_model_card(work):
     card = (artifacts.artifact(work, "adapter") / "README.md").read_text()
     assert card.startswith("---\nbase_model: ") and "library_name: peft" in card
     assert f"datasets:\n- {params.DATASET_NAME}" in card and "| learning_rate | 0.005 |" in card
-    assert "## Did fine-tuning help?" in card and card.count("| no change larger than ±") == 6
+    assert "## Did fine-tuning help?" in card and card.count("| no change larger than ±") + card.count("| too few items to detect any change") == 6
     assert "\nNot decided (1 of 1 headlines open) when every item drawn was answered" in card  # 04 before 07
     assert (artifacts.artifact(work, "merged") / "README.md").read_text() == card
 

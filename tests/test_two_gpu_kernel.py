@@ -33,7 +33,7 @@ class Notebook:
 
     def collect(self, msg_id: str, timeout: float = 180) -> dict:
         """Everything the cell published until the kernel went idle."""
-        shown = {"text": "", "stderr": "", "displays": [], "updates": [], "error": None}
+        shown = {"text": "", "stderr": "", "displays": [], "updates": [], "error": None, "order": []}
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -52,8 +52,10 @@ class Notebook:
             kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
                 shown["text" if content["name"] == "stdout" else "stderr"] += content["text"]
+                shown["order"].append(content["text"])
             elif kind in ("display_data", "execute_result"):
                 shown["displays"].append(content)
+                shown["order"].append("<display>")
             elif kind == "update_display_data":
                 shown["updates"].append(content)
             elif kind == "error":
@@ -175,6 +177,9 @@ def test_magics_shell_lines_subprocesses_and_displays_behave_as_in_one_process(n
     ids = [d["transient"]["display_id"] for d in handle["displays"] if d.get("transient")]
     assert ids and handle["updates"] and handle["updates"][0]["transient"]["display_id"] == ids[0], handle
     assert handle["updates"][0]["data"]["text/plain"] == "'second'"
+    # what was printed before a display is shown before it, in whole lines (Jupyter draws each message as it comes)
+    ordered = notebook.run("print('starting from step 0')\ndisplay('TABLE')\nprint('trained')")
+    assert ordered["order"] == ["starting from step 0\n", "<display>", "trained\n"], ordered
     assert any(d["data"].get("text/plain") == "True" for d in handle["displays"])  # the last expression's value
     asked = notebook.run("answer = input('continue? ')\nprint('got', answer)")
     assert asked["text"].strip() == "got yes" and asked["asked"] == 1, asked  # asked once for both processes
