@@ -73,7 +73,9 @@ def pairs_html(pairs: list[dict], outcome: str = "") -> str:
         + table_html(labels, rows) + reading_html(counts)))
 
 
-def verdict_html(rows: list[dict], outcome: str = "") -> str:
+def verdict_html(rows: list[dict], outcome: str = "", with_grpo: bool = False) -> str:
+    """The base model against SFT (03), a row per benchmark; with 07's adapter compared too (`with_grpo`), a pointer
+    to the page of every pair, since the sentence above the table then speaks of all three."""
     def model_cells(r, model):
         no_answer = f"{r[f'{model}_unfinished']} unfinished,<br>{r[f'{model}_unreadable']} unreadable"
         no_answer += f",<br>{r[f'{model}_abstained']} abstained" if r.get(f"{model}_abstained") else ""
@@ -99,7 +101,10 @@ def verdict_html(rows: list[dict], outcome: str = "") -> str:
             "</tr>")
     overall = rows[-1]  # "all", the last row verdict_rows writes
     return html_page("Did fine-tuning help?", (
-        "<h2>Did fine-tuning help?</h2>" + outcome_html(outcome) + "<p>Unfinished: still thinking when the token "
+        "<h2>Did fine-tuning help?</h2>" + outcome_html(outcome) +
+        ("<p>This table is the base model against SFT (03); every pair with SFT + GRPO (07) is on "
+         "<a href='verdict_pairs.html'>verdict_pairs.html</a>.</p>" if with_grpo else "") +
+        "<p>Unfinished: still thinking when the token "
         "limit came. Unreadable: the answer commits to no single option, and the model reading its own answer was "
         "not sure enough either. Both count as wrong and are never guessed.</p><p>Read the last row (all) first: it "
         "is the headline. Each difference's interval is a confidence sequence: it holds however many rounds 04 "

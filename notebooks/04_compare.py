@@ -225,7 +225,7 @@ pairs, stopping = evaluation["pairs"], stopping_record(evaluation)
 verdict = pairs[0]["rows"]  # base -> SFT, per benchmark and overall
 write_json(artifact(WORK_DIR, "verdict"), {"rows": verdict, "base": evaluation["scored"]["base"],
                                            "tuned": evaluation["scored"]["tuned"], "stopping": stopping})
-write_text(artifact(WORK_DIR, "verdict_html"), verdict_html(verdict, evaluation["outcome"]))
+write_text(artifact(WORK_DIR, "verdict_html"), verdict_html(verdict, evaluation["outcome"], "grpo" in compared))
 show_html(artifact(WORK_DIR, "verdict_html"))
 
 # %% [markdown]
