@@ -9,6 +9,7 @@ import pathlib
 import random
 import re
 
+from medical_r1.display import TOO_FEW_ITEMS
 from medical_r1.generation import GenerationSettings, choose_batch_size, generate_answers
 from medical_r1.scorer import extract_choice, read_answer  # noqa: F401 (extract_choice: read here by callers)
 from medical_r1.runtime import process_rank
@@ -168,13 +169,16 @@ def verdict_rows(base_scored: list[dict], tuned_scored: list[dict], alpha: float
 def verdict_sentence(row: dict, change: str) -> str:
     """A comparison row in words: what was decided, at how many items; undecided, the largest change its interval
     leaves open ("no change larger than +/-X points")."""
+    from medical_r1.sequential import largest_open_change
+
     lo, hi = row["difference_interval"]
+    open_change = largest_open_change((lo, hi))
     if row["decided"]:
         said = f"{change} helped" if row["decided"] > 0 else f"{change} hurt"
-    elif max(-lo, hi) >= 1:  # the interval still spans every difference
-        said = "too few items to detect any change"
+    elif open_change >= 1:  # the interval still spans every difference
+        said = TOO_FEW_ITEMS
     else:
-        said = f"no change larger than ±{100 * max(-lo, hi):.0f} points"
+        said = f"no change larger than ±{100 * open_change:.0f} points"
     return (f"{said} (difference {100 * row['difference']:+.1f} points, anytime-valid "
             f"{100 * (1 - row['alpha']):.1f}% interval {100 * lo:+.1f} to {100 * hi:+.1f}, {row['items']} items)")
 

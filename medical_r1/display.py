@@ -191,11 +191,15 @@ def thinking_fold_html(output: str) -> str:
             f"</details><div class='answer'>{html.escape(answer)}</div>")
 
 
+# Said where a difference's interval still spans every difference: "±100 points" would say nothing.
+TOO_FEW_ITEMS = "too few items to detect any change"
+
+
 def detectable(difference: float) -> str:
-    """The cell for the largest change the items leave open (a fraction): points, or, where it reaches 100 points
-    (few items: the interval spans every difference), what is true: no change of accuracy could be detected."""
+    """The cell for the largest change the items leave open (a fraction, sequential.largest_open_change): points,
+    or, where it reaches 100 points, what is true: TOO_FEW_ITEMS."""
     if difference >= 1:
-        return "<span class='wrap'>too few items to detect any change</span>"
+        return f"<span class='wrap'>{TOO_FEW_ITEMS}</span>"
     return f"{100 * difference:.0f} points"
 
 

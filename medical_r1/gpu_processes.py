@@ -117,17 +117,17 @@ class GpuProcesses:
         arrivals: queue.Queue = queue.Queue()
         threading.Thread(target=self._accept, args=(arrivals,), daemon=True).start()
         deadline = time.monotonic() + START_TIMEOUT_S
+        not_started = GpuProcessError(f"the GPU processes did not start within {START_TIMEOUT_S} s; their logs: "
+                                      f"{self.logs[0].parent}")
         while len(self.conns) < self.count:
             self._raise_if_any_died()
             if time.monotonic() > deadline:
-                raise GpuProcessError(f"the GPU processes did not start within {START_TIMEOUT_S} s; their logs: "
-                                      f"{self.logs[0].parent}")
+                raise not_started
             try:
                 conn = arrivals.get(timeout=0.5)
             except queue.Empty:
                 continue
-            kind, rank = self._receive(conn, deadline, GpuProcessError(
-                f"the GPU processes did not start within {START_TIMEOUT_S} s; their logs: {self.logs[0].parent}"))
+            kind, rank = self._receive(conn, deadline, not_started)
             self.conns[rank] = conn
             conn.send({"cwd": os.getcwd(), **start})
         deadline = time.monotonic() + LAUNCH_CHECK_S
@@ -349,8 +349,8 @@ def run_cells_on_all_gpus(num_gpus, namespace: dict) -> str:
         old.stop()
     if "WORLD_SIZE" in os.environ:
         return "cells run in this process: it is already one of several (torchrun, accelerate launch)"
-    share = os.environ.get(SHARE_ONE_GPU) == "1"
-    count, why = resolve_num_gpus(num_gpus, visible_gpus(), share)
+    share, gpus = os.environ.get(SHARE_ONE_GPU) == "1", visible_gpus()
+    count, why = resolve_num_gpus(num_gpus, gpus, share)
     if count == 1:
         return f"{why}: the cells run in this notebook's process, on one GPU at most"
     from IPython import get_ipython
@@ -362,7 +362,7 @@ def run_cells_on_all_gpus(num_gpus, namespace: dict) -> str:
     processes = start_checked(count, namespace, share)
     CURRENT["processes"] = processes
     _install_transformer(shell)
-    where = "one GPU, shared (lab check)" if share else ("the CPU" if not visible_gpus() else "one GPU each")
+    where = "one GPU, shared (lab check)" if share else ("the CPU" if not gpus else "one GPU each")
     left_out = (f"; not sent to them, as made before this cell: {', '.join(processes.left_out)} (make them below "
                 "it)" if processes.left_out else "")
     return (f"{why}: the cells below run in {count} processes ({where}, {processes.backend} between them, checked "

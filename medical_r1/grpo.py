@@ -102,7 +102,8 @@ def make_grpo_trainer(model, tokenizer, items: list[dict], template: str, p, bac
         output_dir=str(artifact(p.work_dir, "grpo_checkpoints")),
         max_steps=p.grpo_max_steps,
         learning_rate=p.grpo_learning_rate,
-        per_device_train_batch_size=per_process_batch(p.grpo_batch_size, num_generations=p.num_generations),  # one GPU's batch
+        # shared between GPUs: one GPU's batch
+        per_device_train_batch_size=per_process_batch(p.grpo_batch_size, num_generations=p.num_generations),
         gradient_accumulation_steps=p.grpo_grad_accum,
         num_generations=p.num_generations,
         max_completion_length=p.max_completion_length,

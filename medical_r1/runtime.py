@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import os
 import re
 
@@ -208,25 +209,19 @@ def join_process_group() -> str:
     return str(dist.get_backend())
 
 
-_NUMBERED_CPU_REGISTERED: list = []
-
-
+@functools.cache  # registered once
 def load_onto_numbered_cpu() -> None:
     """Let torch.load map onto "cpu:0". In a group of CPU processes transformers names each one's device "cpu:0",
     and a resumed Trainer loads its optimizer state with that as map_location, which torch's own CPU restore
     (it knows only "cpu") refuses: a checkpoint written by two CPU processes (the demo's NUM_GPUS = 2) could not
-    be resumed in two. Registered once; other locations go on to torch's own."""
+    be resumed in two. Other locations go on to torch's own."""
     import torch.serialization as serialization
-
-    if _NUMBERED_CPU_REGISTERED:
-        return
 
     def restore_numbered_cpu(storage, location: str):
         return storage if location.startswith("cpu:") else None
 
     # a priority of its own: torch sorts its registry, and two packages of one priority would compare functions
     serialization.register_package(9, lambda obj: None, restore_numbered_cpu)
-    _NUMBERED_CPU_REGISTERED.append(True)
 
 
 def check_processes_reach_each_other() -> None:

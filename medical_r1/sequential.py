@@ -77,6 +77,12 @@ def difference_interval(before: list[bool], after: list[bool], alpha: float) -> 
     return float(lower[-1]), float(upper[-1])
 
 
+def largest_open_change(interval: tuple[float, float]) -> float:
+    """The largest change, either way, that the interval still allows (a fraction: 1 where it spans every
+    difference, as it does for the first few items)."""
+    return max(-interval[0], interval[1])
+
+
 def decided(interval: tuple[float, float]) -> int:
     """+1 where the interval lies above 0 (helped), -1 below (hurt), 0 where it holds 0 (not decided)."""
     return 1 if interval[0] > 0 else -1 if interval[1] < 0 else 0

@@ -8,6 +8,7 @@ import html
 
 from medical_r1.benchmarks import MODELS, RULES
 from medical_r1.display import detectable, html_page, percent, percent_with_interval, points, table_html, verdict_class
+from medical_r1.sequential import largest_open_change
 
 # What each rule means, in the words of the page's column headings.
 RULE_NAMES = {"answer_is": "stated", "marked_letter": "bold or bracketed letter", "standalone_letter": "letter",
@@ -90,7 +91,7 @@ def verdict_html(rows: list[dict], outcome: str = "", with_grpo: bool = False) -
         body.append([(f"key' title='{html.escape(r['benchmark'], quote=True)}", html.escape(name)),
                      ("num", f"{r['items']}")] + model_cells(r, "base") + model_cells(r, "tuned") +
                     [("diff", points(r["difference"], r["difference_interval"])),
-                     ("num", detectable(max(-r['difference_interval'][0], r['difference_interval'][1]))),
+                     ("num", detectable(largest_open_change(r['difference_interval']))),
                      verdict_cell(r)])
     labels = ["benchmark", "items", "base: accuracy [95%]", "base: no answer", "fine-tuned: accuracy [95%]",
               "fine-tuned: no answer", "difference [anytime-valid]", "largest change left open", "verdict"]
